@@ -1,0 +1,61 @@
+//! Messages and data shared by several actors. Messages that only one actor handles sit
+//! in that actor's file, right before their `impl Handler`.
+
+use actix::Message;
+use thiserror::Error;
+
+use crate::actors::restarter::RestartError;
+use crate::message::{Delivery, Message as PubSubMessage};
+use crate::store::StoreError;
+
+/// Stops taking in new work: the Publisher stops publishing, the Consumer stops pulling.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopIntake;
+
+/// The two steps every message goes through, at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Save,
+    Restart,
+}
+
+/// Why a step failed for one message.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Restart(#[from] RestartError),
+    #[error("{0} panicked while handling it")]
+    Panicked(&'static str),
+    #[error("{0} is closed")]
+    Closed(&'static str),
+}
+
+/// The result of one step for one delivery.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub delivery: Delivery,
+    pub result: Result<(), StepError>,
+}
+
+impl Outcome {
+    pub fn ok(delivery: Delivery) -> Self {
+        Self {
+            delivery,
+            result: Ok(()),
+        }
+    }
+
+    pub fn err(delivery: Delivery, e: impl Into<StepError>) -> Self {
+        Self {
+            delivery,
+            result: Err(e.into()),
+        }
+    }
+
+    pub fn message(&self) -> &PubSubMessage {
+        &self.delivery.message
+    }
+}

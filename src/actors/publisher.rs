@@ -1,0 +1,163 @@
+//! `Publisher`: the talk's simulated publisher.
+//!
+//! It makes messages for hosts named `cattle-` plus four random characters and hands them
+//! to the subscription without ever waiting on their consumption. It stops after
+//! `--messages N` or when the shutdown begins, and then closes the subscription's input.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use rand::{rngs::SmallRng, Rng};
+use tracing::info;
+
+use crate::actors::protocol::StopIntake;
+use crate::config::Injector;
+use crate::message::{InstanceName, Message};
+use crate::subscription::memory::{InputClosed, Publish};
+use crate::supervision::{guard, note_restart, Child, Link};
+use crate::FLOW;
+
+/// How many messages an unpaced publisher makes before it yields to the event loop.
+const CHUNK: u64 = 1024;
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// The publisher's pace and limit.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Zero publishes as fast as possible, yielding to the loop between chunks.
+    pub delay: Duration,
+    /// When set, each delay is `random() * delay`.
+    pub jitter: bool,
+    pub limit: Option<u64>,
+}
+
+pub struct Publisher {
+    link: Link,
+    publish: Recipient<Publish>,
+    input_closed: Recipient<InputClosed>,
+    config: PublisherConfig,
+    rng: SmallRng,
+    injector: Injector,
+    /// Survive restarts: a restarted publisher must not publish its quota twice.
+    sent: u64,
+    stopped: bool,
+}
+
+impl Publisher {
+    pub fn new(
+        link: Link,
+        publish: Recipient<Publish>,
+        input_closed: Recipient<InputClosed>,
+        config: PublisherConfig,
+        rng: SmallRng,
+        injector: Injector,
+    ) -> Self {
+        Self {
+            link,
+            publish,
+            input_closed,
+            config,
+            rng,
+            injector,
+            sent: 0,
+            stopped: false,
+        }
+    }
+
+    fn make(&mut self) -> Message {
+        let mut name = *b"cattle-xxxx";
+        for c in &mut name[7..] {
+            *c = ALPHABET[self.rng.random_range(0..ALPHABET.len())];
+        }
+        let name = std::str::from_utf8(&name).expect("ascii");
+        // Ids come from the seeded stream too, so that `--seed` reproduces a whole run.
+        Message {
+            message_id: uuid::Builder::from_random_bytes(self.rng.random()).into_uuid(),
+            instance_name: InstanceName::parse(name).expect("generated names are valid"),
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.config.limit.map_or(u64::MAX, |n| n - self.sent)
+    }
+
+    fn finish(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            info!("Publisher stopped after {} messages", self.sent);
+            self.input_closed.do_send(InputClosed);
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        if self.remaining() == 0 {
+            return self.finish();
+        }
+        self.injector.maybe_panic();
+        let n = if self.config.delay.is_zero() {
+            CHUNK.min(self.remaining())
+        } else {
+            1
+        };
+        let batch: Vec<Message> = (0..n).map(|_| self.make()).collect();
+        for m in &batch {
+            info!(target: FLOW, "Published {m}");
+        }
+        self.sent += n;
+        self.publish.do_send(Publish(batch));
+        self.schedule(ctx);
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        let delay = if self.config.jitter {
+            self.config.delay.mul_f64(self.rng.random::<f64>())
+        } else {
+            self.config.delay
+        };
+        if delay.is_zero() {
+            // Yield, so that the rest of the pipeline runs between chunks.
+            ctx.spawn(
+                tokio::task::yield_now()
+                    .into_actor(self)
+                    .map(|_, act, ctx| act.guarded_tick(ctx)),
+            );
+        } else {
+            ctx.run_later(delay, |act, ctx| act.guarded_tick(ctx));
+        }
+    }
+
+    fn guarded_tick(&mut self, ctx: &mut Context<Self>) {
+        guard(self, ctx, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Actor for Publisher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.guarded_tick(ctx);
+    }
+}
+
+impl Child for Publisher {
+    const NAME: &'static str = "publisher";
+    fn link(&self) -> &Link {
+        &self.link
+    }
+}
+
+impl Supervised for Publisher {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        note_restart(self);
+    }
+}
+
+impl Handler<StopIntake> for Publisher {
+    type Result = ();
+    fn handle(&mut self, _: StopIntake, _: &mut Context<Self>) {
+        self.finish();
+    }
+}

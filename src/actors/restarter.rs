@@ -1,0 +1,283 @@
+//! `Restarter`: owns host restarts and the index of when each host was last restarted.
+//!
+//! It receives deliveries from the Consumer, skips hosts restarted less than the minimum
+//! interval ago (the talk's "block when needed"), simulates the rest, records successful
+//! restarts in the store's history, and sends outcomes to the Acker. It tells the
+//! SignalActor which restarts are running, so that the shutdown shields them.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use rand::{rngs::SmallRng, Rng};
+use thiserror::Error;
+use tokio::time::Instant;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::actors::acker::Outcomes;
+use crate::actors::protocol::{Outcome, Step, StepError};
+use crate::config::Injector;
+use crate::message::{Delivery, DeliveryTag, InstanceName};
+use crate::metrics::Metrics;
+use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
+use crate::supervision::{guard, note_restart, report_error, Child, Link};
+use crate::FLOW;
+
+/// Why a host restart failed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RestartError {
+    #[error("Could not restart {0}")]
+    Failed(String),
+}
+
+/// How restarts behave.
+#[derive(Debug, Clone)]
+pub struct RestarterConfig {
+    /// Each restart takes `random() * io_delay`.
+    pub io_delay: Duration,
+    pub failure_rate: f64,
+    /// Hosts restarted less than this long ago are skipped; zero disables the check.
+    pub min_interval: Duration,
+    pub domain: String,
+}
+
+/// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
+/// the restart history too.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall_ms: i64,
+    at: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Self {
+            wall_ms,
+            at: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall_ms + self.at.elapsed().as_millis() as i64
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Each host's last successful restart, in ms since the epoch. The store holds the
+    /// durable copy; this index is loaded from it on start and kept in step after.
+    last_restart: HashMap<InstanceName, i64>,
+    running: HashMap<DeliveryTag, Delivery>,
+    busy_hosts: HashSet<InstanceName>,
+}
+
+pub struct Restarter {
+    link: Link,
+    acker: Recipient<Outcomes>,
+    load: Recipient<LoadRestarts>,
+    record: Recipient<RecordRestarts>,
+    config: RestarterConfig,
+    clock: Clock,
+    rng: SmallRng,
+    injector: Injector,
+    state: State,
+}
+
+/// What to do for one delivery.
+enum Plan {
+    Skip(String),
+    Restart,
+}
+
+impl Restarter {
+    pub fn new(
+        link: Link,
+        acker: Recipient<Outcomes>,
+        load: Recipient<LoadRestarts>,
+        record: Recipient<RecordRestarts>,
+        config: RestarterConfig,
+        rng: SmallRng,
+        injector: Injector,
+    ) -> Self {
+        Self {
+            link,
+            acker,
+            load,
+            record,
+            config,
+            clock: Clock::new(),
+            rng,
+            injector,
+            state: State::default(),
+        }
+    }
+
+    fn plan(&self, host: InstanceName) -> Plan {
+        if self.config.min_interval.is_zero() {
+            return Plan::Restart;
+        }
+        if self.state.busy_hosts.contains(&host) {
+            return Plan::Skip("a restart is already running".into());
+        }
+        if let Some(&at) = self.state.last_restart.get(&host) {
+            let ago = Duration::from_millis((self.clock.now_ms() - at).max(0) as u64);
+            if ago < self.config.min_interval {
+                return Plan::Skip(format!(
+                    "last restarted {} ago, less than {}",
+                    humantime::format_duration(Duration::from_secs(ago.as_secs())),
+                    humantime::format_duration(self.config.min_interval)
+                ));
+            }
+        }
+        Plan::Restart
+    }
+
+    /// Finishes one simulated restart: succeeds or fails at the configured rate.
+    fn finish(&mut self, d: Delivery, outcomes: &mut Vec<Outcome>, rows: &mut Vec<RestartRow>) {
+        let host = d.message.instance_name;
+        self.state.busy_hosts.remove(&host);
+        let hostname = host.hostname(&self.config.domain);
+        if self.rng.random::<f64>() < self.config.failure_rate {
+            let e = RestartError::Failed(hostname);
+            report_error(&self.link.metrics, Self::NAME, true, &e);
+            outcomes.push(Outcome::err(d, e));
+        } else {
+            let at_ms = self.clock.now_ms();
+            self.state.last_restart.insert(host, at_ms);
+            rows.push(RestartRow {
+                host,
+                at_ms,
+                message_id: d.id(),
+            });
+            Metrics::inc(&self.link.metrics.restarted);
+            info!(target: FLOW, "Restarted {hostname}");
+            outcomes.push(Outcome::ok(d));
+        }
+    }
+
+    fn send(&self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>) {
+        if !rows.is_empty() {
+            self.record.do_send(RecordRestarts(rows));
+        }
+        if !outcomes.is_empty() {
+            self.acker.do_send(Outcomes {
+                step: Step::Restart,
+                outcomes,
+            });
+        }
+    }
+}
+
+impl Actor for Restarter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        if self.config.min_interval.is_zero() {
+            return;
+        }
+        // Block the mailbox until the index is loaded: deciding without it could restart
+        // a host that was restarted a minute ago, before this process started.
+        let since_ms = self.clock.now_ms() - self.config.min_interval.as_millis() as i64;
+        let load = self.load.send(LoadRestarts { since_ms });
+        ctx.wait(load.into_actor(self).map(|res, act, _| match res {
+            Ok(Ok(rows)) => {
+                info!("Loaded {} recent restarts from the history", rows.len());
+                act.state.last_restart.extend(rows);
+            }
+            Ok(Err(e)) => report_error(&act.link.metrics, Self::NAME, false, &e),
+            Err(e) => report_error(&act.link.metrics, Self::NAME, false, &e),
+        }));
+    }
+}
+
+impl Child for Restarter {
+    const NAME: &'static str = "restarter";
+    fn link(&self) -> &Link {
+        &self.link
+    }
+}
+
+impl Supervised for Restarter {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        let failed = self
+            .state
+            .running
+            .drain()
+            .map(|(_, d)| Outcome::err(d, StepError::Panicked(Self::NAME)))
+            .collect();
+        self.send(failed, Vec::new());
+        // `started` reloads the index from the store's history.
+        self.state = State::default();
+        note_restart(self);
+    }
+}
+
+/// Restarts the hosts a batch of dispatched deliveries names.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Restart(pub Vec<Delivery>);
+
+impl Handler<Restart> for Restarter {
+    type Result = ();
+    fn handle(&mut self, msg: Restart, ctx: &mut Context<Self>) {
+        guard(self, ctx, |act, ctx| {
+            for d in &msg.0 {
+                act.state.running.insert(d.tag, *d);
+            }
+            act.injector.maybe_panic();
+            let mut outcomes = Vec::new();
+            let mut rows = Vec::new();
+            for d in msg.0 {
+                let host = d.message.instance_name;
+                match act.plan(host) {
+                    Plan::Skip(why) => {
+                        act.state.running.remove(&d.tag);
+                        info!(
+                            target: FLOW,
+                            "Skipped restarting {}: {why}",
+                            host.hostname(&act.config.domain)
+                        );
+                        Metrics::inc(&act.link.metrics.restart_skipped);
+                        outcomes.push(Outcome::ok(d));
+                    }
+                    Plan::Restart if act.config.io_delay.is_zero() => {
+                        act.state.running.remove(&d.tag);
+                        act.finish(d, &mut outcomes, &mut rows);
+                    }
+                    Plan::Restart => {
+                        act.state.busy_hosts.insert(host);
+                        let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
+                        ctx.run_later(io, move |act, ctx| {
+                            guard(act, ctx, |act, _| {
+                                if let Some(d) = act.state.running.remove(&d.tag) {
+                                    let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
+                                    act.finish(d, &mut outcomes, &mut rows);
+                                    act.send(outcomes, rows);
+                                }
+                            });
+                        });
+                    }
+                }
+            }
+            act.send(outcomes, rows);
+        });
+    }
+}
+
+/// The ids of messages whose restart is running, which the shutdown must not abandon.
+#[derive(Debug, Message)]
+#[rtype(result = "HashSet<Uuid>")]
+pub struct Running;
+
+impl Handler<Running> for Restarter {
+    type Result = MessageResult<Running>;
+    fn handle(&mut self, _: Running, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.running.values().map(|d| d.id()).collect())
+    }
+}

@@ -1,0 +1,301 @@
+//! `Saver`: owns the write path to the store, batching messages into group commits.
+//!
+//! It receives deliveries from the Consumer, waits out each one's simulated IO, gathers
+//! them into batches flushed on size or on a short timer, and hands each batch to the
+//! `StoreWriter` on its `SyncArbiter` thread. Outcomes go to the Acker. At shutdown it
+//! commits its last batch and closes the store.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rand::{rngs::SmallRng, Rng};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::actors::acker::Outcomes;
+use crate::actors::protocol::{Outcome, Step, StepError};
+use crate::config::Injector;
+use crate::message::{Delivery, DeliveryTag};
+use crate::metrics::Metrics;
+use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
+use crate::supervision::{guard, note_restart, report_error, Child, Link};
+use crate::FLOW;
+
+/// How the Saver batches and how long its simulated IO takes.
+#[derive(Debug, Clone)]
+pub struct SaverConfig {
+    /// Each save takes `random() * io_delay` before it joins a batch.
+    pub io_delay: Duration,
+    /// A batch is flushed when it reaches this size...
+    pub batch_size: usize,
+    /// ...or this long after its first message, whichever comes first.
+    pub flush_interval: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    /// Deliveries still in their simulated IO.
+    in_io: HashMap<DeliveryTag, Delivery>,
+    /// The batch being gathered.
+    batch: Vec<Delivery>,
+    flush_timer: Option<SpawnHandle>,
+    /// The batch the store is committing; one at a time, so that everything that arrives
+    /// during a commit goes into the next one.
+    committing: Option<Vec<Delivery>>,
+    closing: Option<oneshot::Sender<Result<(), StoreError>>>,
+    closed: bool,
+}
+
+pub struct Saver {
+    link: Link,
+    acker: Recipient<Outcomes>,
+    save: Recipient<SaveBatch>,
+    close: Recipient<CloseStore>,
+    config: SaverConfig,
+    rng: SmallRng,
+    injector: Injector,
+    state: State,
+}
+
+impl Saver {
+    pub fn new(
+        link: Link,
+        acker: Recipient<Outcomes>,
+        save: Recipient<SaveBatch>,
+        close: Recipient<CloseStore>,
+        config: SaverConfig,
+        rng: SmallRng,
+        injector: Injector,
+    ) -> Self {
+        Self {
+            link,
+            acker,
+            save,
+            close,
+            config,
+            rng,
+            injector,
+            state: State::default(),
+        }
+    }
+
+    fn report(&self, outcomes: Vec<Outcome>) {
+        if !outcomes.is_empty() {
+            self.acker.do_send(Outcomes {
+                step: Step::Save,
+                outcomes,
+            });
+        }
+    }
+
+    /// Flushes a full batch, or makes sure a timer will flush a partial one.
+    fn batch_grew(&mut self, ctx: &mut Context<Self>) {
+        if self.state.batch.len() >= self.config.batch_size {
+            self.flush(ctx);
+        } else if self.state.flush_timer.is_none() {
+            let handle = ctx.run_later(self.config.flush_interval, |act, ctx| {
+                act.state.flush_timer = None;
+                guard(act, ctx, |act, ctx| act.flush(ctx));
+            });
+            self.state.flush_timer = Some(handle);
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.state.committing.is_some() || self.state.batch.is_empty() {
+            return;
+        }
+        if let Some(h) = self.state.flush_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let batch = std::mem::take(&mut self.state.batch);
+        let rows = batch
+            .iter()
+            .map(|d| SaveRow {
+                message: d.message,
+                attempt: d.attempt,
+            })
+            .collect();
+        self.state.committing = Some(batch);
+        let request = self.save.send(SaveBatch(rows));
+        ctx.spawn(request.into_actor(self).map(|res, act, ctx| {
+            guard(act, ctx, |act, ctx| act.committed(res, ctx));
+        }));
+    }
+
+    fn committed(
+        &mut self,
+        res: Result<Result<u64, StoreError>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let batch = self.state.committing.take().unwrap_or_default();
+        let res = res.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+        let outcomes = match res {
+            Ok(new) => {
+                Metrics::add(&self.link.metrics.saved, new);
+                batch
+                    .into_iter()
+                    .map(|d| {
+                        info!(target: FLOW, "Saved {} into database", d.message);
+                        Outcome::ok(d)
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                report_error(&self.link.metrics, Self::NAME, false, &e);
+                batch
+                    .into_iter()
+                    .map(|d| Outcome::err(d, e.clone()))
+                    .collect()
+            }
+        };
+        self.report(outcomes);
+        if self.state.batch.len() >= self.config.batch_size || self.state.closing.is_some() {
+            self.flush(ctx);
+        } else if !self.state.batch.is_empty() && self.state.flush_timer.is_none() {
+            // The timer for this batch fired while the previous one was committing.
+            self.flush(ctx);
+        }
+        self.try_close(ctx);
+    }
+
+    /// Once the last batch is committed, closes the store and answers the close request.
+    fn try_close(&mut self, ctx: &mut Context<Self>) {
+        if self.state.closing.is_none()
+            || self.state.committing.is_some()
+            || !self.state.batch.is_empty()
+        {
+            return;
+        }
+        let close = self.close.send(CloseStore);
+        ctx.spawn(close.into_actor(self).map(|res, act, _| {
+            let res = res.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+            if let Err(e) = &res {
+                report_error(&act.link.metrics, Self::NAME, false, e);
+            }
+            if let Some(reply) = act.state.closing.take() {
+                let _ = reply.send(res);
+            }
+        }));
+    }
+
+    /// Fails everything this incarnation holds, so the Acker nacks it.
+    fn release(&mut self, why: StepError) {
+        let held = self
+            .state
+            .in_io
+            .drain()
+            .map(|(_, d)| d)
+            .chain(self.state.batch.drain(..))
+            .chain(self.state.committing.take().unwrap_or_default())
+            .map(|d| Outcome::err(d, why.clone()))
+            .collect();
+        self.report(held);
+    }
+}
+
+impl Actor for Saver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        // A fresh incarnation picks up a close its predecessor did not finish.
+        if self.state.closing.is_some() {
+            self.flush(ctx);
+            self.try_close(ctx);
+        }
+    }
+}
+
+impl Child for Saver {
+    const NAME: &'static str = "saver";
+    fn link(&self) -> &Link {
+        &self.link
+    }
+}
+
+impl Supervised for Saver {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.release(StepError::Panicked(Self::NAME));
+        let closing = self.state.closing.take();
+        let closed = self.state.closed;
+        self.state = State::default();
+        // A close requested before the failure is still owed an answer, and a closed
+        // Saver stays closed.
+        self.state.closing = closing;
+        self.state.closed = closed;
+        note_restart(self);
+    }
+}
+
+/// Saves a batch of dispatched deliveries.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Save(pub Vec<Delivery>);
+
+impl Handler<Save> for Saver {
+    type Result = ();
+    fn handle(&mut self, msg: Save, ctx: &mut Context<Self>) {
+        if self.state.closed || self.state.closing.is_some() {
+            warn!("Saver is closed; failing {} saves", msg.0.len());
+            let failed = msg
+                .0
+                .into_iter()
+                .map(|d| Outcome::err(d, StepError::Closed(Self::NAME)))
+                .collect();
+            return self.report(failed);
+        }
+        guard(self, ctx, |act, ctx| {
+            if act.config.io_delay.is_zero() {
+                act.state.batch.extend(msg.0);
+                act.injector.maybe_panic();
+                act.batch_grew(ctx);
+            } else {
+                for d in &msg.0 {
+                    act.state.in_io.insert(d.tag, *d);
+                }
+                act.injector.maybe_panic();
+                for d in msg.0 {
+                    let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
+                    ctx.run_later(io, move |act, ctx| {
+                        guard(act, ctx, |act, ctx| {
+                            if let Some(d) = act.state.in_io.remove(&d.tag) {
+                                act.state.batch.push(d);
+                                act.batch_grew(ctx);
+                            }
+                        });
+                    });
+                }
+            }
+        });
+    }
+}
+
+/// Commits the last batch and closes the store; the shutdown's database phase.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Close;
+
+impl Handler<Close> for Saver {
+    type Result = Response<Result<(), StoreError>>;
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+        if self.state.closed {
+            return Response::reply(Ok(()));
+        }
+        self.state.closed = true;
+        // Saves still in simulated IO belong to messages the shutdown has already nacked.
+        let in_io: Vec<_> = self.state.in_io.drain().map(|(_, d)| d).collect();
+        self.report(
+            in_io
+                .into_iter()
+                .map(|d| Outcome::err(d, StepError::Closed(Self::NAME)))
+                .collect(),
+        );
+        let (tx, rx) = oneshot::channel();
+        self.state.closing = Some(tx);
+        self.flush(ctx);
+        self.try_close(ctx);
+        Response::fut(async move { rx.await.unwrap_or(Err(StoreError::Closed)) })
+    }
+}

@@ -1,0 +1,359 @@
+//! `SignalActor`: owns OS signals and the ordered shutdown.
+//!
+//! It is the only code that touches OS signals. A signal, the end of input, the end of a
+//! `--messages` run, or an escalation from the Supervisor starts the shutdown, whose
+//! phases stand in `shutdown` below and nowhere else. It stops intake at the Publisher and
+//! Consumer, drains and nacks through the Acker, shields running restarts by asking the
+//! Restarter, closes the store through the Saver, and writes the run report.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::{timeout, Instant};
+use tracing::{error, info, warn};
+
+use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
+use crate::actors::protocol::StopIntake;
+use crate::actors::restarter::Running;
+use crate::actors::saver::Close;
+use crate::actors::supervisor::{Escalate, Tree};
+use crate::config::{Config, Source};
+use crate::metrics::{Metrics, Report};
+use crate::subscription::memory::{InputClosed, Inspect, WhenSettled};
+
+/// Bounds every request the shutdown makes that has no timeout of its own, so that a
+/// wedged actor cannot hang it.
+const ASK: Duration = Duration::from_secs(2);
+
+/// Why the service is stopping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    Signal(&'static str),
+    /// The simulated publisher sent its `--messages` and every one is settled.
+    Done,
+    /// Standard input ended and every message is settled.
+    Eof,
+    Escalation {
+        child: &'static str,
+        reason: String,
+    },
+}
+
+impl Cause {
+    fn stopped_by(&self) -> String {
+        match self {
+            Cause::Signal(name) => (*name).to_string(),
+            Cause::Done => "done".into(),
+            Cause::Eof => "eof".into(),
+            Cause::Escalation { .. } => "escalation".into(),
+        }
+    }
+
+    fn exit_code(&self) -> i32 {
+        match self {
+            Cause::Escalation { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// The shutdown's timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub drain: Duration,
+    pub shield: Duration,
+    pub close: Duration,
+}
+
+/// Where the report goes once written; `crate::app::run` collects it.
+pub type ReportSlot = Arc<Mutex<Option<Report>>>;
+
+pub struct SignalActor {
+    tree: Tree,
+    timeouts: Timeouts,
+    handle_signals: bool,
+    source: Source,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    shutting_down: bool,
+    report: ReportSlot,
+}
+
+impl SignalActor {
+    pub fn new(tree: Tree, config: &Config, metrics: Arc<Metrics>, report: ReportSlot) -> Self {
+        Self {
+            tree,
+            timeouts: Timeouts {
+                drain: config.drain_timeout,
+                shield: config.shield_timeout,
+                close: config.close_timeout,
+            },
+            handle_signals: config.handle_signals,
+            source: config.source,
+            metrics,
+            started: Instant::now(),
+            shutting_down: false,
+            report,
+        }
+    }
+
+    fn begin(&mut self, cause: Cause, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let stopping_at = Instant::now();
+        let run = shutdown(
+            self.tree.clone(),
+            cause,
+            self.timeouts,
+            self.metrics.clone(),
+            self.started,
+            stopping_at,
+        );
+        ctx.spawn(run.into_actor(self).map(|report, act, _| {
+            let code = report.exit_code;
+            *act.report.lock().expect("report slot") = Some(report);
+            System::current().stop_with_code(code);
+        }));
+    }
+
+    #[cfg(unix)]
+    fn listen(&self, ctx: &mut Context<Self>) {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let kinds = [
+            (SignalKind::interrupt(), "SIGINT"),
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::hangup(), "SIGHUP"),
+            (SignalKind::user_defined1(), "SIGUSR1"),
+            (SignalKind::quit(), "SIGQUIT"),
+        ];
+        for (kind, name) in kinds {
+            match signal(kind) {
+                Ok(mut stream) => {
+                    let me = ctx.address();
+                    actix_rt::spawn(async move {
+                        while stream.recv().await.is_some() {
+                            me.do_send(OsSignal(name));
+                        }
+                    });
+                }
+                Err(e) => error!("Cannot listen for {name}: {e}"),
+            }
+        }
+    }
+
+    /// Without Unix signals, Ctrl-C is all there is, and `ctrlc` delivers it.
+    #[cfg(not(unix))]
+    fn listen(&self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        if let Err(e) = ctrlc::set_handler(move || me.do_send(OsSignal("SIGINT"))) {
+            error!("Cannot listen for Ctrl-C: {e}");
+        }
+    }
+}
+
+impl Actor for SignalActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        if self.handle_signals {
+            self.listen(ctx);
+        }
+        let cause = match self.source {
+            Source::Simulated => Cause::Done,
+            Source::Stdin => Cause::Eof,
+        };
+        // A finite run (--messages or stdin) ends once everything it published is settled.
+        let settled = self.tree.subscription.send(WhenSettled);
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            if let Ok(rx) = settled.await {
+                if rx.await.is_ok() {
+                    me.do_send(Begin(cause));
+                }
+            }
+        });
+    }
+}
+
+/// A named OS signal arrived.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct OsSignal(pub &'static str);
+
+impl Handler<OsSignal> for SignalActor {
+    type Result = ();
+    fn handle(&mut self, OsSignal(name): OsSignal, ctx: &mut Context<Self>) {
+        match name {
+            "SIGUSR1" | "SIGQUIT" => info!("Received {name}; it does not stop the service"),
+            "SIGINT" | "SIGTERM" if self.shutting_down => {
+                let code = if name == "SIGINT" { 130 } else { 143 };
+                error!("Received {name} again during shutdown; exiting now with status {code}");
+                std::process::exit(code);
+            }
+            _ => self.begin(Cause::Signal(name), ctx),
+        }
+    }
+}
+
+/// Starts the ordered shutdown, unless it has started already.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Begin(pub Cause);
+
+impl Handler<Begin> for SignalActor {
+    type Result = ();
+    fn handle(&mut self, Begin(cause): Begin, ctx: &mut Context<Self>) {
+        self.begin(cause, ctx);
+    }
+}
+
+impl Handler<Escalate> for SignalActor {
+    type Result = ();
+    fn handle(&mut self, e: Escalate, ctx: &mut Context<Self>) {
+        self.begin(
+            Cause::Escalation {
+                child: e.child,
+                reason: e.reason,
+            },
+            ctx,
+        );
+    }
+}
+
+/// Waits for `fut` up to `limit`, saying so if it ran out.
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> Option<T> {
+    match timeout(limit, fut).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            warn!("Gave up waiting for {what} after {limit:?}");
+            None
+        }
+    }
+}
+
+/// The ordered shutdown. Each phase logs one line and is bounded by a timeout.
+async fn shutdown(
+    tree: Tree,
+    cause: Cause,
+    timeouts: Timeouts,
+    metrics: Arc<Metrics>,
+    run_started: Instant,
+    stopping_at: Instant,
+) -> Report {
+    // 1. Stop intake.
+    match &cause {
+        Cause::Signal(name) => info!("Received exit signal {name}..."),
+        Cause::Done => info!("Published every message and all are settled; shutting down..."),
+        Cause::Eof => info!("Input ended and all messages are settled; shutting down..."),
+        Cause::Escalation { child, reason } => {
+            error!("Supervisor escalated a failure of {child} ({reason}); shutting down...")
+        }
+    }
+    if let Some(p) = &tree.publisher {
+        p.do_send(StopIntake);
+    }
+    tree.consumer.do_send(StopIntake);
+    tree.subscription.do_send(InputClosed);
+
+    // 2. Drain: let in-flight messages finish normally.
+    if !timeouts.drain.is_zero() {
+        let n = within(ASK, "the in-flight count", tree.acker.send(InFlight)).await;
+        info!(
+            "Draining {} in-flight messages for up to {:?}",
+            n.and_then(Result::ok).unwrap_or(0),
+            timeouts.drain
+        );
+        if let Some(Ok(idle)) = within(ASK, "the acker", tree.acker.send(WhenIdle)).await {
+            within(timeouts.drain, "the drain", idle).await;
+        }
+    }
+
+    // 3. Nack what is left, except messages whose restart is running: those are shielded
+    //    until they finish or the shield timeout passes.
+    let keep = within(ASK, "the restarter", tree.restarter.send(Running))
+        .await
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let release = tree.acker.send(ReleaseOutstanding { keep: keep.clone() });
+    let n = within(ASK, "the acker", release).await.and_then(Result::ok);
+    info!("Nacking {} outstanding messages", n.unwrap_or(0));
+    if !keep.is_empty() {
+        info!(
+            "Waiting up to {:?} for {} shielded restarts",
+            timeouts.shield,
+            keep.len()
+        );
+        if let Some(Ok(idle)) = within(ASK, "the acker", tree.acker.send(WhenIdle)).await {
+            within(timeouts.shield, "shielded restarts", idle).await;
+        }
+        let release = tree.acker.send(ReleaseOutstanding {
+            keep: Default::default(),
+        });
+        if let Some(Ok(late)) = within(ASK, "the acker", release).await {
+            if late > 0 {
+                warn!("Nacked {late} messages whose restarts outlived the shield timeout");
+            }
+        }
+    }
+
+    // 4. Commit the last batch and close the store.
+    info!("Closing database connections");
+    match within(timeouts.close, "the store to close", tree.saver.send(Close)).await {
+        Some(Ok(Err(e))) => error!("Closing the store failed: {e}"),
+        Some(Err(e)) => error!("Closing the store failed: {e}"),
+        _ => {}
+    }
+
+    // 5. Write the run report.
+    info!("Flushing metrics");
+    let holdings = within(ASK, "the subscription", tree.subscription.send(Inspect))
+        .await
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let mut counts = metrics.snapshot();
+    // The subscription's own counters come from its snapshot, so that the conservation
+    // law is checked against one consistent moment.
+    counts.published = holdings.counts.published;
+    counts.acked = holdings.counts.acked;
+    counts.nacked = holdings.counts.nacked;
+    counts.redelivered = holdings.counts.redelivered;
+    counts.dead_lettered = holdings.counts.dead_lettered;
+    counts.nacked_on_shutdown = holdings.counts.nacked_on_shutdown;
+    counts.lease_expired = holdings.counts.lease_expired;
+    let last_outcome = Duration::from_nanos(
+        metrics
+            .last_outcome_ns
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let elapsed = match cause {
+        Cause::Done | Cause::Eof if !last_outcome.is_zero() => last_outcome,
+        _ => stopping_at - run_started,
+    };
+    let elapsed_s = elapsed.as_secs_f64();
+    let report = Report {
+        counts,
+        pending_at_exit: holdings.pending,
+        elapsed_s,
+        msgs_per_s: if elapsed_s > 0.0 {
+            (counts.acked + counts.nacked) as f64 / elapsed_s
+        } else {
+            0.0
+        },
+        shutdown_s: stopping_at.elapsed().as_secs_f64(),
+        stopped_by: cause.stopped_by(),
+        exit_code: cause.exit_code(),
+        escalation: match &cause {
+            Cause::Escalation { child, reason } => Some(format!("{child}: {reason}")),
+            _ => None,
+        },
+    };
+
+    // 6. Done.
+    info!("Shutdown complete.");
+    report
+}

@@ -1,0 +1,259 @@
+//! `Supervisor`: owns the supervision tree and its restart policy.
+//!
+//! It starts the children in a fixed order, which stands in `Supervisor::start_tree` and
+//! nowhere else, hears from every child that fails, and escalates to the SignalActor when
+//! restarts exceed the intensity limit. The strategy is one-for-one: each failed child is
+//! restarted alone, in place, by actix's `Supervisor` (see `crate::supervision`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+use tracing::error;
+
+use crate::actors::acker::{Acker, AckerConfig};
+use crate::actors::consumer::{Consumer, Downstream};
+use crate::actors::publisher::{Publisher, PublisherConfig};
+use crate::actors::restarter::{Restarter, RestarterConfig};
+use crate::actors::saver::{Saver, SaverConfig};
+use crate::config::{rng_for, Config, Source};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreWriter};
+use crate::subscription::memory::{MemoryConfig, MemorySubscription};
+use crate::supervision::{ChildFailed, Link};
+
+/// How many deliveries one pull asks for.
+const PULL_BATCH: usize = 1024;
+
+/// Restart intensity: more than `max_restarts` within `window` escalates.
+#[derive(Debug, Clone, Copy)]
+pub struct Intensity {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+/// Tells the SignalActor that supervision gave up: the ordered shutdown must run and the
+/// process must exit non-zero.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Escalate {
+    pub child: &'static str,
+    pub reason: String,
+}
+
+/// Addresses of everything the tree started.
+#[derive(Clone)]
+pub struct Tree {
+    pub supervisor: Addr<Supervisor>,
+    pub store: Addr<StoreWriter>,
+    pub subscription: Addr<MemorySubscription>,
+    pub acker: Addr<Acker>,
+    pub saver: Addr<Saver>,
+    pub restarter: Addr<Restarter>,
+    pub consumer: Addr<Consumer>,
+    /// Absent when messages come from standard input.
+    pub publisher: Option<Addr<Publisher>>,
+}
+
+pub struct Supervisor {
+    intensity: Intensity,
+    escalate: Recipient<Escalate>,
+    recent: VecDeque<Instant>,
+    escalated: bool,
+}
+
+impl Supervisor {
+    /// Starts the whole tree. The order is the supervision tree's one definition: each
+    /// child is started after everything it sends to, so that every address it is given
+    /// is live; the shutdown stops intake at the other end first.
+    pub fn start_tree(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        store: Box<dyn Store>,
+        escalate: Recipient<Escalate>,
+    ) -> Tree {
+        let supervisor = Supervisor {
+            intensity: Intensity {
+                max_restarts: config.max_restarts,
+                window: config.restart_window,
+            },
+            escalate,
+            recent: VecDeque::new(),
+            escalated: false,
+        }
+        .start();
+        let link = Link {
+            supervisor: supervisor.clone().recipient(),
+            metrics: metrics.clone(),
+        };
+        let seed = config.seed;
+        let inject = |name| config.faults.injector(name, seed);
+
+        // 1. The store's writer thread. SQLite has one writer, so one thread.
+        let slot = Mutex::new(Some(store));
+        let store = SyncArbiter::start(1, move || {
+            let store = slot.lock().expect("store slot").take();
+            StoreWriter::new(store.expect("the store writer runs on exactly one thread"))
+        });
+
+        // 2. The subscription, standing in for the broker.
+        let subscription = MemorySubscription::new(
+            MemoryConfig {
+                max_in_flight: config.max_in_flight,
+                max_deliveries: config.max_deliveries,
+                ack_deadline: config.ack_deadline,
+            },
+            metrics.clone(),
+        )
+        .start();
+
+        // 3. The Acker, which settles with the subscription.
+        let acker = {
+            let (link, sub) = (link.clone(), subscription.clone());
+            let cfg = AckerConfig {
+                message_timeout: config.message_timeout,
+                ack_deadline: config.ack_deadline,
+                redelivery_delay: config.redelivery_delay,
+            };
+            let injector = inject(<Acker as crate::supervision::Child>::NAME);
+            actix::Supervisor::start(move |_| {
+                Acker::new(
+                    link,
+                    sub.clone().recipient(),
+                    sub.recipient(),
+                    cfg,
+                    injector,
+                )
+            })
+        };
+
+        // 4. The Saver and 5. the Restarter, which report to the Acker.
+        let saver = {
+            let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
+            let cfg = SaverConfig {
+                io_delay: config.io_delay,
+                batch_size: config.batch_size,
+                flush_interval: config.flush_interval,
+            };
+            let (rng, injector) = (rng_for(seed, "saver-io"), inject("saver"));
+            actix::Supervisor::start(move |_| {
+                Saver::new(
+                    link,
+                    acker.recipient(),
+                    store.clone().recipient(),
+                    store.recipient(),
+                    cfg,
+                    rng,
+                    injector,
+                )
+            })
+        };
+        let restarter = {
+            let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
+            let cfg = RestarterConfig {
+                io_delay: config.io_delay,
+                failure_rate: config.failure_rate,
+                min_interval: config.min_restart_interval,
+                domain: config.domain.clone(),
+            };
+            let (rng, injector) = (rng_for(seed, "restarter"), inject("restarter"));
+            actix::Supervisor::start(move |_| {
+                Restarter::new(
+                    link,
+                    acker.recipient(),
+                    store.clone().recipient(),
+                    store.recipient(),
+                    cfg,
+                    rng,
+                    injector,
+                )
+            })
+        };
+
+        // 6. The Consumer, which feeds the three above.
+        let consumer = {
+            let downstream = Downstream {
+                track: acker.clone().recipient(),
+                abandon: acker.clone().recipient(),
+                save: saver.clone().recipient(),
+                restart: restarter.clone().recipient(),
+            };
+            let (link, pull) = (link.clone(), subscription.clone().recipient());
+            let batch = PULL_BATCH.min(config.max_in_flight);
+            let injector = inject("consumer");
+            actix::Supervisor::start(move |_| {
+                Consumer::new(link, pull, downstream, batch, injector)
+            })
+        };
+
+        // 7. The Publisher, the head of the pipeline, started last.
+        let publisher = (config.source == Source::Simulated).then(|| {
+            let (link, sub) = (link.clone(), subscription.clone());
+            let cfg = PublisherConfig {
+                delay: config.publish_delay,
+                jitter: config.publish_jitter,
+                limit: config.messages,
+            };
+            let (rng, injector) = (rng_for(seed, "publisher"), inject("publisher"));
+            actix::Supervisor::start(move |_| {
+                Publisher::new(
+                    link,
+                    sub.clone().recipient(),
+                    sub.recipient(),
+                    cfg,
+                    rng,
+                    injector,
+                )
+            })
+        });
+
+        Tree {
+            supervisor,
+            store,
+            subscription,
+            acker,
+            saver,
+            restarter,
+            consumer,
+            publisher,
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<ChildFailed> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ChildFailed, _: &mut Context<Self>) {
+        let now = Instant::now();
+        self.recent.push_back(now);
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.intensity.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 > self.intensity.max_restarts && !self.escalated {
+            self.escalated = true;
+            error!(
+                child = msg.child,
+                "Restart intensity exceeded: {} restarts within {:?}; escalating",
+                self.recent.len(),
+                self.intensity.window
+            );
+            self.escalate.do_send(Escalate {
+                child: msg.child,
+                reason: msg.reason,
+            });
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The command line: every flag, its default and its help text, turned into a `Config`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{parse_duration, parse_probability, Config, Faults, Source, StoreKind};
+use crate::logging::LogLevel;
+use crate::message::InstanceName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    /// The talk's simulated publisher.
+    Sim,
+    /// Newline-delimited JSON messages on standard input.
+    Stdin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreArg {
+    /// A SQLite file (see --db).
+    Sqlite,
+    /// In memory, for study runs and benchmarks; nothing is kept.
+    Memory,
+}
+
+/// Mayhem Mandrill: a chaos-monkey service that restarts hosts named in pub/sub messages.
+///
+/// Each message is saved and its host restarted at the same time; the message is acked
+/// when both succeed and nacked otherwise. SIGINT, SIGTERM and SIGHUP start an ordered
+/// shutdown; a second SIGINT or SIGTERM exits at once. At exit, one JSON line on stdout
+/// reports the run. Durations take seconds (0.5) or units (30s, 7d).
+#[derive(Debug, Parser)]
+#[command(name = "mandrill", version)]
+pub struct Cli {
+    /// Where messages come from.
+    #[arg(long, value_enum, default_value_t = SourceArg::Sim)]
+    pub source: SourceArg,
+
+    /// Publish this many messages, then shut down once every one is settled
+    /// [default: publish until a signal].
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+
+    /// Fixed delay between published messages; 0 publishes as fast as possible
+    /// [default: random() * 1s, the talk's pace].
+    #[arg(long, value_name = "S", value_parser = parse_duration)]
+    pub publish_delay: Option<Duration>,
+
+    /// Make each publish delay random() * --publish-delay.
+    #[arg(long)]
+    pub jitter: bool,
+
+    /// Seed every random choice (host names, ids, failures, delays) for a reproducible run.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Simulated IO: saving and restarting each take random() * S.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_duration)]
+    pub io_delay: Duration,
+
+    /// Probability that a simulated restart fails.
+    #[arg(long, value_name = "P", default_value_t = 0.25, value_parser = parse_probability)]
+    pub failure_rate: f64,
+
+    /// Domain appended to instance names to make hostnames.
+    #[arg(long, default_value = "example.net", value_parser = parse_domain)]
+    pub domain: String,
+
+    /// Deliveries before a message goes to the dead letters; 1 makes a nack final.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: u32,
+
+    /// Flow control: at most this many messages leased at once.
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: u64,
+
+    /// Lease on a delivery; the subscription redelivers it when the lease runs out.
+    /// Leases of messages still being worked on are extended.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_positive_duration)]
+    pub ack_deadline: Duration,
+
+    /// Delay before a nacked message is redelivered.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
+    pub redelivery_delay: Duration,
+
+    /// A message whose save or restart has not finished by then is nacked.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_positive_duration)]
+    pub message_timeout: Duration,
+
+    /// Where messages are stored.
+    #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
+    pub store: StoreArg,
+
+    /// The SQLite file; its schema is created at start.
+    #[arg(long, value_name = "PATH", default_value = "mandrill.db")]
+    pub db: PathBuf,
+
+    /// Group commit: a batch is written when it holds this many messages...
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+
+    /// ...or this long after its first message arrived.
+    #[arg(long, value_name = "S", default_value = "0.005", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Do not restart a host restarted less than this long ago; 0 disables the check.
+    #[arg(long, value_name = "S", default_value = "7d", value_parser = parse_duration)]
+    pub min_restart_interval: Duration,
+
+    /// Shutdown: how long to let in-flight messages finish; 0 does not wait.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Shutdown: how long to wait for restarts already running.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
+    pub shield_timeout: Duration,
+
+    /// Shutdown: how long the last commit and closing the store may take.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// Restart intensity: more than this many actor restarts within --restart-window
+    /// escalates to an ordered shutdown with exit status 1.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_restarts: u32,
+
+    /// The window for --max-restarts.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
+    pub restart_window: Duration,
+
+    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01. Kinds: panic.
+    /// Actors: publisher, consumer, saver, restarter, acker.
+    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+    pub inject: Option<Faults>,
+
+    /// Logging: none keeps lifecycle lines only; RUST_LOG overrides it.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log: LogLevel,
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be more than zero")),
+        d => Ok(d),
+    }
+}
+
+fn parse_faults(s: &str) -> Result<Faults, String> {
+    s.parse()
+        .map_err(|e: crate::config::FaultSpecError| e.to_string())
+}
+
+/// A domain is dot-separated labels, each valid as an instance name.
+fn parse_domain(s: &str) -> Result<String, String> {
+    for label in s.split('.') {
+        InstanceName::parse(label).map_err(|e| format!("{s:?} is not a domain: {e}"))?;
+    }
+    Ok(s.to_string())
+}
+
+impl Cli {
+    pub fn into_config(self) -> Config {
+        let (publish_delay, publish_jitter) = match self.publish_delay {
+            Some(d) => (d, self.jitter),
+            None => (Duration::from_secs(1), true),
+        };
+        Config {
+            source: match self.source {
+                SourceArg::Sim => Source::Simulated,
+                SourceArg::Stdin => Source::Stdin,
+            },
+            messages: self.messages,
+            publish_delay,
+            publish_jitter,
+            seed: self.seed,
+            io_delay: self.io_delay,
+            failure_rate: self.failure_rate,
+            domain: self.domain,
+            max_deliveries: self.max_deliveries,
+            max_in_flight: self.max_in_flight as usize,
+            ack_deadline: self.ack_deadline,
+            redelivery_delay: self.redelivery_delay,
+            message_timeout: self.message_timeout,
+            store: match self.store {
+                StoreArg::Sqlite => StoreKind::Sqlite(self.db),
+                StoreArg::Memory => StoreKind::Memory,
+            },
+            batch_size: self.batch_size as usize,
+            flush_interval: self.flush_interval,
+            min_restart_interval: self.min_restart_interval,
+            drain_timeout: self.drain_timeout,
+            shield_timeout: self.shield_timeout,
+            close_timeout: self.close_timeout,
+            max_restarts: self.max_restarts,
+            restart_window: self.restart_window,
+            faults: self.inject.unwrap_or_default(),
+            handle_signals: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let argv = std::iter::once("mandrill").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(Cli::into_config)
+    }
+
+    #[test]
+    fn no_arguments_give_the_embedded_defaults() {
+        let c = parse(&[]).unwrap();
+        let d = Config::default();
+        assert_eq!(c.source, d.source);
+        assert_eq!(c.store, d.store);
+        assert_eq!((c.publish_delay, c.publish_jitter), (d.publish_delay, true));
+        assert_eq!(c.io_delay, d.io_delay);
+        assert_eq!(c.failure_rate, d.failure_rate);
+        assert_eq!(c.max_deliveries, d.max_deliveries);
+        assert_eq!(c.max_in_flight, d.max_in_flight);
+        assert_eq!(c.min_restart_interval, d.min_restart_interval);
+        assert_eq!(c.drain_timeout, d.drain_timeout);
+        assert_eq!(c.shield_timeout, d.shield_timeout);
+        assert_eq!(c.max_restarts, d.max_restarts);
+        assert_eq!(c.restart_window, d.restart_window);
+    }
+
+    #[test]
+    fn an_explicit_delay_is_fixed_unless_jittered() {
+        let c = parse(&["--publish-delay", "0.2"]).unwrap();
+        assert_eq!(
+            (c.publish_delay, c.publish_jitter),
+            (Duration::from_millis(200), false)
+        );
+        let c = parse(&["--publish-delay", "0.2", "--jitter"]).unwrap();
+        assert!(c.publish_jitter);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["--failure-rate", "1.5"][..],
+            &["--max-deliveries", "0"],
+            &["--io-delay", "-1"],
+            &["--ack-deadline", "0"],
+            &["--inject", "panic:nobody=0.1"],
+            &["--domain", "bad domain"],
+            &["--store", "postgres"],
+            &["--log", "loud"],
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} accepted"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The stdin source: newline-delimited JSON messages read on a dedicated blocking thread.
+//!
+//! Reading stdin blocks, so it never happens on the event loop. The thread hands accepted
+//! messages to the subscription through its `Addr`, which is safe to use from any thread;
+//! that hand-off is the talk's section on threads. A bad line is logged with its number
+//! and reason, counted as rejected, and skipped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{error, info};
+
+use crate::message::{parse_line, WireError, MAX_LINE};
+use crate::metrics::Metrics;
+use crate::subscription::memory::{InputClosed, Publish};
+
+/// Accepted messages are handed over in batches of at most this many, and sooner whenever
+/// the reader has nothing buffered, so that an interactive producer is not kept waiting.
+const BATCH: usize = 256;
+
+/// Starts the reader thread.
+pub fn spawn(
+    input: Box<dyn Read + Send>,
+    publish: Recipient<Publish>,
+    closed: Recipient<InputClosed>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("stdin-source".into())
+        .spawn(move || read_all(BufReader::new(input), &publish, &metrics, &closed))
+}
+
+fn read_all(
+    mut input: BufReader<impl Read>,
+    publish: &Recipient<Publish>,
+    metrics: &Metrics,
+    closed: &Recipient<InputClosed>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut line = Vec::new();
+    let (mut number, mut accepted, mut rejected) = (0u64, 0u64, 0u64);
+    loop {
+        line.clear();
+        // Read at most one byte past the limit, so a huge line costs bounded memory.
+        let n = match input
+            .by_ref()
+            .take(MAX_LINE as u64 + 2)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                error!("Reading standard input failed: {e}; treating it as the end of input");
+                break;
+            }
+        };
+        number += 1;
+        let mut too_long = None;
+        if line.last() != Some(&b'\n') && n > MAX_LINE {
+            // Skip the rest of the over-long line, counting its length.
+            let mut rest = n;
+            loop {
+                let buf = match input.fill_buf() {
+                    Ok(b) if !b.is_empty() => b,
+                    _ => break,
+                };
+                let (used, done) = match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (buf.len(), false),
+                };
+                rest += used;
+                input.consume(used);
+                if done {
+                    break;
+                }
+            }
+            too_long = Some(rest);
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if too_long.is_none() && text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = match too_long {
+            Some(len) => Err(WireError::TooLong(len)),
+            None => parse_line(text),
+        };
+        match parsed {
+            Ok(m) => {
+                accepted += 1;
+                batch.push(m);
+            }
+            Err(e) => {
+                rejected += 1;
+                Metrics::inc(&metrics.rejected);
+                error!("line {number}: rejected: {e}");
+            }
+        }
+        if batch.len() >= BATCH || (!batch.is_empty() && input.buffer().is_empty()) {
+            publish.do_send(Publish(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(BATCH),
+            )));
+        }
+    }
+    if !batch.is_empty() {
+        publish.do_send(Publish(batch));
+    }
+    info!("End of input after {number} lines: {accepted} accepted, {rejected} rejected");
+    closed.do_send(InputClosed);
+}

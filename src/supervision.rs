@@ -1,0 +1,108 @@
+//! The machinery that lets a child actor survive a panic: the `Child` trait, the `guard`
+//! every handler runs its body in, and the report a failed child sends its supervisor.
+//!
+//! actix's own `Supervisor` restarts an actor only when its context stops, and a panic that
+//! escapes a handler closes the mailbox for good. So the panic must never escape: `guard`
+//! catches it, reports it, and stops the context, which actix's `Supervisor` then restarts
+//! in place through `Supervised::restarting`. The mailbox and every `Addr` stay valid, and
+//! messages queued behind the failed one are handled by the fresh incarnation.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{error, warn};
+
+use crate::metrics::Metrics;
+
+/// Tells the supervisor that a child caught a panic and is restarting.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ChildFailed {
+    pub child: &'static str,
+    pub reason: String,
+}
+
+/// What every child holds to report failures.
+#[derive(Clone)]
+pub struct Link {
+    pub supervisor: Recipient<ChildFailed>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A supervised actor.
+///
+/// The contract: a handler first moves what it was given into the actor's state, then does
+/// the work that can fail. `release` hands back everything the state holds (nacking
+/// messages, reporting failed outcomes), so that a panic anywhere loses nothing; the actor's
+/// `Supervised::restarting` calls `release` and then replaces the state with a fresh one.
+pub trait Child: Actor<Context = Context<Self>> + Supervised {
+    /// The name used in logs, counters and `--inject`.
+    const NAME: &'static str;
+
+    fn link(&self) -> &Link;
+}
+
+/// Runs a handler body, catching a panic instead of letting it close the mailbox.
+///
+/// On a panic it logs `Caught exception: ...`, counts it, tells the supervisor, and stops
+/// the context so that actix's `Supervisor` restarts the actor with fresh state.
+pub fn guard<A: Child, R>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    body: impl FnOnce(&mut A, &mut Context<A>) -> R,
+) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(|| body(act, ctx))) {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            let reason = panic_text(&payload);
+            error!(actor = A::NAME, "Caught exception: {reason}");
+            let link = act.link();
+            Metrics::inc(&link.metrics.panics);
+            link.supervisor.do_send(ChildFailed {
+                child: A::NAME,
+                reason,
+            });
+            ctx.stop();
+            None
+        }
+    }
+}
+
+/// Logs and counts a restart; called from each child's `Supervised::restarting`.
+pub fn note_restart<A: Child>(act: &A) {
+    warn!(actor = A::NAME, "Restarting {} with fresh state", A::NAME);
+    Metrics::inc(&act.link().metrics.actor_restarts);
+}
+
+/// The talk's global exception handler: every error that crosses an actor boundary is
+/// logged with the actor's name and counted, here and nowhere else.
+///
+/// Errors about one message (a failed host restart) are per-message lines, which
+/// `--log none` drops; errors about the service itself (a store that cannot commit) are
+/// always logged. Both are always counted.
+pub fn report_error(
+    metrics: &Metrics,
+    actor: &'static str,
+    per_message: bool,
+    err: &dyn std::fmt::Display,
+) {
+    Metrics::inc(&metrics.errors);
+    if per_message {
+        error!(target: crate::FLOW, actor, "Caught exception: {err}");
+    } else {
+        error!(actor, "Caught exception: {err}");
+    }
+}
+
+/// The message a panic was raised with.
+pub fn panic_text(payload: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
