@@ -133,7 +133,8 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
     pub restart_window: Duration,
 
-    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01. Kinds: panic.
+    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01. RATE is the chance
+    /// that one handler call fails (a call may carry a batch of messages). Kinds: panic.
     /// Actors: publisher, consumer, saver, restarter, acker.
     #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
     pub inject: Option<Faults>,

@@ -165,7 +165,11 @@ impl Faults {
     }
 }
 
-/// Decides, message by message, whether to inject a fault into one actor.
+/// Decides, handler call by handler call, whether to inject a fault into one actor.
+///
+/// A rate is the probability that one handler call fails. A call handles one actix
+/// message; at the talk's pace that carries one delivery, at full speed a batch of them,
+/// and a panic fails the whole batch, as a real bug in a batching actor would.
 #[derive(Debug)]
 pub struct Injector {
     actor: &'static str,

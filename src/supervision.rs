@@ -8,6 +8,7 @@
 //! messages queued behind the failed one are handled by the fresh incarnation.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -53,7 +54,10 @@ pub fn guard<A: Child, R>(
     ctx: &mut Context<A>,
     body: impl FnOnce(&mut A, &mut Context<A>) -> R,
 ) -> Option<R> {
-    match catch_unwind(AssertUnwindSafe(|| body(act, ctx))) {
+    let outer = GUARDED.replace(true);
+    let result = catch_unwind(AssertUnwindSafe(|| body(act, ctx)));
+    GUARDED.set(outer);
+    match result {
         Ok(r) => Some(r),
         Err(payload) => {
             let reason = panic_text(&payload);
@@ -68,6 +72,26 @@ pub fn guard<A: Child, R>(
             None
         }
     }
+}
+
+thread_local! {
+    /// Whether the running code is inside `guard`, which reports panics itself.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Routes panic reports into the log. A panic inside `guard` is reported there as
+/// `Caught exception`, so the hook only notes where it happened, at debug level; any other
+/// panic is a bug outside supervision and is logged as an error.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info.location().map_or("?".into(), |l| l.to_string());
+        let text = panic_text_of(info.payload());
+        if GUARDED.get() {
+            tracing::debug!("panic at {place}: {text}");
+        } else {
+            error!("Unsupervised panic at {place}: {text}");
+        }
+    }));
 }
 
 /// Logs and counts a restart; called from each child's `Supervised::restarting`.
@@ -98,6 +122,10 @@ pub fn report_error(
 
 /// The message a panic was raised with.
 pub fn panic_text(payload: &Box<dyn Any + Send>) -> String {
+    panic_text_of(payload.as_ref())
+}
+
+fn panic_text_of(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -170,8 +170,9 @@ impl Acker {
         self.send_settlements(out);
     }
 
-    /// Gives every held message back to the subscription, except those in `keep`.
-    fn release_all_but(&mut self, keep: &HashSet<Uuid>) -> usize {
+    /// Gives every held message back to the subscription with `verdict`, except those in
+    /// `keep`.
+    fn settle_all_but(&mut self, keep: &HashSet<Uuid>, verdict: Verdict) -> usize {
         let released: Vec<Settlement> = self
             .state
             .pending
@@ -179,7 +180,7 @@ impl Acker {
             .filter(|(id, _)| !keep.contains(id))
             .map(|(_, p)| Settlement {
                 tag: p.delivery.tag,
-                verdict: Verdict::Release,
+                verdict,
             })
             .collect();
         self.state.pending.retain(|id, _| keep.contains(id));
@@ -193,8 +194,6 @@ impl Actor for Acker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Outcomes arrive from two producers per message; never make them wait.
-        ctx.set_mailbox_capacity(usize::MAX);
         ctx.run_interval(SWEEP, |act, ctx| {
             guard(act, ctx, |act, _| act.sweep());
         });
@@ -211,9 +210,11 @@ impl Child for Acker {
 impl Supervised for Acker {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // The table may be half-updated; nack everything in it so the subscription
-        // redelivers, and outcomes that arrive later for those messages are ignored.
-        let n = self.release_all_but(&HashSet::new());
-        warn!("Acker released {n} in-flight messages for redelivery");
+        // redelivers, and outcomes that arrive later for those messages are ignored. A
+        // nack spends a delivery attempt, so a message that always panics the Acker ends
+        // in the dead letters instead of looping.
+        let n = self.settle_all_but(&HashSet::new(), self.nack());
+        warn!("Acker nacked {n} in-flight messages for redelivery");
         self.state = State::default();
         note_restart(self);
     }
@@ -280,24 +281,33 @@ impl Handler<Outcomes> for Acker {
     }
 }
 
-/// Nacks, for redelivery, deliveries that were pulled but could not be dispatched.
+/// Hands back deliveries that were pulled but not dispatched: released without spending
+/// an attempt when intake has stopped, nacked when the Consumer failed.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Abandon(pub Vec<Delivery>);
+pub struct Abandon {
+    pub deliveries: Vec<Delivery>,
+    pub failed: bool,
+}
 
 impl Handler<Abandon> for Acker {
     type Result = ();
     fn handle(&mut self, msg: Abandon, _: &mut Context<Self>) {
         // No guard and no fault injection: this is the path that rescues messages from
         // other actors' failures, and it only forwards.
+        let verdict = if msg.failed {
+            self.nack()
+        } else {
+            Verdict::Release
+        };
         let out = msg
-            .0
+            .deliveries
             .iter()
             .map(|d| {
                 self.state.pending.remove(&d.id());
                 Settlement {
                     tag: d.tag,
-                    verdict: Verdict::Release,
+                    verdict,
                 }
             })
             .collect();
@@ -331,7 +341,7 @@ pub struct ReleaseOutstanding {
 impl Handler<ReleaseOutstanding> for Acker {
     type Result = usize;
     fn handle(&mut self, msg: ReleaseOutstanding, _: &mut Context<Self>) -> usize {
-        self.release_all_but(&msg.keep)
+        self.settle_all_but(&msg.keep, Verdict::Release)
     }
 }
 

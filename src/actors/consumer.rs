@@ -100,7 +100,10 @@ impl Consumer {
         }
         if self.stopped {
             // Pulled after intake stopped: give them straight back.
-            self.downstream.abandon.do_send(Abandon(batch));
+            self.downstream.abandon.do_send(Abandon {
+                deliveries: batch,
+                failed: false,
+            });
             return;
         }
         self.state.in_hand = batch;
@@ -138,7 +141,10 @@ impl Supervised for Consumer {
         let held = std::mem::take(&mut self.state.in_hand);
         if !held.is_empty() {
             warn!("Consumer returning {} undispatched deliveries", held.len());
-            self.downstream.abandon.do_send(Abandon(held));
+            self.downstream.abandon.do_send(Abandon {
+                deliveries: held,
+                failed: true,
+            });
         }
         self.state = State::default();
         note_restart(self);

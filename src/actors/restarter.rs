@@ -177,7 +177,6 @@ impl Actor for Restarter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
         if self.config.min_interval.is_zero() {
             return;
         }

@@ -199,7 +199,6 @@ impl Actor for Saver {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
         // A fresh incarnation picks up a close its predecessor did not finish.
         if self.state.closing.is_some() {
             self.flush(ctx);

@@ -159,7 +159,6 @@ impl Actor for SignalActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
         if self.handle_signals {
             self.listen(ctx);
         }

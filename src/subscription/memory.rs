@@ -217,8 +217,6 @@ impl Actor for MemorySubscription {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Producers and the stdin thread must never block on this mailbox.
-        ctx.set_mailbox_capacity(usize::MAX);
         ctx.run_interval(TICK, |act, _| act.tick());
     }
 }

@@ -1,0 +1,229 @@
+//! Runs the real `mandrill` binary for process-level tests: captures its stderr line by
+//! line, sends it real signals, and parses the run report from its stdout. Every wait is
+//! bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub struct Mandrill {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line seen so far, in order.
+    pub log: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mandrill {
+    /// Starts the binary with a database in a fresh temporary directory.
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_stdin(args, false)
+    }
+
+    pub fn spawn_with_stdin(args: &[&str], piped_stdin: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("mandrill.db");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mandrill"))
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(if piped_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mandrill");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+            dir,
+        }
+    }
+
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("mandrill.db")
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("send signal");
+    }
+
+    pub fn write_stdin(&mut self, data: &[u8]) {
+        self.child
+            .stdin
+            .as_mut()
+            .expect("piped stdin")
+            .write_all(data)
+            .expect("write stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// Waits for a stderr line containing `needle`, failing the test after `limit`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {needle:?} within {limit:?}; last lines:\n{}",
+                        self.tail()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "stderr closed before a line with {needle:?}; last lines:\n{}",
+                    self.tail()
+                ),
+            }
+        }
+    }
+
+    /// Waits until `n` stderr lines in all contain `needle`.
+    pub fn wait_for_count(&mut self, needle: &str, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.log.iter().filter(|l| l.contains(needle)).count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "fewer than {n} lines with {needle:?} within {limit:?}:\n{}",
+                        self.tail()
+                    )
+                }
+            }
+        }
+    }
+
+    /// True if the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for exit, failing the test after `limit`; returns the status and the report
+    /// (`Value::Null` when there is none) and collects the rest of stderr.
+    pub fn finish(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "did not exit within {limit:?}; last lines:\n{}",
+                    self.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The reader thread ends at EOF, which follows exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            s.read_to_string(&mut out).expect("stdout");
+        }
+        let report = out
+            .lines()
+            .last()
+            .map(|l| serde_json::from_str(l).expect("report is json"))
+            .unwrap_or(Value::Null);
+        Finished {
+            status,
+            report,
+            stdout: out,
+            log: self.log,
+            dir: self.dir,
+        }
+    }
+
+    fn tail(&self) -> String {
+        let from = self.log.len().saturating_sub(30);
+        self.log[from..].join("\n")
+    }
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub report: Value,
+    pub stdout: String,
+    pub log: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Finished {
+    pub fn n(&self, field: &str) -> u64 {
+        self.report[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("report has no {field}: {}", self.report))
+    }
+
+    /// The pipeline's conservation law.
+    pub fn assert_conserved(&self) {
+        assert_eq!(
+            self.n("published"),
+            self.n("acked") + self.n("dead_lettered") + self.n("pending_at_exit"),
+            "published != acked + dead_lettered + pending_at_exit: {}",
+            self.report
+        );
+    }
+
+    /// Index of the first log line containing `needle`.
+    pub fn line_index(&self, needle: &str) -> usize {
+        self.log
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?}:\n{}", self.log.join("\n")))
+    }
+
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.log.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn db_rows(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.path().join("mandrill.db")).expect("db");
+        conn.query_row(sql, [], |r| r.get(0)).expect("query")
+    }
+}

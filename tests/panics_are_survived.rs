@@ -1,0 +1,67 @@
+//! Panics injected into every actor's handlers are caught: the process lives on, each
+//! panic is logged and counted, the actor is restarted, and no message is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Mandrill;
+
+#[test]
+fn injected_panics_lose_no_message() {
+    let m = Mandrill::spawn(&[
+        "--messages",
+        "20000",
+        "--publish-delay",
+        "0",
+        "--io-delay",
+        "0",
+        "--failure-rate",
+        "0.1",
+        "--seed",
+        "3",
+        "--log",
+        "none",
+        "--max-restarts",
+        "1000000",
+        // Small pulls mean many handler calls, so that each actor meets many panics. The
+        // publisher makes its 20k in about 20 chunks, so it needs a higher rate.
+        "--max-in-flight",
+        "50",
+        "--batch-size",
+        "50",
+        "--inject",
+        "panic:publisher=0.2,panic:consumer=0.02,panic:saver=0.05,panic:restarter=0.05,panic:acker=0.01",
+    ]);
+    let f = m.finish(Duration::from_secs(120));
+    assert!(
+        f.status.success(),
+        "exit {:?}\n{}",
+        f.status,
+        f.log.join("\n")
+    );
+    assert_eq!(f.report["stopped_by"], "done", "{}", f.report);
+    f.assert_conserved();
+    assert_eq!(f.n("published"), 20000);
+    // A finished run leaves nothing behind: every message was acked or dead-lettered.
+    assert_eq!(f.n("pending_at_exit"), 0, "{}", f.report);
+    let panics = f.n("panics");
+    assert!(panics > 10, "{}", f.report);
+    assert_eq!(f.n("actor_restarts"), panics, "{}", f.report);
+    for actor in ["publisher", "consumer", "saver", "restarter", "acker"] {
+        assert!(
+            f.log
+                .iter()
+                .any(|l| l.contains("Caught exception: injected panic in") && l.contains(actor)),
+            "no caught panic logged for {actor}"
+        );
+    }
+    assert_eq!(
+        f.count_lines("Caught exception: injected panic") as u64,
+        panics
+    );
+    assert_eq!(
+        f.db_rows("SELECT count(*) FROM messages") as u64,
+        f.n("saved")
+    );
+}
