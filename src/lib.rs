@@ -12,6 +12,8 @@ pub mod source;
 pub mod store;
 pub mod subscription;
 pub mod supervision;
+#[cfg(test)]
+mod testkit;
 
 /// The tracing target of per-message lines, which `--log none` turns off while keeping
 /// lifecycle lines.

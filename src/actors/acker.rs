@@ -356,3 +356,180 @@ impl Handler<InFlight> for Acker {
         self.state.pending.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::restarter::RestartError;
+    use crate::testkit::{delivery, link, settle, sink, Got};
+
+    struct Rig {
+        acker: Addr<Acker>,
+        settled: Got<Settle>,
+        extended: Got<Extend>,
+        failed: Got<crate::supervision::ChildFailed>,
+    }
+
+    fn rig(panic_rate: &str) -> Rig {
+        let (link, failed, _) = link();
+        let (settle, settled) = sink();
+        let (extend, extended) = sink();
+        let faults: crate::config::Faults = panic_rate.parse().unwrap();
+        let config = AckerConfig {
+            message_timeout: Duration::from_secs(30),
+            ack_deadline: Duration::from_secs(10),
+            redelivery_delay: Duration::from_secs(2),
+        };
+        let injector = faults.injector("acker", Some(1));
+        let acker =
+            actix::Supervisor::start(move |_| Acker::new(link, settle, extend, config, injector));
+        Rig {
+            acker,
+            settled,
+            extended,
+            failed,
+        }
+    }
+
+    fn verdicts(got: &Got<Settle>) -> Vec<(DeliveryTag, Verdict)> {
+        got.take()
+            .into_iter()
+            .flat_map(|s| s.0)
+            .map(|s| (s.tag, s.verdict))
+            .collect()
+    }
+
+    const NACK: Verdict = Verdict::Nack {
+        delay: Duration::from_secs(2),
+    };
+
+    #[actix_rt::test]
+    async fn acks_when_both_steps_succeed_and_nacks_when_either_fails() {
+        let r = rig("");
+        let ds = [delivery(1, "a"), delivery(2, "b"), delivery(3, "c")];
+        r.acker.send(Track(ds.to_vec())).await.unwrap();
+        let save = ds.iter().map(|d| Outcome::ok(*d)).collect();
+        r.acker
+            .send(Outcomes {
+                step: Step::Save,
+                outcomes: save,
+            })
+            .await
+            .unwrap();
+        assert!(
+            verdicts(&r.settled).is_empty(),
+            "settled on half the outcomes"
+        );
+        let restart = vec![
+            Outcome::ok(ds[0]),
+            Outcome::err(ds[1], RestartError::Failed("b.example.net".into())),
+            Outcome::ok(ds[2]),
+        ];
+        r.acker
+            .send(Outcomes {
+                step: Step::Restart,
+                outcomes: restart,
+            })
+            .await
+            .unwrap();
+        settle().await;
+        let mut v = verdicts(&r.settled);
+        v.sort_by_key(|(t, _)| *t);
+        assert_eq!(
+            v,
+            vec![
+                (DeliveryTag(1), Verdict::Ack),
+                (DeliveryTag(2), NACK),
+                (DeliveryTag(3), Verdict::Ack)
+            ]
+        );
+        assert_eq!(r.acker.send(InFlight).await.unwrap(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_message_missing_an_outcome_is_nacked_at_its_deadline() {
+        tokio::time::pause();
+        let r = rig("");
+        let d = delivery(1, "a");
+        r.acker.send(Track(vec![d])).await.unwrap();
+        r.acker
+            .send(Outcomes {
+                step: Step::Save,
+                outcomes: vec![Outcome::ok(d)],
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(verdicts(&r.settled).is_empty());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(verdicts(&r.settled), vec![(DeliveryTag(1), NACK)]);
+        // Its late outcome changes nothing.
+        r.acker
+            .send(Outcomes {
+                step: Step::Restart,
+                outcomes: vec![Outcome::ok(d)],
+            })
+            .await
+            .unwrap();
+        settle().await;
+        assert!(verdicts(&r.settled).is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn leases_of_messages_in_progress_are_extended() {
+        tokio::time::pause();
+        let r = rig("");
+        r.acker.send(Track(vec![delivery(7, "a")])).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let ext = r.extended.take();
+        assert!(
+            ext.iter().any(|e| e.tags == vec![DeliveryTag(7)]),
+            "no extension for the tracked delivery"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn release_outstanding_spares_shielded_messages() {
+        let r = rig("");
+        let (kept, dropped) = (delivery(1, "a"), delivery(2, "b"));
+        r.acker.send(Track(vec![kept, dropped])).await.unwrap();
+        let keep = HashSet::from([kept.id()]);
+        assert_eq!(r.acker.send(ReleaseOutstanding { keep }).await.unwrap(), 1);
+        settle().await;
+        assert_eq!(
+            verdicts(&r.settled),
+            vec![(DeliveryTag(2), Verdict::Release)]
+        );
+        let idle = r.acker.send(WhenIdle).await.unwrap();
+        for step in [Step::Save, Step::Restart] {
+            r.acker
+                .send(Outcomes {
+                    step,
+                    outcomes: vec![Outcome::ok(kept)],
+                })
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("idle once the shielded message finished")
+            .unwrap();
+        assert_eq!(verdicts(&r.settled), vec![(DeliveryTag(1), Verdict::Ack)]);
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_nacks_what_was_tracked_and_the_address_keeps_working() {
+        let r = rig("panic:acker=1");
+        let ds = vec![delivery(1, "a"), delivery(2, "b")];
+        r.acker.do_send(Track(ds));
+        settle().await;
+        let mut v = verdicts(&r.settled);
+        v.sort_by_key(|(t, _)| *t);
+        assert_eq!(v, vec![(DeliveryTag(1), NACK), (DeliveryTag(2), NACK)]);
+        let failed = r.failed.take();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].child, "acker");
+        // The same address answers after the restart.
+        assert_eq!(r.acker.send(InFlight).await.unwrap(), 0);
+    }
+}

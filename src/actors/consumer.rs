@@ -157,3 +157,97 @@ impl Handler<StopIntake> for Consumer {
         self.stopped = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{InstanceName, Message};
+    use crate::subscription::memory::{MemoryConfig, MemorySubscription, Publish};
+    use crate::testkit::{link, settle, sink, Got};
+    use std::sync::Arc;
+
+    struct Rig {
+        sub: Addr<MemorySubscription>,
+        consumer: Addr<Consumer>,
+        tracked: Got<Track>,
+        saved: Got<Save>,
+        restarted: Got<Restart>,
+    }
+
+    fn rig(max_in_flight: usize) -> Rig {
+        let (link, _, _) = link();
+        let sub = MemorySubscription::new(
+            MemoryConfig {
+                max_in_flight,
+                max_deliveries: 5,
+                ack_deadline: Duration::from_secs(10),
+            },
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .start();
+        let (track, tracked) = sink();
+        let (abandon, _) = sink();
+        let (save, saved) = sink();
+        let (restart, restarted) = sink();
+        let downstream = Downstream {
+            track,
+            abandon,
+            save,
+            restart,
+        };
+        let pull = sub.clone().recipient();
+        let injector = crate::config::Faults::default().injector("consumer", None);
+        let consumer =
+            actix::Supervisor::start(move |_| Consumer::new(link, pull, downstream, 100, injector));
+        Rig {
+            sub,
+            consumer,
+            tracked,
+            saved,
+            restarted,
+        }
+    }
+
+    fn publish(n: usize) -> Publish {
+        Publish(
+            (0..n)
+                .map(|_| Message::new(InstanceName::parse("cattle-a").unwrap()))
+                .collect(),
+        )
+    }
+
+    fn count<M>(got: &Got<M>, f: impl Fn(&M) -> usize) -> usize {
+        got.take().iter().map(f).sum()
+    }
+
+    #[actix_rt::test]
+    async fn every_pulled_delivery_goes_to_all_three() {
+        let r = rig(1000);
+        r.sub.send(publish(250)).await.unwrap();
+        settle().await;
+        assert_eq!(count(&r.tracked, |t| t.0.len()), 250);
+        assert_eq!(count(&r.saved, |s| s.0.len()), 250);
+        assert_eq!(count(&r.restarted, |s| s.0.len()), 250);
+    }
+
+    #[actix_rt::test]
+    async fn pulling_stays_within_the_flow_control_credit() {
+        // Nothing is ever acked here, so only the first 30 can be leased.
+        let r = rig(30);
+        r.sub.send(publish(100)).await.unwrap();
+        settle().await;
+        assert_eq!(count(&r.tracked, |t| t.0.len()), 30);
+    }
+
+    #[actix_rt::test]
+    async fn stop_intake_stops_pulling() {
+        tokio::time::pause();
+        let r = rig(1000);
+        r.consumer.send(StopIntake).await.unwrap();
+        // Let the pull that was already waiting run out.
+        tokio::time::sleep(PULL_WAIT * 2).await;
+        r.sub.send(publish(10)).await.unwrap();
+        tokio::time::sleep(PULL_WAIT * 2).await;
+        assert_eq!(r.tracked.len(), 0);
+    }
+}

@@ -161,3 +161,85 @@ impl Handler<StopIntake> for Publisher {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{link, settle, sink, Got};
+
+    struct Rig {
+        published: Got<Publish>,
+        closed: Got<InputClosed>,
+        publisher: Addr<Publisher>,
+    }
+
+    fn rig(delay: Duration, limit: Option<u64>, seed: u64) -> Rig {
+        let (link, _, _) = link();
+        let (publish, published) = sink();
+        let (input_closed, closed) = sink();
+        let config = PublisherConfig {
+            delay,
+            jitter: false,
+            limit,
+        };
+        let rng = crate::config::rng_for(Some(seed), "publisher");
+        let injector = crate::config::Faults::default().injector("publisher", None);
+        let publisher = actix::Supervisor::start(move |_| {
+            Publisher::new(link, publish, input_closed, config, rng, injector)
+        });
+        Rig {
+            published,
+            closed,
+            publisher,
+        }
+    }
+
+    fn messages(got: &Got<Publish>) -> Vec<Message> {
+        got.take().into_iter().flat_map(|p| p.0).collect()
+    }
+
+    #[actix_rt::test]
+    async fn publishes_exactly_the_limit_then_closes_input() {
+        let r = rig(Duration::ZERO, Some(2500), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ms = messages(&r.published);
+        assert_eq!(ms.len(), 2500);
+        assert_eq!(r.closed.len(), 1);
+        for m in &ms {
+            let name = m.instance_name.as_str();
+            assert!(name.starts_with("cattle-") && name.len() == 11, "{name}");
+            assert_eq!(m.message_id.get_version_num(), 4);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn the_same_seed_publishes_the_same_messages() {
+        let (a, b) = (
+            rig(Duration::ZERO, Some(10), 9),
+            rig(Duration::ZERO, Some(10), 9),
+        );
+        let c = rig(Duration::ZERO, Some(10), 10);
+        settle().await;
+        let (a, b, c) = (
+            messages(&a.published),
+            messages(&b.published),
+            messages(&c.published),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[actix_rt::test]
+    async fn a_fixed_delay_paces_publishing() {
+        tokio::time::pause();
+        let r = rig(Duration::from_secs(1), None, 1);
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 1);
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(messages(&r.published).len(), 2);
+        r.publisher.send(StopIntake).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(messages(&r.published).is_empty());
+        assert_eq!(r.closed.len(), 1);
+    }
+}

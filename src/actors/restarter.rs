@@ -280,3 +280,147 @@ impl Handler<Running> for Restarter {
         MessageResult(self.state.running.values().map(|d| d.id()).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::testkit::{delivery, link, name, settle, sink, FakeStore, Got};
+    use std::sync::{Arc, Mutex};
+
+    struct Rig {
+        restarter: Addr<Restarter>,
+        outcomes: Got<Outcomes>,
+        history: Arc<Mutex<Vec<RestartRow>>>,
+    }
+
+    fn rig(io_delay: Duration, failure_rate: f64, min_interval: Duration, store: FakeStore) -> Rig {
+        let (link, _, _) = link();
+        let (acker, outcomes) = sink();
+        let history = store.restarts.clone();
+        let store = store.start();
+        let (load, record) = (store.clone().recipient(), store.recipient());
+        let config = RestarterConfig {
+            io_delay,
+            failure_rate,
+            min_interval,
+            domain: "example.net".into(),
+        };
+        let injector = crate::config::Faults::default().injector("restarter", Some(1));
+        let rng = crate::config::rng_for(Some(1), "restarter");
+        let restarter = actix::Supervisor::start(move |_| {
+            Restarter::new(link, acker, load, record, config, rng, injector)
+        });
+        Rig {
+            restarter,
+            outcomes,
+            history,
+        }
+    }
+
+    fn empty_store() -> FakeStore {
+        FakeStore {
+            inner: Default::default(),
+            fail: None,
+            batches: Default::default(),
+            restarts: Default::default(),
+        }
+    }
+
+    fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
+        got.take()
+            .into_iter()
+            .flat_map(|o| o.outcomes)
+            .map(|o| o.result)
+            .collect()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[actix_rt::test]
+    async fn a_recently_restarted_host_is_skipped_as_a_success() {
+        tokio::time::pause();
+        let r = rig(Duration::ZERO, 0.0, HOUR, empty_store());
+        r.restarter
+            .send(Restart(vec![
+                delivery(1, "cattle-a"),
+                delivery(2, "cattle-a"),
+            ]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(()), Ok(())]);
+        assert_eq!(
+            r.history.lock().unwrap().len(),
+            1,
+            "the second message must not restart the host"
+        );
+        // Once the interval has passed, the host is restarted again.
+        tokio::time::sleep(HOUR + Duration::from_secs(1)).await;
+        r.restarter
+            .send(Restart(vec![delivery(3, "cattle-a")]))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(r.history.lock().unwrap().len(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn the_history_in_the_store_is_honoured_from_the_start() {
+        let mut store = empty_store();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        store
+            .inner
+            .record_restarts(&[RestartRow {
+                host: name("cattle-old"),
+                at_ms: now_ms - 60_000,
+                message_id: Uuid::new_v4(),
+            }])
+            .unwrap();
+        let r = rig(Duration::ZERO, 0.0, HOUR, store);
+        r.restarter
+            .send(Restart(vec![
+                delivery(1, "cattle-old"),
+                delivery(2, "cattle-new"),
+            ]))
+            .await
+            .unwrap();
+        settle().await;
+        let hosts: Vec<_> = r.history.lock().unwrap().iter().map(|r| r.host).collect();
+        // The preloaded row is in the store, not in what this run recorded.
+        assert_eq!(hosts, vec![name("cattle-new")]);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_restart_says_which_host() {
+        let r = rig(Duration::ZERO, 1.0, Duration::ZERO, empty_store());
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-zpsk")]))
+            .await
+            .unwrap();
+        settle().await;
+        let err = RestartError::Failed("cattle-zpsk.example.net".into());
+        assert_eq!(err.to_string(), "Could not restart cattle-zpsk.example.net");
+        assert_eq!(results(&r.outcomes), vec![Err(StepError::Restart(err))]);
+        assert!(r.history.lock().unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn running_restarts_are_reported_until_they_finish() {
+        tokio::time::pause();
+        let r = rig(Duration::from_secs(10), 0.0, Duration::ZERO, empty_store());
+        let d = delivery(1, "cattle-a");
+        r.restarter.send(Restart(vec![d])).await.unwrap();
+        assert_eq!(
+            r.restarter.send(Running).await.unwrap(),
+            HashSet::from([d.id()])
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        assert!(r.restarter.send(Running).await.unwrap().is_empty());
+    }
+}

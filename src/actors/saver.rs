@@ -298,3 +298,139 @@ impl Handler<Close> for Saver {
         Response::fut(async move { rx.await.unwrap_or(Err(StoreError::Closed)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{delivery, link, settle, sink, FakeStore, Got};
+    use std::sync::{Arc, Mutex};
+
+    struct Rig {
+        saver: Addr<Saver>,
+        outcomes: Got<Outcomes>,
+        batches: Arc<Mutex<Vec<usize>>>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn rig(batch_size: usize, io_delay: Duration, fail: Option<StoreError>, faults: &str) -> Rig {
+        let (link, _, metrics) = link();
+        let (acker, outcomes) = sink();
+        let (store, batches) = FakeStore::start(fail);
+        let config = SaverConfig {
+            io_delay,
+            batch_size,
+            flush_interval: Duration::from_millis(5),
+        };
+        let faults: crate::config::Faults = faults.parse().unwrap();
+        let injector = faults.injector("saver", Some(1));
+        let rng = crate::config::rng_for(Some(1), "saver-io");
+        let saver = actix::Supervisor::start(move |_| {
+            Saver::new(
+                link,
+                acker,
+                store.clone().recipient(),
+                store.recipient(),
+                config,
+                rng,
+                injector,
+            )
+        });
+        Rig {
+            saver,
+            outcomes,
+            batches,
+            metrics,
+        }
+    }
+
+    fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
+        got.take()
+            .into_iter()
+            .flat_map(|o| o.outcomes)
+            .map(|o| o.result)
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn a_full_batch_is_committed_at_once() {
+        tokio::time::pause();
+        let r = rig(3, Duration::ZERO, None, "");
+        let ds: Vec<_> = (1..=3).map(|i| delivery(i, "a")).collect();
+        r.saver.send(Save(ds)).await.unwrap();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(*r.batches.lock().unwrap(), vec![3]);
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(()), Ok(()), Ok(())]);
+        assert_eq!(
+            r.metrics.saved.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_partial_batch_waits_for_the_flush_timer() {
+        tokio::time::pause();
+        let r = rig(100, Duration::ZERO, None, "");
+        r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(4)).await;
+        assert!(r.batches.lock().unwrap().is_empty(), "flushed early");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(*r.batches.lock().unwrap(), vec![1]);
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+    }
+
+    #[actix_rt::test]
+    async fn simulated_io_delays_each_save() {
+        tokio::time::pause();
+        let r = rig(1, Duration::from_secs(10), None, "");
+        r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_commit_fails_every_message_in_it() {
+        let down = StoreError::Unavailable("disk full".into());
+        let r = rig(2, Duration::ZERO, Some(down.clone()), "");
+        r.saver
+            .send(Save(vec![delivery(1, "a"), delivery(2, "b")]))
+            .await
+            .unwrap();
+        settle().await;
+        let want = Err(StepError::Store(down));
+        assert_eq!(results(&r.outcomes), vec![want.clone(), want]);
+        assert_eq!(
+            r.metrics.errors.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[actix_rt::test]
+    async fn close_commits_the_last_batch_then_refuses_more() {
+        let r = rig(100, Duration::ZERO, None, "");
+        r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+        r.saver.send(Close).await.unwrap().unwrap();
+        assert_eq!(*r.batches.lock().unwrap(), vec![1]);
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        r.saver.send(Save(vec![delivery(2, "b")])).await.unwrap();
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Err(StepError::Closed("saver"))]);
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_fails_what_it_held_and_the_saver_comes_back() {
+        let r = rig(100, Duration::ZERO, None, "panic:saver=1");
+        // The guard catches the panic, so even the sender gets its reply.
+        r.saver
+            .send(Save(vec![delivery(1, "a"), delivery(2, "b")]))
+            .await
+            .unwrap();
+        settle().await;
+        let want = Err(StepError::Panicked("saver"));
+        assert_eq!(results(&r.outcomes), vec![want.clone(), want]);
+        // Restarted in place: the same address takes the close request.
+        r.saver.send(Close).await.unwrap().unwrap();
+    }
+}

@@ -253,3 +253,62 @@ impl Handler<ChildFailed> for Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{settle, sink, Got};
+
+    fn supervisor(max_restarts: u32, window: Duration) -> (Addr<Supervisor>, Got<Escalate>) {
+        let (escalate, escalations) = sink();
+        let s = Supervisor {
+            intensity: Intensity {
+                max_restarts,
+                window,
+            },
+            escalate,
+            recent: VecDeque::new(),
+            escalated: false,
+        }
+        .start();
+        (s, escalations)
+    }
+
+    fn failed(child: &'static str) -> ChildFailed {
+        ChildFailed {
+            child,
+            reason: "boom".into(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn more_restarts_than_the_limit_within_the_window_escalate_once() {
+        tokio::time::pause();
+        let (s, escalations) = supervisor(2, Duration::from_secs(5));
+        s.send(failed("saver")).await.unwrap();
+        s.send(failed("acker")).await.unwrap();
+        settle().await;
+        assert_eq!(
+            escalations.len(),
+            0,
+            "two restarts are within a limit of two"
+        );
+        s.send(failed("restarter")).await.unwrap();
+        s.send(failed("saver")).await.unwrap();
+        settle().await;
+        let e = escalations.take();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].child, e[0].reason.as_str()), ("restarter", "boom"));
+    }
+
+    #[actix_rt::test]
+    async fn restarts_spread_beyond_the_window_do_not_escalate() {
+        tokio::time::pause();
+        let (s, escalations) = supervisor(2, Duration::from_secs(5));
+        for _ in 0..6 {
+            s.send(failed("saver")).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        assert_eq!(escalations.len(), 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! Collaborators for actor unit tests: sinks that record what an actor sends, a fake
+//! store that answers on the event loop (so paused time stays deterministic), and
+//! builders for deliveries and links.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::message::{Delivery, DeliveryTag, InstanceName, Message as PubSubMessage};
+use crate::metrics::Metrics;
+use crate::store::{
+    memory::MemoryStore, CloseStore, LoadRestarts, RecordRestarts, RestartRow, SaveBatch, Store,
+    StoreError,
+};
+use crate::supervision::{ChildFailed, Link};
+
+/// Records every `M` it receives.
+pub struct Sink<M> {
+    got: Arc<Mutex<Vec<M>>>,
+}
+
+impl<M: Unpin + 'static> Actor for Sink<M> {
+    type Context = Context<Self>;
+}
+
+impl<M> Handler<M> for Sink<M>
+where
+    M: Message<Result = ()> + Send + Unpin + 'static,
+{
+    type Result = ();
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
+        self.got.lock().unwrap().push(msg);
+    }
+}
+
+/// What a sink has received so far.
+pub struct Got<M>(Arc<Mutex<Vec<M>>>);
+
+impl<M> Got<M> {
+    pub fn take(&self) -> Vec<M> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+pub fn sink<M>() -> (Recipient<M>, Got<M>)
+where
+    M: Message<Result = ()> + Send + Unpin + 'static,
+{
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let addr = Sink { got: got.clone() }.start();
+    (addr.recipient(), Got(got))
+}
+
+/// A link whose supervisor is a sink, so tests can see `ChildFailed` reports.
+pub fn link() -> (Link, Got<ChildFailed>, Arc<Metrics>) {
+    let (supervisor, failed) = sink();
+    let metrics = Arc::new(Metrics::default());
+    (
+        Link {
+            supervisor,
+            metrics: metrics.clone(),
+        },
+        failed,
+        metrics,
+    )
+}
+
+pub fn name(s: &str) -> InstanceName {
+    InstanceName::parse(s).unwrap()
+}
+
+/// A first delivery of a fresh message for `host`, with tag `tag`.
+pub fn delivery(tag: u64, host: &str) -> Delivery {
+    Delivery {
+        tag: DeliveryTag(tag),
+        message: PubSubMessage::new(name(host)),
+        attempt: 1,
+        published_at: tokio::time::Instant::now(),
+    }
+}
+
+/// A store on the event loop, optionally failing every call.
+pub struct FakeStore {
+    pub inner: MemoryStore,
+    pub fail: Option<StoreError>,
+    pub batches: Arc<Mutex<Vec<usize>>>,
+    pub restarts: Arc<Mutex<Vec<RestartRow>>>,
+}
+
+impl FakeStore {
+    pub fn start(fail: Option<StoreError>) -> (Addr<FakeStore>, Arc<Mutex<Vec<usize>>>) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let addr = FakeStore {
+            inner: MemoryStore::default(),
+            fail,
+            batches: batches.clone(),
+            restarts: Default::default(),
+        }
+        .start();
+        (addr, batches)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.fail.clone().map_or(Ok(()), Err)
+    }
+}
+
+impl Actor for FakeStore {
+    type Context = Context<Self>;
+}
+
+impl Handler<SaveBatch> for FakeStore {
+    type Result = Result<u64, StoreError>;
+    fn handle(&mut self, msg: SaveBatch, _: &mut Context<Self>) -> Self::Result {
+        self.batches.lock().unwrap().push(msg.0.len());
+        self.check()?;
+        self.inner.save(&msg.0)
+    }
+}
+
+impl Handler<RecordRestarts> for FakeStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: RecordRestarts, _: &mut Context<Self>) -> Self::Result {
+        self.check()?;
+        self.restarts.lock().unwrap().extend(&msg.0);
+        self.inner.record_restarts(&msg.0)
+    }
+}
+
+impl Handler<LoadRestarts> for FakeStore {
+    type Result = Result<Vec<(InstanceName, i64)>, StoreError>;
+    fn handle(&mut self, msg: LoadRestarts, _: &mut Context<Self>) -> Self::Result {
+        self.check()?;
+        self.inner.restarts_since(msg.since_ms)
+    }
+}
+
+impl Handler<CloseStore> for FakeStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, _: CloseStore, _: &mut Context<Self>) -> Self::Result {
+        self.inner.close()
+    }
+}
+
+/// Lets every ready actor run, under paused or real time alike.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
