@@ -31,6 +31,14 @@ pub enum InstanceNameError {
 ///
 /// Validation happens once, at the edge; everything downstream can trust it, which is what
 /// makes it safe to splice into a hostname or a shell command later.
+///
+/// ```
+/// use mandrill::message::InstanceName;
+///
+/// let host = InstanceName::parse("cattle-zpsk").unwrap();
+/// assert_eq!(host.hostname("example.net"), "cattle-zpsk.example.net");
+/// assert!(InstanceName::parse("cattle-1; rm -rf /").is_err());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceName(ArrayString<MAX_INSTANCE_NAME>);
 

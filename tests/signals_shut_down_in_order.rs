@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
-const PHASES: [&str; 5] = [
+const PHASES: [&str; 6] = [
+    "Draining",
     "Nacking",
     "Closing database connections",
     "Flushing metrics",

@@ -260,13 +260,13 @@ async fn shutdown(
     tree.subscription.do_send(InputClosed);
 
     // 2. Drain: let in-flight messages finish normally.
+    let n = within(ASK, "the in-flight count", tree.acker.send(InFlight)).await;
+    info!(
+        "Draining {} in-flight messages for up to {:?}",
+        n.and_then(Result::ok).unwrap_or(0),
+        timeouts.drain
+    );
     if !timeouts.drain.is_zero() {
-        let n = within(ASK, "the in-flight count", tree.acker.send(InFlight)).await;
-        info!(
-            "Draining {} in-flight messages for up to {:?}",
-            n.and_then(Result::ok).unwrap_or(0),
-            timeouts.drain
-        );
         if let Some(Ok(idle)) = within(ASK, "the acker", tree.acker.send(WhenIdle)).await {
             within(timeouts.drain, "the drain", idle).await;
         }

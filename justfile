@@ -1,0 +1,23 @@
+# Mayhem Mandrill: one recipe per habit. `just --list` shows them.
+
+# Run the service at the talk's pace until Ctrl-C; extra flags pass through.
+run *FLAGS:
+    cargo run --release -- {{FLAGS}}
+
+# Run the whole test suite, as CI does.
+test:
+    cargo test
+
+# Check formatting and lints, as CI does.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Measure throughput and shutdown time on the release binary; prints medians of 3.
+bench:
+    cargo build --release --bin mandrill --example bench
+    cargo run --release --example bench
+
+# Build the API docs, including private items, and open nothing.
+doc:
+    cargo doc --no-deps --document-private-items
