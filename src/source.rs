@@ -79,6 +79,10 @@ fn read_all(
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
+        // The limit comes first: an over-long line is rejected even if it is all blanks.
+        if too_long.is_none() && text.len() > MAX_LINE {
+            too_long = Some(text.len());
+        }
         if too_long.is_none() && text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -109,4 +113,57 @@ fn read_all(
     }
     info!("End of input after {number} lines: {accepted} accepted, {rejected} rejected");
     closed.do_send(InputClosed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{settle, sink};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn line(n: u32) -> String {
+        format!(
+            r#"{{"message_id":"00000000-0000-4000-8000-{n:012}","instance_name":"cattle-{n}"}}"#
+        )
+    }
+
+    #[actix_rt::test]
+    async fn edge_cases_of_line_reading() {
+        let (publish, published) = sink::<Publish>();
+        let (closed, closes) = sink::<InputClosed>();
+        let metrics = Arc::new(Metrics::default());
+        // Exactly at the limit is fine; one byte over is not, and neither is an over-long
+        // last line with no newline. CRLF endings and blank lines are tolerated.
+        let at_limit = {
+            let base = line(2);
+            let pad = MAX_LINE - base.len();
+            format!("{}{}", " ".repeat(pad), base)
+        };
+        let input = format!(
+            "{}\r\n\n{at_limit}\n {}\n{}",
+            line(1),
+            " ".repeat(MAX_LINE),
+            "y".repeat(MAX_LINE + 10)
+        );
+        assert_eq!(at_limit.len(), MAX_LINE);
+        let handle = spawn(
+            Box::new(std::io::Cursor::new(input.into_bytes())),
+            publish,
+            closed,
+            metrics.clone(),
+        )
+        .unwrap();
+        let joined = actix_rt::task::spawn_blocking(move || handle.join()).await;
+        joined.unwrap().unwrap();
+        settle().await;
+        let ids: Vec<_> = published
+            .take()
+            .into_iter()
+            .flat_map(|p| p.0)
+            .map(|m| m.instance_name.to_string())
+            .collect();
+        assert_eq!(ids, vec!["cattle-1", "cattle-2"]);
+        assert_eq!(metrics.rejected.load(Relaxed), 2);
+        assert_eq!(closes.len(), 1);
+    }
 }
