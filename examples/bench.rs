@@ -5,6 +5,8 @@
 //! - in-memory: 200k messages, no IO delay, no per-message logs, failure rate 0.25, one
 //!   delivery, memory store;
 //! - durable: the same into a SQLite file;
+//! - raw store: 200k fresh messages inserted straight into `SqliteStore`, 1000 a
+//!   transaction, with no pipeline: the ceiling the durable pipeline runs against;
 //! - shutdown: an unbounded publisher with 1 s of IO per step and no drain or shield
 //!   time, SIGTERM after 2 s: time from the signal to exit.
 
@@ -108,6 +110,27 @@ fn shutdown(db: &str) -> (f64, u64, bool) {
     )
 }
 
+/// Rows per second for batched inserts straight into the store, no actors involved.
+fn raw_store(path: &std::path::Path) -> f64 {
+    use mandrill::message::{InstanceName, Message};
+    use mandrill::store::{sqlite::SqliteStore, SaveRow, Store};
+    let mut store = SqliteStore::open(path).expect("open store");
+    let name = InstanceName::parse("cattle-zpsk").expect("valid name");
+    let rows: Vec<SaveRow> = (0..200_000)
+        .map(|_| SaveRow {
+            message: Message::new(name),
+            attempt: 1,
+        })
+        .collect();
+    let start = Instant::now();
+    for batch in rows.chunks(1000) {
+        store.save(batch).expect("save");
+    }
+    let rate = rows.len() as f64 / start.elapsed().as_secs_f64();
+    store.close().expect("close");
+    rate
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     xs[xs.len() / 2]
@@ -126,6 +149,9 @@ fn main() {
         .map(|_| pipeline(&["--store", "memory"]))
         .collect();
     let durable: Vec<f64> = (0..RUNS).map(|i| pipeline(&["--db", &db(i)])).collect();
+    let raw: Vec<f64> = (0..RUNS)
+        .map(|i| raw_store(&dir.path().join(format!("raw-{i}.db"))))
+        .collect();
     let shutdowns: Vec<_> = (0..RUNS).map(|i| shutdown(&db(100 + i))).collect();
 
     let fmt = |xs: &[f64]| {
@@ -145,6 +171,11 @@ fn main() {
         "| durable pipeline (msgs/s) | {} | {:.0} | >= 200000 |",
         fmt(&durable),
         median(durable.clone())
+    );
+    println!(
+        "| raw batched insert, same schema (rows/s) | {} | {:.0} | ceiling for the above |",
+        fmt(&raw),
+        median(raw.clone())
     );
     let ms: Vec<f64> = shutdowns.iter().map(|s| s.0).collect();
     println!(
