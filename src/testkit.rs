@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::actors::acker::Outcomes;
+use crate::actors::protocol::StepError;
 use crate::message::{Delivery, DeliveryTag, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
 use crate::store::{
@@ -93,16 +95,20 @@ pub struct FakeStore {
 }
 
 impl FakeStore {
-    pub fn start(fail: Option<StoreError>) -> (Addr<FakeStore>, Arc<Mutex<Vec<usize>>>) {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let addr = FakeStore {
+    pub fn new(fail: Option<StoreError>) -> Self {
+        FakeStore {
             inner: MemoryStore::default(),
             fail,
-            batches: batches.clone(),
+            batches: Default::default(),
             restarts: Default::default(),
         }
-        .start();
-        (addr, batches)
+    }
+
+    /// Starts a fake store; returns it with the sizes of the batches it is asked to save.
+    pub fn start(fail: Option<StoreError>) -> (Addr<FakeStore>, Arc<Mutex<Vec<usize>>>) {
+        let store = Self::new(fail);
+        let batches = store.batches.clone();
+        (store.start(), batches)
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -145,6 +151,15 @@ impl Handler<CloseStore> for FakeStore {
     fn handle(&mut self, _: CloseStore, _: &mut Context<Self>) -> Self::Result {
         self.inner.close()
     }
+}
+
+/// The results of every outcome a sink of `Outcomes` has received, in order.
+pub fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
+    got.take()
+        .into_iter()
+        .flat_map(|o| o.outcomes)
+        .map(|o| o.result)
+        .collect()
 }
 
 /// Lets every ready actor run, under paused or real time alike.

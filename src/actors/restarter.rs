@@ -285,7 +285,7 @@ impl Handler<Running> for Restarter {
 mod tests {
     use super::*;
     use crate::store::Store;
-    use crate::testkit::{delivery, link, name, settle, sink, FakeStore, Got};
+    use crate::testkit::{delivery, link, name, results, settle, sink, FakeStore, Got};
     use std::sync::{Arc, Mutex};
 
     struct Rig {
@@ -319,20 +319,7 @@ mod tests {
     }
 
     fn empty_store() -> FakeStore {
-        FakeStore {
-            inner: Default::default(),
-            fail: None,
-            batches: Default::default(),
-            restarts: Default::default(),
-        }
-    }
-
-    fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
-        got.take()
-            .into_iter()
-            .flat_map(|o| o.outcomes)
-            .map(|o| o.result)
-            .collect()
+        FakeStore::new(None)
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

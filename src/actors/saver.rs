@@ -302,7 +302,7 @@ impl Handler<Close> for Saver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{delivery, link, settle, sink, FakeStore, Got};
+    use crate::testkit::{delivery, link, results, settle, sink, FakeStore, Got};
     use std::sync::{Arc, Mutex};
 
     struct Rig {
@@ -341,14 +341,6 @@ mod tests {
             batches,
             metrics,
         }
-    }
-
-    fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
-        got.take()
-            .into_iter()
-            .flat_map(|o| o.outcomes)
-            .map(|o| o.result)
-            .collect()
     }
 
     #[actix_rt::test]
