@@ -45,6 +45,8 @@ fn injected_panics_lose_no_message() {
     assert_eq!(f.n("published"), 20000);
     // A finished run leaves nothing behind: every message was acked or dead-lettered.
     assert_eq!(f.n("pending_at_exit"), 0, "{}", f.report);
+    // Everything a failed actor held was nacked at once, not left to its lease.
+    assert_eq!(f.n("lease_expired"), 0, "{}", f.report);
     let panics = f.n("panics");
     assert!(panics > 10, "{}", f.report);
     assert_eq!(f.n("actor_restarts"), panics, "{}", f.report);

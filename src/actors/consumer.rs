@@ -83,8 +83,12 @@ impl Consumer {
             let res = res.unwrap_or_else(|e| Err(SubscriptionError::Unavailable(e.to_string())));
             match res {
                 Ok(batch) => {
-                    guard(act, ctx, |act, _| act.dispatch(batch));
-                    act.pull_next(ctx);
+                    // After a panic the restarted Consumer pulls from `started`; a pull
+                    // sent now would be answered to a future the restart drops, and its
+                    // deliveries would wait for their leases to expire.
+                    if guard(act, ctx, |act, _| act.dispatch(batch)).is_some() {
+                        act.pull_next(ctx);
+                    }
                 }
                 Err(e) => {
                     report_error(&act.link.metrics, Self::NAME, false, &e);
