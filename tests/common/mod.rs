@@ -13,8 +13,33 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// Kills the process when dropped, so that a failing test leaves no service running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 pub struct Mandrill {
-    child: Child,
+    child: KillOnDrop,
     lines: Receiver<String>,
     /// Every stderr line seen so far, in order.
     pub log: Vec<String>,
@@ -55,7 +80,7 @@ impl Mandrill {
             }
         });
         Self {
-            child,
+            child: KillOnDrop(child),
             lines,
             log: Vec::new(),
             dir,
