@@ -32,5 +32,9 @@ pub fn init(level: LogLevel) {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
+        // By default a failed write is reported with `eprintln!`, which panics when stderr
+        // is a closed pipe: every log line would then panic, and a log reader that goes
+        // away would stop the service. Losing log lines is the lesser harm.
+        .log_internal_errors(false)
         .init();
 }

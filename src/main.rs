@@ -1,5 +1,6 @@
 //! The `mandrill` binary: parse flags, set up logs, run, print the report.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,6 +19,11 @@ fn main() -> anyhow::Result<ExitCode> {
         );
     }));
     let report = app::run(cli.into_config())?;
-    println!("{}", serde_json::to_string(&report)?);
+    // A closed stdout must not turn a clean shutdown into a panic: say so and keep the
+    // exit status.
+    let line = serde_json::to_string(&report)?;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        tracing::error!("Cannot write the run report: {e}");
+    }
     Ok(ExitCode::from(report.exit_code as u8))
 }
