@@ -5,7 +5,7 @@
 //! alive while work is in progress, nacks any message whose outcomes miss the deadline,
 //! and answers the SignalActor's drain and nack phases.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -18,7 +18,7 @@ use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::subscription::{Extend, Settle, Settlement, Verdict};
 use crate::supervision::{guard, note_restart, Child, Link};
-use crate::FLOW;
+use crate::{FastMap, FLOW};
 
 /// How often deadlines are checked.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -43,7 +43,7 @@ struct Pending {
 
 #[derive(Default)]
 struct State {
-    pending: HashMap<Uuid, Pending>,
+    pending: FastMap<Uuid, Pending>,
     /// Track order is deadline order, because every message gets the same timeout.
     deadlines: VecDeque<(Instant, Uuid, DeliveryTag)>,
     last_extend: Option<Instant>,

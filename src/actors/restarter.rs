@@ -5,7 +5,7 @@
 //! restarts in the store's history, and sends outcomes to the Acker. It tells the
 //! SignalActor which restarts are running, so that the shutdown shields them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -22,7 +22,7 @@ use crate::message::{Delivery, DeliveryTag, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
 use crate::supervision::{guard, note_restart, report_error, Child, Link};
-use crate::FLOW;
+use crate::{FastMap, FastSet, FLOW};
 
 /// Why a host restart failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -71,9 +71,9 @@ impl Clock {
 struct State {
     /// Each host's last successful restart, in ms since the epoch. The store holds the
     /// durable copy; this index is loaded from it on start and kept in step after.
-    last_restart: HashMap<InstanceName, i64>,
-    running: HashMap<DeliveryTag, Delivery>,
-    busy_hosts: HashSet<InstanceName>,
+    last_restart: FastMap<InstanceName, i64>,
+    running: FastMap<DeliveryTag, Delivery>,
+    busy_hosts: FastSet<InstanceName>,
 }
 
 pub struct Restarter {

@@ -5,7 +5,6 @@
 //! `StoreWriter` on its `SyncArbiter` thread. Outcomes go to the Acker. At shutdown it
 //! commits its last batch and closes the store.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -20,7 +19,7 @@ use crate::message::{Delivery, DeliveryTag};
 use crate::metrics::Metrics;
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
 use crate::supervision::{guard, note_restart, report_error, Child, Link};
-use crate::FLOW;
+use crate::{FastMap, FLOW};
 
 /// How the Saver batches and how long its simulated IO takes.
 #[derive(Debug, Clone)]
@@ -36,7 +35,7 @@ pub struct SaverConfig {
 #[derive(Default)]
 struct State {
     /// Deliveries still in their simulated IO.
-    in_io: HashMap<DeliveryTag, Delivery>,
+    in_io: FastMap<DeliveryTag, Delivery>,
     /// The batch being gathered.
     batch: Vec<Delivery>,
     flush_timer: Option<SpawnHandle>,

@@ -1,17 +1,16 @@
 //! The in-memory store, for study runs and benchmarks: same contract, no disk.
 
-use std::collections::HashMap;
-
 use uuid::Uuid;
 
 use super::{RestartRow, SaveRow, Store, StoreError};
 use crate::message::InstanceName;
+use crate::FastMap;
 
 /// Messages and restart history in hash maps.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    messages: HashMap<Uuid, (InstanceName, u32)>,
-    last_restart: HashMap<InstanceName, i64>,
+    messages: FastMap<Uuid, (InstanceName, u32)>,
+    last_restart: FastMap<InstanceName, i64>,
     closed: bool,
 }
 

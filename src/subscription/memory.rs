@@ -4,7 +4,7 @@
 //! source) publishes into it, the Consumer pulls from it, the Acker settles with it, and
 //! the SignalActor asks it when everything is settled and what is left at exit.
 
-use std::{cmp::Reverse, collections::BinaryHeap, collections::HashMap, collections::VecDeque};
+use std::{cmp::Reverse, collections::BinaryHeap, collections::VecDeque};
 use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use super::{Extend, Pull, Settle, SubscriptionError, Verdict};
 use crate::message::{Delivery, DeliveryTag, Message};
 use crate::metrics::{Counts, Metrics};
+use crate::FastMap;
 
 /// How often leases and delayed redeliveries are checked. Redelivery timing is accurate to
 /// this, which is far below any ack deadline worth setting.
@@ -57,8 +58,8 @@ pub struct MemorySubscription {
     ready: VecDeque<Held>,
     /// Nacked messages waiting out their delay, soonest first.
     delayed: BinaryHeap<Reverse<(Instant, u64)>>,
-    delayed_held: HashMap<u64, Held>,
-    leased: HashMap<DeliveryTag, Lease>,
+    delayed_held: FastMap<u64, Held>,
+    leased: FastMap<DeliveryTag, Lease>,
     /// Lease deadlines, soonest first. Extensions push a new entry and leave the old one to
     /// be skipped, which keeps extension O(log n) instead of a search.
     expiry: BinaryHeap<Reverse<(Instant, DeliveryTag)>>,
@@ -77,8 +78,8 @@ impl MemorySubscription {
             started: Instant::now(),
             ready: VecDeque::new(),
             delayed: BinaryHeap::new(),
-            delayed_held: HashMap::new(),
-            leased: HashMap::new(),
+            delayed_held: FastMap::default(),
+            leased: FastMap::default(),
             expiry: BinaryHeap::new(),
             next_tag: 0,
             waiter: None,
