@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{parse_duration, parse_probability, Config, Faults, Source, StoreKind};
+use crate::config::{
+    parse_duration, parse_probability, Config, Faults, Source, StoreKind, Strategy,
+};
 use crate::logging::LogLevel;
 use crate::message::InstanceName;
 
@@ -133,6 +135,10 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
     pub restart_window: Duration,
 
+    /// Supervision strategy: which children restart when one fails.
+    #[arg(long, value_enum, default_value_t = Strategy::OneForOne)]
+    pub strategy: Strategy,
+
     /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01. RATE is the chance
     /// that one handler call fails (a call may carry a batch of messages). Kinds: panic.
     /// Actors: publisher, consumer, saver, restarter, acker.
@@ -199,6 +205,7 @@ impl Cli {
             close_timeout: self.close_timeout,
             max_restarts: self.max_restarts,
             restart_window: self.restart_window,
+            strategy: self.strategy,
             faults: self.inject.unwrap_or_default(),
             handle_signals: true,
         }
@@ -230,6 +237,7 @@ mod tests {
         assert_eq!(c.shield_timeout, d.shield_timeout);
         assert_eq!(c.max_restarts, d.max_restarts);
         assert_eq!(c.restart_window, d.restart_window);
+        assert_eq!(c.strategy, d.strategy);
     }
 
     #[test]
@@ -254,6 +262,7 @@ mod tests {
             &["--domain", "bad domain"],
             &["--store", "postgres"],
             &["--log", "loud"],
+            &["--strategy", "all-for-none"],
         ] {
             let err = parse(args).expect_err(&format!("{args:?} accepted"));
             assert_eq!(err.exit_code(), 2, "{args:?}");

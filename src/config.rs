@@ -6,6 +6,17 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use thiserror::Error;
 
+/// Which children a supervisor restarts when one fails, over the children in start order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    /// Only the failed child.
+    OneForOne,
+    /// Every child.
+    OneForAll,
+    /// The failed child and every child started after it.
+    RestForOne,
+}
+
 /// Where messages come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -54,6 +65,7 @@ pub struct Config {
     pub close_timeout: Duration,
     pub max_restarts: u32,
     pub restart_window: Duration,
+    pub strategy: Strategy,
     pub faults: Faults,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
@@ -84,6 +96,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             max_restarts: 10,
             restart_window: Duration::from_secs(5),
+            strategy: Strategy::OneForOne,
             faults: Faults::default(),
             handle_signals: true,
         }

@@ -25,6 +25,40 @@ pub struct ChildFailed {
     pub reason: String,
 }
 
+/// Asks a healthy child to restart with fresh state, because its supervisor's strategy
+/// restarts it along with a failed sibling.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RestartChild {
+    /// The sibling whose failure caused this restart.
+    pub because: &'static str,
+}
+
+/// Implements `Handler<RestartChild>` for a child: stopping its context makes actix's
+/// `Supervisor` restart it in place, through `Supervised::restarting`, exactly as after a
+/// panic, minus the panic.
+#[macro_export]
+macro_rules! restart_on_request {
+    ($child:ty) => {
+        impl actix::Handler<$crate::supervision::RestartChild> for $child {
+            type Result = ();
+            fn handle(
+                &mut self,
+                msg: $crate::supervision::RestartChild,
+                ctx: &mut actix::Context<Self>,
+            ) {
+                tracing::warn!(
+                    actor = <$child as $crate::supervision::Child>::NAME,
+                    "Restarting {} because {} failed",
+                    <$child as $crate::supervision::Child>::NAME,
+                    msg.because
+                );
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+
 /// What every child holds to report failures.
 #[derive(Clone)]
 pub struct Link {

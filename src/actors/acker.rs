@@ -207,6 +207,8 @@ impl Child for Acker {
     }
 }
 
+crate::restart_on_request!(Acker);
+
 impl Supervised for Acker {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // The table may be half-updated; nack everything in it so the subscription
@@ -515,6 +517,21 @@ mod tests {
             .expect("idle once the shielded message finished")
             .unwrap();
         assert_eq!(verdicts(&r.settled), vec![(DeliveryTag(1), Verdict::Ack)]);
+    }
+
+    #[actix_rt::test]
+    async fn a_restart_request_starts_it_afresh_after_nacking_its_table() {
+        let r = rig("");
+        r.acker.send(Track(vec![delivery(1, "a")])).await.unwrap();
+        r.acker
+            .send(crate::supervision::RestartChild { because: "saver" })
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(verdicts(&r.settled), vec![(DeliveryTag(1), NACK)]);
+        assert_eq!(r.acker.send(InFlight).await.unwrap(), 0);
+        // A sibling's restart is not this child's failure.
+        assert_eq!(r.failed.len(), 0);
     }
 
     #[actix_rt::test]

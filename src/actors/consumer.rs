@@ -49,6 +49,8 @@ pub struct Consumer {
     injector: Injector,
     /// Survives restarts: a Consumer told to stop stays stopped.
     stopped: bool,
+    /// Survives restarts: whether a pull is out, whose answer will arrive as `Pulled`.
+    pulling: bool,
     state: State,
 }
 
@@ -67,35 +69,34 @@ impl Consumer {
             batch,
             injector,
             stopped: false,
+            pulling: false,
             state: State::default(),
         }
     }
 
+    /// Sends the next pull, unless one is out already or intake has stopped.
+    ///
+    /// The answer comes back as a `Pulled` message rather than to a future on this
+    /// context: a restart drops a context's futures but keeps its mailbox, so a batch
+    /// answered while this actor restarts is still dispatched, not left leased until its
+    /// lease expires. `pulling` outlives restarts for the same reason, so that there is
+    /// only ever one pull loop.
     fn pull_next(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped {
+        if self.stopped || self.pulling {
             return;
         }
+        self.pulling = true;
         let request = self.pull.send(Pull {
             max: self.batch,
             wait: PULL_WAIT,
         });
-        ctx.spawn(request.into_actor(self).map(|res, act, ctx| {
-            let res = res.unwrap_or_else(|e| Err(SubscriptionError::Unavailable(e.to_string())));
-            match res {
-                Ok(batch) => {
-                    // After a panic the restarted Consumer pulls from `started`; a pull
-                    // sent now would be answered to a future the restart drops, and its
-                    // deliveries would wait for their leases to expire.
-                    if guard(act, ctx, |act, _| act.dispatch(batch)).is_some() {
-                        act.pull_next(ctx);
-                    }
-                }
-                Err(e) => {
-                    report_error(&act.link.metrics, Self::NAME, false, &e);
-                    ctx.run_later(RETRY, |act, ctx| act.pull_next(ctx));
-                }
-            }
-        }));
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let res = request
+                .await
+                .unwrap_or_else(|e| Err(SubscriptionError::Unavailable(e.to_string())));
+            me.do_send(Pulled(res));
+        });
     }
 
     fn dispatch(&mut self, batch: Vec<Delivery>) {
@@ -140,6 +141,8 @@ impl Child for Consumer {
     }
 }
 
+crate::restart_on_request!(Consumer);
+
 impl Supervised for Consumer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         let held = std::mem::take(&mut self.state.in_hand);
@@ -152,6 +155,30 @@ impl Supervised for Consumer {
         }
         self.state = State::default();
         note_restart(self);
+    }
+}
+
+/// The subscription's answer to the Consumer's last pull.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Pulled(pub Result<Vec<Delivery>, SubscriptionError>);
+
+impl Handler<Pulled> for Consumer {
+    type Result = ();
+    fn handle(&mut self, Pulled(res): Pulled, ctx: &mut Context<Self>) {
+        self.pulling = false;
+        match res {
+            Ok(batch) => {
+                // After a panic the restarted Consumer pulls from `started`.
+                if guard(self, ctx, |act, _| act.dispatch(batch)).is_some() {
+                    self.pull_next(ctx);
+                }
+            }
+            Err(e) => {
+                report_error(&self.link.metrics, Self::NAME, false, &e);
+                ctx.run_later(RETRY, |act, ctx| act.pull_next(ctx));
+            }
+        }
     }
 }
 

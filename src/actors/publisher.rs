@@ -149,6 +149,8 @@ impl Child for Publisher {
     }
 }
 
+crate::restart_on_request!(Publisher);
+
 impl Supervised for Publisher {
     fn restarting(&mut self, _: &mut Context<Self>) {
         note_restart(self);

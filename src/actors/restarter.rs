@@ -202,6 +202,8 @@ impl Child for Restarter {
     }
 }
 
+crate::restart_on_request!(Restarter);
+
 impl Supervised for Restarter {
     fn restarting(&mut self, _: &mut Context<Self>) {
         let failed = self

@@ -213,6 +213,8 @@ impl Child for Saver {
     }
 }
 
+crate::restart_on_request!(Saver);
+
 impl Supervised for Saver {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.release(StepError::Panicked(Self::NAME));

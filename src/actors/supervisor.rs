@@ -18,11 +18,11 @@ use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
-use crate::config::{rng_for, Config, Source};
+use crate::config::{rng_for, Config, Source, Strategy};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreWriter};
 use crate::subscription::memory::{MemoryConfig, MemorySubscription};
-use crate::supervision::{ChildFailed, Link};
+use crate::supervision::{Child, ChildFailed, Link, RestartChild};
 
 /// How many deliveries one pull asks for.
 const PULL_BATCH: usize = 1024;
@@ -59,6 +59,9 @@ pub struct Tree {
 
 pub struct Supervisor {
     intensity: Intensity,
+    strategy: Strategy,
+    /// Restartable children in start order, by name.
+    children: Vec<(&'static str, Recipient<RestartChild>)>,
     escalate: Recipient<Escalate>,
     recent: VecDeque<Instant>,
     escalated: bool,
@@ -74,16 +77,35 @@ impl Supervisor {
         store: Box<dyn Store>,
         escalate: Recipient<Escalate>,
     ) -> Tree {
-        let supervisor = Supervisor {
-            intensity: Intensity {
-                max_restarts: config.max_restarts,
-                window: config.restart_window,
-            },
-            escalate,
-            recent: VecDeque::new(),
-            escalated: false,
-        }
-        .start();
+        // The Supervisor must know its children to apply its strategy, and they must know
+        // it to report failures: create it, and start them inside its constructor.
+        let mut tree = None;
+        Supervisor::create(|ctx| {
+            let started = Self::start_children(config, &metrics, store, ctx.address());
+            let children = started.restartable();
+            tree = Some(started);
+            Supervisor {
+                intensity: Intensity {
+                    max_restarts: config.max_restarts,
+                    window: config.restart_window,
+                },
+                strategy: config.strategy,
+                children,
+                escalate,
+                recent: VecDeque::new(),
+                escalated: false,
+            }
+        });
+        tree.expect("the constructor ran")
+    }
+
+    /// Starts the children in their one fixed order; see `start_tree`.
+    fn start_children(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        store: Box<dyn Store>,
+        supervisor: Addr<Supervisor>,
+    ) -> Tree {
         let link = Link {
             supervisor: supervisor.clone().recipient(),
             metrics: metrics.clone(),
@@ -117,7 +139,7 @@ impl Supervisor {
                 ack_deadline: config.ack_deadline,
                 redelivery_delay: config.redelivery_delay,
             };
-            let injector = inject(<Acker as crate::supervision::Child>::NAME);
+            let injector = inject(Acker::NAME);
             actix::Supervisor::start(move |_| {
                 Acker::new(
                     link,
@@ -222,8 +244,43 @@ impl Supervisor {
     }
 }
 
+impl Tree {
+    /// The restartable children, in start order, as the strategy sees them.
+    fn restartable(&self) -> Vec<(&'static str, Recipient<RestartChild>)> {
+        let mut out: Vec<(&'static str, Recipient<RestartChild>)> = vec![
+            (Acker::NAME, self.acker.clone().recipient()),
+            (Saver::NAME, self.saver.clone().recipient()),
+            (Restarter::NAME, self.restarter.clone().recipient()),
+            (Consumer::NAME, self.consumer.clone().recipient()),
+        ];
+        if let Some(p) = &self.publisher {
+            out.push((Publisher::NAME, p.clone().recipient()));
+        }
+        out
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
+}
+
+impl Supervisor {
+    /// The healthy siblings the strategy restarts along with `failed`. The failed child
+    /// restarts itself: its guard stopped its context already.
+    fn siblings_to_restart(&self, failed: &str) -> Vec<&(&'static str, Recipient<RestartChild>)> {
+        let at = self.children.iter().position(|(name, _)| *name == failed);
+        match (self.strategy, at) {
+            (Strategy::OneForOne, _) | (_, None) => Vec::new(),
+            (Strategy::OneForAll, Some(i)) => self
+                .children
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, c)| c)
+                .collect(),
+            (Strategy::RestForOne, Some(i)) => self.children[i + 1..].iter().collect(),
+        }
+    }
 }
 
 impl Handler<ChildFailed> for Supervisor {
@@ -250,6 +307,10 @@ impl Handler<ChildFailed> for Supervisor {
                 child: msg.child,
                 reason: msg.reason,
             });
+            return;
+        }
+        for (_, sibling) in self.siblings_to_restart(msg.child) {
+            sibling.do_send(RestartChild { because: msg.child });
         }
     }
 }
@@ -260,18 +321,68 @@ mod tests {
     use crate::testkit::{settle, sink, Got};
 
     fn supervisor(max_restarts: u32, window: Duration) -> (Addr<Supervisor>, Got<Escalate>) {
+        let (s, escalations, _) = with_children(max_restarts, window, Strategy::OneForOne);
+        (s, escalations)
+    }
+
+    /// A supervisor over three sink children, a, b and c, started in that order.
+    fn with_children(
+        max_restarts: u32,
+        window: Duration,
+        strategy: Strategy,
+    ) -> (Addr<Supervisor>, Got<Escalate>, [Got<RestartChild>; 3]) {
         let (escalate, escalations) = sink();
+        let (a, got_a) = sink();
+        let (b, got_b) = sink();
+        let (c, got_c) = sink();
         let s = Supervisor {
             intensity: Intensity {
                 max_restarts,
                 window,
             },
+            strategy,
+            children: vec![("a", a), ("b", b), ("c", c)],
             escalate,
             recent: VecDeque::new(),
             escalated: false,
         }
         .start();
-        (s, escalations)
+        (s, escalations, [got_a, got_b, got_c])
+    }
+
+    /// Which of a, b and c were asked to restart after `failed` failed.
+    async fn restarted_after(strategy: Strategy, failed: &'static str) -> Vec<&'static str> {
+        let (s, _, got) = with_children(10, Duration::from_secs(5), strategy);
+        s.send(self::failed(failed)).await.unwrap();
+        settle().await;
+        ["a", "b", "c"]
+            .into_iter()
+            .zip(got)
+            .filter(|(_, g)| {
+                let asks = g.take();
+                assert!(asks.iter().all(|r| r.because == failed));
+                !asks.is_empty()
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn one_for_one_restarts_no_sibling() {
+        assert!(restarted_after(Strategy::OneForOne, "b").await.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn one_for_all_restarts_every_sibling() {
+        assert_eq!(restarted_after(Strategy::OneForAll, "b").await, ["a", "c"]);
+        assert_eq!(restarted_after(Strategy::OneForAll, "a").await, ["b", "c"]);
+    }
+
+    #[actix_rt::test]
+    async fn rest_for_one_restarts_only_later_siblings() {
+        assert_eq!(restarted_after(Strategy::RestForOne, "a").await, ["b", "c"]);
+        assert_eq!(restarted_after(Strategy::RestForOne, "b").await, ["c"]);
+        assert!(restarted_after(Strategy::RestForOne, "c").await.is_empty());
     }
 
     fn failed(child: &'static str) -> ChildFailed {

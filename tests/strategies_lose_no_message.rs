@@ -1,0 +1,67 @@
+//! Under each supervision strategy, with panics injected into every actor, no message is
+//! lost: every one is acked or dead-lettered, and the strategy decides how many actors
+//! restart per panic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Finished, Mandrill};
+
+fn run(strategy: &str) -> Finished {
+    let m = Mandrill::spawn(&[
+        "--strategy",
+        strategy,
+        "--messages",
+        "20000",
+        "--publish-delay",
+        "0",
+        "--io-delay",
+        "0",
+        "--seed",
+        "11",
+        "--log",
+        "none",
+        "--max-restarts",
+        "1000000",
+        // Small pulls mean many handler calls, and so many chances to panic.
+        "--max-in-flight",
+        "50",
+        "--batch-size",
+        "50",
+        "--inject",
+        "panic:publisher=0.01,panic:consumer=0.01,panic:saver=0.01,panic:restarter=0.01,panic:acker=0.01",
+    ]);
+    let f = m.finish(Duration::from_secs(120));
+    assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
+    assert_eq!(f.report["stopped_by"], "done", "{}", f.report);
+    f.assert_conserved();
+    assert_eq!(f.n("published"), 20000);
+    assert_eq!(f.n("pending_at_exit"), 0, "{}", f.report);
+    assert_eq!(f.n("acked") + f.n("dead_lettered"), 20000, "{}", f.report);
+    assert!(f.n("panics") > 0, "{}", f.report);
+    f
+}
+
+#[test]
+fn one_for_one_restarts_only_the_failed_actor() {
+    let f = run("one-for-one");
+    assert_eq!(f.n("actor_restarts"), f.n("panics"), "{}", f.report);
+}
+
+#[test]
+fn one_for_all_restarts_every_actor_per_panic() {
+    let f = run("one-for-all");
+    // Five children: each panic restarts the failed one and its four siblings.
+    assert_eq!(f.n("actor_restarts"), 5 * f.n("panics"), "{}", f.report);
+}
+
+#[test]
+fn rest_for_one_restarts_the_failed_actor_and_those_after_it() {
+    let f = run("rest-for-one");
+    let (panics, restarts) = (f.n("panics"), f.n("actor_restarts"));
+    assert!(
+        restarts > panics && restarts < 5 * panics,
+        "{panics} panics, {restarts} restarts"
+    );
+}
