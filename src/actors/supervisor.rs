@@ -1,9 +1,10 @@
 //! `Supervisor`: owns the supervision tree and its restart policy.
 //!
-//! It starts the children in a fixed order, which stands in `Supervisor::start_tree` and
-//! nowhere else, hears from every child that fails, and escalates to the SignalActor when
-//! restarts exceed the intensity limit. The strategy is one-for-one: each failed child is
-//! restarted alone, in place, by actix's `Supervisor` (see `crate::supervision`).
+//! It starts the children in a fixed order, which stands in `start_children` and nowhere
+//! else, hears from every child that fails, restarts the failed child's siblings as its
+//! strategy says (one-for-one, one-for-all or rest-for-one), and escalates to the
+//! SignalActor when restarts exceed the intensity limit. The failed child itself restarts
+//! in place through actix's `Supervisor` (see `crate::supervision`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -68,9 +69,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the whole tree. The order is the supervision tree's one definition: each
-    /// child is started after everything it sends to, so that every address it is given
-    /// is live; the shutdown stops intake at the other end first.
+    /// Starts the whole tree: the Supervisor, then its children in `start_children`'s
+    /// order, so that every address a child is given is live. The shutdown stops intake
+    /// at the other end first.
     pub fn start_tree(
         config: &Config,
         metrics: Arc<Metrics>,
@@ -99,7 +100,7 @@ impl Supervisor {
         tree.expect("the constructor ran")
     }
 
-    /// Starts the children in their one fixed order; see `start_tree`.
+    /// Starts the children in their one fixed order: each after everything it sends to.
     fn start_children(
         config: &Config,
         metrics: &Arc<Metrics>,
