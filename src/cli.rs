@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::config::{
-    parse_duration, parse_probability, Config, Faults, Source, StoreKind, Strategy,
+    parse_duration, parse_probability, Backoff, Config, Faults, Source, StoreKind, Strategy,
 };
 use crate::logging::LogLevel;
 use crate::message::InstanceName;
@@ -139,6 +139,23 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Strategy::OneForOne)]
     pub strategy: Strategy,
 
+    /// Backoff: the delay before a failed actor's first restart in a row; it doubles with
+    /// each further failure. 0 restarts at once.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
+    pub backoff_min: Duration,
+
+    /// Backoff: the longest delay, before jitter.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Backoff: each delay is multiplied by 1 + random() * this.
+    #[arg(long, value_name = "F", default_value_t = 0.2, value_parser = parse_probability)]
+    pub backoff_jitter: f64,
+
+    /// Backoff: an actor that has not failed for this long starts again from --backoff-min.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_duration)]
+    pub backoff_reset: Duration,
+
     /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01. RATE is the chance
     /// that one handler call fails (a call may carry a batch of messages). Kinds: panic.
     /// Actors: publisher, consumer, saver, restarter, acker.
@@ -206,6 +223,12 @@ impl Cli {
             max_restarts: self.max_restarts,
             restart_window: self.restart_window,
             strategy: self.strategy,
+            backoff: Backoff {
+                min: self.backoff_min,
+                max: self.backoff_max,
+                jitter: self.backoff_jitter,
+                reset_after: self.backoff_reset,
+            },
             faults: self.inject.unwrap_or_default(),
             handle_signals: true,
         }
@@ -238,6 +261,7 @@ mod tests {
         assert_eq!(c.max_restarts, d.max_restarts);
         assert_eq!(c.restart_window, d.restart_window);
         assert_eq!(c.strategy, d.strategy);
+        assert_eq!(c.backoff, d.backoff);
     }
 
     #[test]

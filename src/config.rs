@@ -17,6 +17,42 @@ pub enum Strategy {
     RestForOne,
 }
 
+/// Exponential backoff between restarts of the same child.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first delay; zero turns backoff off.
+    pub min: Duration,
+    /// No delay grows past this, before jitter.
+    pub max: Duration,
+    /// Each delay is multiplied by `1 + random() * jitter`.
+    pub jitter: f64,
+    /// A child that has not failed for this long starts again from `min`.
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::ZERO,
+            max: Duration::from_secs(30),
+            jitter: 0.2,
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the `n`th restart in a row (from 1): `min * 2^(n-1)`, capped at
+    /// `max`, times `1 + r * jitter` for `r` in `[0, 1)`.
+    pub fn delay(&self, n: u32, r: f64) -> Duration {
+        if self.min.is_zero() || n == 0 {
+            return Duration::ZERO;
+        }
+        let doubled = self.min.saturating_mul(1u32 << (n - 1).min(31));
+        doubled.min(self.max).mul_f64(1.0 + r * self.jitter)
+    }
+}
+
 /// Where messages come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -66,6 +102,7 @@ pub struct Config {
     pub max_restarts: u32,
     pub restart_window: Duration,
     pub strategy: Strategy,
+    pub backoff: Backoff,
     pub faults: Faults,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
@@ -97,6 +134,7 @@ impl Default for Config {
             max_restarts: 10,
             restart_window: Duration::from_secs(5),
             strategy: Strategy::OneForOne,
+            backoff: Backoff::default(),
             faults: Faults::default(),
             handle_signals: true,
         }
@@ -275,6 +313,25 @@ mod tests {
         never.maybe_panic();
         let mut always = f.injector("saver", Some(1));
         assert!(std::panic::catch_unwind(move || always.maybe_panic()).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_on_top() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: 0.5,
+            reset_after: Duration::from_secs(10),
+        };
+        let ms = |n, r| b.delay(n, r).as_millis();
+        assert_eq!(
+            [ms(1, 0.0), ms(2, 0.0), ms(3, 0.0), ms(4, 0.0)],
+            [100, 200, 400, 800]
+        );
+        assert_eq!([ms(5, 0.0), ms(40, 0.0)], [1000, 1000]);
+        assert_eq!(ms(1, 0.999), 149);
+        assert_eq!(ms(5, 1.0), 1500);
+        assert_eq!(Backoff::default().delay(3, 0.5), Duration::ZERO);
     }
 
     #[test]

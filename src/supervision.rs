@@ -59,11 +59,45 @@ macro_rules! restart_on_request {
     };
 }
 
-/// What every child holds to report failures.
+/// Asks the supervisor how long a child that is starting must wait before it takes
+/// messages again: its backoff, or zero.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "std::time::Duration")]
+pub struct BackoffFor {
+    pub child: &'static str,
+}
+
+/// What every child holds to report failures and learn its backoff.
 #[derive(Clone)]
 pub struct Link {
     pub supervisor: Recipient<ChildFailed>,
+    pub backoff: Recipient<BackoffFor>,
     pub metrics: Arc<Metrics>,
+}
+
+/// Holds a starting child's mailbox for its backoff. Called first thing in `started`.
+///
+/// `ctx.wait` stops the context from taking messages until the delay is over, so
+/// messages sent during the backoff stay queued in the mailbox and are handled after it,
+/// in order; none is dropped. The supervisor handles the child's `ChildFailed` before
+/// this question, because both travel through its mailbox in order.
+pub fn hold_for_backoff<A: Child>(act: &A, ctx: &mut Context<A>) {
+    let ask = act.link().backoff.send(BackoffFor { child: A::NAME });
+    ctx.wait(ask.into_actor(act).then(|delay, _, _| {
+        let delay = delay.unwrap_or_default();
+        if !delay.is_zero() {
+            warn!(
+                actor = A::NAME,
+                "Backing off for {delay:?} before taking messages"
+            );
+        }
+        // No timer at all when nothing is owed: even a zero sleep waits a tick.
+        actix::fut::wrap_future(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        })
+    }));
 }
 
 /// A supervised actor.
@@ -77,6 +111,15 @@ pub trait Child: Actor<Context = Context<Self>> + Supervised {
     const NAME: &'static str;
 
     fn link(&self) -> &Link;
+}
+
+/// Runs `f` once the context takes events again, that is after any backoff that
+/// `hold_for_backoff` set up: work a child starts on its own belongs after its backoff too.
+pub fn after_backoff<A: Child>(
+    ctx: &mut Context<A>,
+    f: impl FnOnce(&mut A, &mut Context<A>) + 'static,
+) {
+    ctx.spawn(actix::fut::ready(()).map(move |_, act, ctx| f(act, ctx)));
 }
 
 /// Runs a handler body, catching a panic instead of letting it close the mailbox.

@@ -15,7 +15,7 @@ use crate::store::{
     memory::MemoryStore, CloseStore, LoadRestarts, RecordRestarts, RestartRow, SaveBatch, Store,
     StoreError,
 };
-use crate::supervision::{ChildFailed, Link};
+use crate::supervision::{BackoffFor, ChildFailed, Link};
 
 /// Records every `M` it receives.
 pub struct Sink<M> {
@@ -58,13 +58,29 @@ where
     (addr.recipient(), Got(got))
 }
 
-/// A link whose supervisor is a sink, so tests can see `ChildFailed` reports.
+/// Answers every backoff question with no delay.
+pub struct NoBackoff;
+
+impl Actor for NoBackoff {
+    type Context = Context<Self>;
+}
+
+impl Handler<BackoffFor> for NoBackoff {
+    type Result = MessageResult<BackoffFor>;
+    fn handle(&mut self, _: BackoffFor, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Duration::ZERO)
+    }
+}
+
+/// A link whose supervisor is a sink, so tests can see `ChildFailed` reports, and which
+/// owes no backoff.
 pub fn link() -> (Link, Got<ChildFailed>, Arc<Metrics>) {
     let (supervisor, failed) = sink();
     let metrics = Arc::new(Metrics::default());
     (
         Link {
             supervisor,
+            backoff: NoBackoff.start().recipient(),
             metrics: metrics.clone(),
         },
         failed,

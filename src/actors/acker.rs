@@ -194,6 +194,7 @@ impl Actor for Acker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        crate::supervision::hold_for_backoff(self, ctx);
         ctx.run_interval(SWEEP, |act, ctx| {
             guard(act, ctx, |act, _| act.sweep());
         });

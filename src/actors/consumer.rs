@@ -130,7 +130,8 @@ impl Actor for Consumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.pull_next(ctx);
+        crate::supervision::hold_for_backoff(self, ctx);
+        crate::supervision::after_backoff(ctx, |act, ctx| act.pull_next(ctx));
     }
 }
 

@@ -138,7 +138,8 @@ impl Actor for Publisher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.guarded_tick(ctx);
+        crate::supervision::hold_for_backoff(self, ctx);
+        crate::supervision::after_backoff(ctx, |act, ctx| act.guarded_tick(ctx));
     }
 }
 

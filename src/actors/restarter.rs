@@ -177,6 +177,7 @@ impl Actor for Restarter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        crate::supervision::hold_for_backoff(self, ctx);
         if self.config.min_interval.is_zero() {
             return;
         }

@@ -198,10 +198,13 @@ impl Actor for Saver {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        crate::supervision::hold_for_backoff(self, ctx);
         // A fresh incarnation picks up a close its predecessor did not finish.
         if self.state.closing.is_some() {
-            self.flush(ctx);
-            self.try_close(ctx);
+            crate::supervision::after_backoff(ctx, |act, ctx| {
+                act.flush(ctx);
+                act.try_close(ctx);
+            });
         }
     }
 }

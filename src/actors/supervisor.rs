@@ -12,18 +12,20 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
-use crate::config::{rng_for, Config, Source, Strategy};
+use crate::config::{rng_for, Backoff, Config, Source, Strategy};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreWriter};
 use crate::subscription::memory::{MemoryConfig, MemorySubscription};
-use crate::supervision::{Child, ChildFailed, Link, RestartChild};
+use crate::supervision::{BackoffFor, Child, ChildFailed, Link, RestartChild};
+use crate::FastMap;
+use rand::{rngs::SmallRng, Rng};
 
 /// How many deliveries one pull asks for.
 const PULL_BATCH: usize = 1024;
@@ -61,6 +63,12 @@ pub struct Tree {
 pub struct Supervisor {
     intensity: Intensity,
     strategy: Strategy,
+    backoff: Backoff,
+    /// Per child: failures in a row, and when the last one happened.
+    streaks: FastMap<&'static str, (u32, Instant)>,
+    /// Per child: the delay its next start must wait, handed out once.
+    owed: FastMap<&'static str, Duration>,
+    rng: SmallRng,
     /// Restartable children in start order, by name.
     children: Vec<(&'static str, Recipient<RestartChild>)>,
     escalate: Recipient<Escalate>,
@@ -91,6 +99,10 @@ impl Supervisor {
                     window: config.restart_window,
                 },
                 strategy: config.strategy,
+                backoff: config.backoff,
+                streaks: FastMap::default(),
+                owed: FastMap::default(),
+                rng: rng_for(config.seed, "backoff"),
                 children,
                 escalate,
                 recent: VecDeque::new(),
@@ -109,6 +121,7 @@ impl Supervisor {
     ) -> Tree {
         let link = Link {
             supervisor: supervisor.clone().recipient(),
+            backoff: supervisor.clone().recipient(),
             metrics: metrics.clone(),
         };
         let seed = config.seed;
@@ -284,6 +297,29 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// The backoff before `child`'s restart after a failure at `now`: the streak of
+    /// failures grows while they come closer together than `reset_after`.
+    fn next_delay(&mut self, child: &'static str, now: Instant) -> Duration {
+        let reset_after = self.backoff.reset_after;
+        let streak = self.streaks.entry(child).or_insert((0, now));
+        if now.duration_since(streak.1) >= reset_after {
+            streak.0 = 0;
+        }
+        *streak = (streak.0 + 1, now);
+        let n = streak.0;
+        self.backoff.delay(n, self.rng.random::<f64>())
+    }
+}
+
+/// Hands a starting child the backoff it owes, once; zero if it owes none.
+impl Handler<BackoffFor> for Supervisor {
+    type Result = MessageResult<BackoffFor>;
+    fn handle(&mut self, msg: BackoffFor, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.owed.remove(msg.child).unwrap_or_default())
+    }
+}
+
 impl Handler<ChildFailed> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ChildFailed, _: &mut Context<Self>) {
@@ -309,6 +345,14 @@ impl Handler<ChildFailed> for Supervisor {
                 reason: msg.reason,
             });
             return;
+        }
+        let delay = self.next_delay(msg.child, now);
+        if !delay.is_zero() {
+            warn!(
+                child = msg.child,
+                "Restart of {} backs off {delay:?}", msg.child
+            );
+            self.owed.insert(msg.child, delay);
         }
         for (_, sibling) in self.siblings_to_restart(msg.child) {
             sibling.do_send(RestartChild { because: msg.child });
@@ -342,6 +386,10 @@ mod tests {
                 window,
             },
             strategy,
+            backoff: Backoff::default(),
+            streaks: FastMap::default(),
+            owed: FastMap::default(),
+            rng: rng_for(Some(1), "backoff"),
             children: vec![("a", a), ("b", b), ("c", c)],
             escalate,
             recent: VecDeque::new(),
@@ -422,5 +470,74 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
         assert_eq!(escalations.len(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn backoff_holds_messages_doubles_per_failure_and_resets_when_quiet() {
+        use crate::actors::saver::{Save, SaverConfig};
+        use crate::testkit::{delivery, results, FakeStore};
+        tokio::time::pause();
+        let (escalate, _) = sink();
+        let sup = Supervisor {
+            intensity: Intensity {
+                max_restarts: 100,
+                window: Duration::from_secs(60),
+            },
+            strategy: Strategy::OneForOne,
+            backoff: Backoff {
+                min: Duration::from_secs(1),
+                max: Duration::from_secs(10),
+                jitter: 0.0,
+                reset_after: Duration::from_secs(60),
+            },
+            streaks: FastMap::default(),
+            owed: FastMap::default(),
+            rng: rng_for(Some(1), "backoff"),
+            children: Vec::new(),
+            escalate,
+            recent: VecDeque::new(),
+            escalated: false,
+        }
+        .start();
+        let link = Link {
+            supervisor: sup.clone().recipient(),
+            backoff: sup.clone().recipient(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let (acker, outcomes) = sink();
+        let (store, _) = FakeStore::start(None);
+        let saver = actix::Supervisor::start(move |_| {
+            Saver::new(
+                link,
+                acker,
+                store.clone().recipient(),
+                store.recipient(),
+                SaverConfig {
+                    io_delay: Duration::ZERO,
+                    batch_size: 1,
+                    flush_interval: Duration::from_millis(5),
+                },
+                rng_for(Some(1), "saver-io"),
+                crate::config::Faults::default().injector("saver", None),
+            )
+        });
+        settle().await;
+        // Two failures in a row double the delay; after a quiet minute it starts over.
+        for (tag, backoff, quiet) in [(1, 1000, 0), (2, 2000, 0), (3, 1000, 61)] {
+            tokio::time::sleep(Duration::from_secs(quiet)).await;
+            // The saver fails (as its guard would report it) and restarts.
+            sup.send(failed("saver")).await.unwrap();
+            saver.send(RestartChild { because: "saver" }).await.unwrap();
+            let start = Instant::now();
+            saver.do_send(Save(vec![delivery(tag, "cattle-a")]));
+            tokio::time::sleep(Duration::from_millis(backoff - 50)).await;
+            assert!(results(&outcomes).is_empty(), "handled during the backoff");
+            while results(&outcomes).is_empty() {
+                assert!(start.elapsed() < Duration::from_millis(backoff + 100));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let took = start.elapsed().as_millis() as u64;
+            assert!((backoff..backoff + 100).contains(&took), "took {took} ms");
+        }
     }
 }
