@@ -71,6 +71,19 @@ impl Metrics {
     }
 }
 
+/// What one supervised child went through in a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChildStats {
+    /// Failures by kind (`panic`, ...).
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Restarts, its own and those its supervisor's strategy asked of it.
+    pub restarts: u64,
+    /// Time its restarts were held back by backoff.
+    pub backoff_s: f64,
+    /// Times its failure escalated past the restart intensity.
+    pub escalations: u64,
+}
+
 /// The one JSON line printed on stdout at exit.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -91,6 +104,8 @@ pub struct Report {
     /// The child and reason, when the supervisor escalated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub escalation: Option<String>,
+    /// Per supervised child, by name.
+    pub supervision: std::collections::BTreeMap<&'static str, ChildStats>,
 }
 
 impl Report {

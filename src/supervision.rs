@@ -22,7 +22,23 @@ use crate::metrics::Metrics;
 #[rtype(result = "()")]
 pub struct ChildFailed {
     pub child: &'static str,
+    pub kind: FailureKind,
     pub reason: String,
+}
+
+/// The kinds of failure a supervisor tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// A handler panicked.
+    Panic,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Panic => "panic",
+        }
+    }
 }
 
 /// Asks a healthy child to restart with fresh state, because its supervisor's strategy
@@ -143,6 +159,7 @@ pub fn guard<A: Child, R>(
             Metrics::inc(&link.metrics.panics);
             link.supervisor.do_send(ChildFailed {
                 child: A::NAME,
+                kind: FailureKind::Panic,
                 reason,
             });
             ctx.stop();

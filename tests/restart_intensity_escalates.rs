@@ -41,6 +41,16 @@ fn too_many_panics_escalate_to_an_ordered_shutdown() {
     // The fourth restart is the one that exceeds 3; the saver keeps failing until the
     // shutdown has stopped intake, so there may be a few more, never fewer.
     assert!(f.n("actor_restarts") >= 4, "{}", f.report);
+    assert_eq!(
+        f.report["supervision"]["saver"]["escalations"], 1,
+        "{}",
+        f.report
+    );
+    assert_eq!(
+        f.report["supervision"]["acker"]["escalations"], 0,
+        "{}",
+        f.report
+    );
     f.assert_conserved();
     assert_eq!(f.n("acked"), 0, "{}", f.report);
 }

@@ -40,6 +40,21 @@ fn run(strategy: &str) -> Finished {
     assert_eq!(f.n("pending_at_exit"), 0, "{}", f.report);
     assert_eq!(f.n("acked") + f.n("dead_lettered"), 20000, "{}", f.report);
     assert!(f.n("panics") > 0, "{}", f.report);
+    // The supervision report agrees with the counters it breaks down.
+    let sup = f.report["supervision"]
+        .as_object()
+        .expect("supervision object");
+    let sum = |field: &str| -> u64 {
+        sup.values()
+            .map(|c| match field {
+                "panic" => c["failures"]["panic"].as_u64().unwrap_or(0),
+                f => c[f].as_u64().unwrap(),
+            })
+            .sum()
+    };
+    assert_eq!(sum("panic"), f.n("panics"), "{}", f.report);
+    assert_eq!(sum("restarts"), f.n("actor_restarts"), "{}", f.report);
+    assert_eq!(sup.len(), 5, "{}", f.report);
     f
 }
 

@@ -18,7 +18,7 @@ use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
 use crate::actors::protocol::StopIntake;
 use crate::actors::restarter::Running;
 use crate::actors::saver::Close;
-use crate::actors::supervisor::{Escalate, Tree};
+use crate::actors::supervisor::{Escalate, SupervisionStats, Tree};
 use crate::config::{Config, Source};
 use crate::metrics::{Metrics, Report};
 use crate::subscription::memory::{InputClosed, Inspect, WhenSettled};
@@ -314,6 +314,14 @@ async fn shutdown(
         .await
         .and_then(Result::ok)
         .unwrap_or_default();
+    let supervision = within(
+        ASK,
+        "the supervisor",
+        tree.supervisor.send(SupervisionStats),
+    )
+    .await
+    .and_then(Result::ok)
+    .unwrap_or_default();
     let mut counts = metrics.snapshot();
     // The subscription's own counters come from its snapshot, so that the conservation
     // law is checked against one consistent moment.
@@ -350,6 +358,7 @@ async fn shutdown(
             Cause::Escalation { child, reason } => Some(format!("{child}: {reason}")),
             _ => None,
         },
+        supervision,
     };
 
     // 6. Done.

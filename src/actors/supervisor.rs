@@ -6,13 +6,13 @@
 //! SignalActor when restarts exceed the intensity limit. The failed child itself restarts
 //! in place through actix's `Supervisor` (see `crate::supervision`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
@@ -20,7 +20,7 @@ use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::config::{rng_for, Backoff, Config, Source, Strategy};
-use crate::metrics::Metrics;
+use crate::metrics::{ChildStats, Metrics};
 use crate::store::{Store, StoreWriter};
 use crate::subscription::memory::{MemoryConfig, MemorySubscription};
 use crate::supervision::{BackoffFor, Child, ChildFailed, Link, RestartChild};
@@ -71,6 +71,7 @@ pub struct Supervisor {
     rng: SmallRng,
     /// Restartable children in start order, by name.
     children: Vec<(&'static str, Recipient<RestartChild>)>,
+    stats: BTreeMap<&'static str, ChildStats>,
     escalate: Recipient<Escalate>,
     recent: VecDeque<Instant>,
     escalated: bool,
@@ -92,6 +93,10 @@ impl Supervisor {
         Supervisor::create(|ctx| {
             let started = Self::start_children(config, &metrics, store, ctx.address());
             let children = started.restartable();
+            let stats = children
+                .iter()
+                .map(|(n, _)| (*n, ChildStats::default()))
+                .collect();
             tree = Some(started);
             Supervisor {
                 intensity: Intensity {
@@ -104,6 +109,7 @@ impl Supervisor {
                 owed: FastMap::default(),
                 rng: rng_for(config.seed, "backoff"),
                 children,
+                stats,
                 escalate,
                 recent: VecDeque::new(),
                 escalated: false,
@@ -324,6 +330,12 @@ impl Handler<ChildFailed> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ChildFailed, _: &mut Context<Self>) {
         let now = Instant::now();
+        let kind = msg.kind.as_str();
+        warn!(child = msg.child, kind, reason = %msg.reason, "Supervision: child failed");
+        let stats = self.stats.entry(msg.child).or_default();
+        *stats.failures.entry(kind).or_default() += 1;
+        // The failed child restarts whatever the supervisor decides: its guard stopped it.
+        stats.restarts += 1;
         self.recent.push_back(now);
         while self
             .recent
@@ -334,8 +346,12 @@ impl Handler<ChildFailed> for Supervisor {
         }
         if self.recent.len() as u32 > self.intensity.max_restarts && !self.escalated {
             self.escalated = true;
+            self.stats.entry(msg.child).or_default().escalations += 1;
             error!(
                 child = msg.child,
+                directive = "escalate",
+                restarts = self.recent.len(),
+                window_s = self.intensity.window.as_secs_f64(),
                 "Restart intensity exceeded: {} restarts within {:?}; escalating",
                 self.recent.len(),
                 self.intensity.window
@@ -347,22 +363,46 @@ impl Handler<ChildFailed> for Supervisor {
             return;
         }
         let delay = self.next_delay(msg.child, now);
+        self.stats.entry(msg.child).or_default().backoff_s += delay.as_secs_f64();
         if !delay.is_zero() {
-            warn!(
-                child = msg.child,
-                "Restart of {} backs off {delay:?}", msg.child
-            );
             self.owed.insert(msg.child, delay);
         }
-        for (_, sibling) in self.siblings_to_restart(msg.child) {
+        let siblings: Vec<_> = self
+            .siblings_to_restart(msg.child)
+            .into_iter()
+            .map(|(name, r)| (*name, r.clone()))
+            .collect();
+        info!(
+            child = msg.child,
+            directive = "restart",
+            strategy = ?self.strategy,
+            backoff_ms = delay.as_millis() as u64,
+            siblings = siblings.len(),
+            "Supervision: restarting {}", msg.child
+        );
+        for (name, sibling) in siblings {
+            self.stats.entry(name).or_default().restarts += 1;
             sibling.do_send(RestartChild { because: msg.child });
         }
+    }
+}
+
+/// Reports what each child went through, for the run report.
+#[derive(Debug, Message)]
+#[rtype(result = "BTreeMap<&'static str, ChildStats>")]
+pub struct SupervisionStats;
+
+impl Handler<SupervisionStats> for Supervisor {
+    type Result = MessageResult<SupervisionStats>;
+    fn handle(&mut self, _: SupervisionStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervision::FailureKind;
     use crate::testkit::{settle, sink, Got};
 
     fn supervisor(max_restarts: u32, window: Duration) -> (Addr<Supervisor>, Got<Escalate>) {
@@ -391,6 +431,7 @@ mod tests {
             owed: FastMap::default(),
             rng: rng_for(Some(1), "backoff"),
             children: vec![("a", a), ("b", b), ("c", c)],
+            stats: BTreeMap::new(),
             escalate,
             recent: VecDeque::new(),
             escalated: false,
@@ -428,6 +469,21 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn the_stats_count_failures_restarts_and_escalations_per_child() {
+        let (s, _, _) = with_children(1, Duration::from_secs(60), Strategy::OneForAll);
+        s.send(failed("b")).await.unwrap();
+        s.send(failed("b")).await.unwrap();
+        let stats = s.send(SupervisionStats).await.unwrap();
+        assert_eq!(stats["b"].failures["panic"], 2);
+        assert_eq!(stats["b"].restarts, 2);
+        assert_eq!(stats["b"].escalations, 1);
+        // The second failure escalated instead of restarting the siblings.
+        assert_eq!(stats["a"].restarts, 1);
+        assert_eq!(stats["c"].restarts, 1);
+        assert!(stats["a"].failures.is_empty());
+    }
+
+    #[actix_rt::test]
     async fn rest_for_one_restarts_only_later_siblings() {
         assert_eq!(restarted_after(Strategy::RestForOne, "a").await, ["b", "c"]);
         assert_eq!(restarted_after(Strategy::RestForOne, "b").await, ["c"]);
@@ -437,6 +493,7 @@ mod tests {
     fn failed(child: &'static str) -> ChildFailed {
         ChildFailed {
             child,
+            kind: FailureKind::Panic,
             reason: "boom".into(),
         }
     }
@@ -494,6 +551,7 @@ mod tests {
             owed: FastMap::default(),
             rng: rng_for(Some(1), "backoff"),
             children: Vec::new(),
+            stats: BTreeMap::new(),
             escalate,
             recent: VecDeque::new(),
             escalated: false,
