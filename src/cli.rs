@@ -34,8 +34,14 @@ pub enum StoreArg {
 /// shutdown; a second SIGINT or SIGTERM exits at once. At exit, one JSON line on stdout
 /// reports the run. Durations take seconds (0.5) or units (30s, 7d).
 #[derive(Debug, Parser)]
-#[command(name = "mandrill", version)]
+#[command(name = "mandrill", version, args_override_self = true)]
 pub struct Cli {
+    /// Read settings from a TOML file first; flags given here override it. Keys are the
+    /// long flag names (`failure-rate = 0.1`, or `failure_rate`), and a table joins its
+    /// name to its keys (`[backoff]` `min = 1` is --backoff-min 1).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Where messages come from.
     #[arg(long, value_enum, default_value_t = SourceArg::Sim)]
     pub source: SourceArg,
@@ -167,6 +173,144 @@ pub struct Cli {
     pub log: LogLevel,
 }
 
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path} is not valid toml: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("config file {path}: unknown key `{key}`")]
+    UnknownKey { path: String, key: String },
+    #[error("config file {path}: key `{key}`: {reason}")]
+    BadValue {
+        path: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Why the command line, with its config file, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+}
+
+impl Cli {
+    /// Parses the command line; with `--config`, the file's settings go first, so that
+    /// flags on the command line override them.
+    pub fn parse_with_file<I, T>(argv: I) -> Result<Cli, ArgsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let cli = Cli::try_parse_from(&argv)?;
+        let Some(path) = &cli.config else {
+            return Ok(cli);
+        };
+        let mut merged = vec![argv[0].clone()];
+        merged.extend(file_args(path)?.into_iter().map(Into::into));
+        merged.extend(argv[1..].iter().cloned());
+        Ok(Cli::try_parse_from(merged)?)
+    }
+}
+
+/// Reads a TOML config file into the flags it stands for, checking every key and value.
+pub fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError> {
+    use clap::CommandFactory;
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError::Read {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigFileError::Syntax {
+                path: shown.clone(),
+                reason: e.message().to_string(),
+            })?;
+    let mut pairs = Vec::new();
+    flatten("", &table, &mut pairs);
+    let command = Cli::command();
+    let mut args = Vec::new();
+    for (key, value) in pairs {
+        let flag = key.replace('_', "-");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(flag.as_str()) && flag != "config");
+        if !known {
+            return Err(ConfigFileError::UnknownKey { path: shown, key });
+        }
+        let bad = |reason: String| ConfigFileError::BadValue {
+            path: shown.clone(),
+            key: key.clone(),
+            reason,
+        };
+        // `--flag=value`, so that a value like -1 is not taken for a flag.
+        let mut these = match &value {
+            toml::Value::Boolean(true) => vec![format!("--{flag}")],
+            toml::Value::Boolean(false) => Vec::new(),
+            toml::Value::String(s) => vec![format!("--{flag}={s}")],
+            toml::Value::Integer(i) => vec![format!("--{flag}={i}")],
+            toml::Value::Float(f) => vec![format!("--{flag}={f}")],
+            toml::Value::Array(items) => {
+                let parts: Result<Vec<String>, _> = items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        toml::Value::Integer(i) => Ok(i.to_string()),
+                        toml::Value::Float(f) => Ok(f.to_string()),
+                        other => Err(bad(format!(
+                            "a list may hold strings and numbers, not {}",
+                            other.type_str()
+                        ))),
+                    })
+                    .collect();
+                vec![format!("--{flag}={}", parts?.join(","))]
+            }
+            other => {
+                return Err(bad(format!(
+                    "{} is not a value this key takes",
+                    other.type_str()
+                )))
+            }
+        };
+        // Check the value on its own, so that the error names the key it came from.
+        let mut alone = vec!["mandrill".to_string()];
+        alone.extend(these.iter().cloned());
+        if let Err(e) = Cli::try_parse_from(&alone) {
+            let reason = e.to_string();
+            let reason = reason
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            return Err(bad(reason.to_string()));
+        }
+        args.append(&mut these);
+    }
+    Ok(args)
+}
+
+/// Flattens nested tables into `table-key` names.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}-{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            v => out.push((key, v.clone())),
+        }
+    }
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be more than zero")),
@@ -291,5 +435,66 @@ mod tests {
             let err = parse(args).expect_err(&format!("{args:?} accepted"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    fn with_file(toml: &str, args: &[&str]) -> Result<Config, ArgsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mandrill.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        let mut argv = vec!["mandrill", "--config", &path];
+        argv.extend_from_slice(args);
+        Cli::parse_with_file(argv).map(Cli::into_config)
+    }
+
+    #[test]
+    fn a_config_file_sets_values_and_flags_override_it() {
+        let toml = r#"
+            failure_rate = 0.5
+            strategy = "one-for-all"
+            jitter = true
+            publish-delay = "2s"
+            inject = ["panic:saver=0.1", "panic:acker=0.2"]
+            [backoff]
+            min = 0.25
+        "#;
+        let c = with_file(toml, &[]).unwrap();
+        assert_eq!(c.failure_rate, 0.5);
+        assert_eq!(c.strategy, Strategy::OneForAll);
+        assert_eq!(
+            (c.publish_delay, c.publish_jitter),
+            (Duration::from_secs(2), true)
+        );
+        assert_eq!(c.backoff.min, Duration::from_millis(250));
+        assert_eq!(c.faults.0.len(), 2);
+        let c = with_file(
+            toml,
+            &["--failure-rate", "0.1", "--strategy", "rest-for-one"],
+        )
+        .unwrap();
+        assert_eq!(c.failure_rate, 0.1);
+        assert_eq!(c.strategy, Strategy::RestForOne);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key() {
+        let err = |toml: &str| with_file(toml, &[]).unwrap_err().to_string();
+        let e = err("failure_rat = 0.1");
+        assert!(e.contains("unknown key `failure_rat`"), "{e}");
+        let e = err("[backoff]\nmin = \"soon\"");
+        assert!(e.contains("key `backoff-min`") && e.contains("soon"), "{e}");
+        let e = err("max-deliveries = 0");
+        assert!(e.contains("key `max-deliveries`"), "{e}");
+        let e = err("strategy = [true]");
+        assert!(e.contains("key `strategy`"), "{e}");
+        let e = err("failure_rate = ");
+        assert!(e.contains("not valid toml"), "{e}");
+        let e = err("config = \"other.toml\"");
+        assert!(e.contains("unknown key `config`"), "{e}");
+        let missing = Cli::parse_with_file(["mandrill", "--config", "/nonexistent/m.toml"]);
+        assert!(matches!(
+            missing,
+            Err(ArgsError::File(ConfigFileError::Read { .. }))
+        ));
     }
 }

@@ -3,11 +3,18 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-use mandrill::{app, cli::Cli, logging};
+use mandrill::cli::{ArgsError, Cli};
+use mandrill::{app, logging};
 
 fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_file(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ArgsError::Clap(e)) => e.exit(),
+        Err(ArgsError::File(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     logging::init(cli.log);
     // Panics inside handlers are caught and logged by the supervision guard; the default
     // hook would print a second, unformatted report of each one. Keep the location for
