@@ -78,6 +78,33 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    fn new(
+        intensity: Intensity,
+        strategy: Strategy,
+        backoff: Backoff,
+        children: Vec<(&'static str, Recipient<RestartChild>)>,
+        escalate: Recipient<Escalate>,
+        seed: Option<u64>,
+    ) -> Self {
+        let stats = children
+            .iter()
+            .map(|(n, _)| (*n, ChildStats::default()))
+            .collect();
+        Supervisor {
+            intensity,
+            strategy,
+            backoff,
+            streaks: FastMap::default(),
+            owed: FastMap::default(),
+            rng: rng_for(seed, "backoff"),
+            children,
+            stats,
+            escalate,
+            recent: VecDeque::new(),
+            escalated: false,
+        }
+    }
+
     /// Starts the whole tree: the Supervisor, then its children in `start_children`'s
     /// order, so that every address a child is given is live. The shutdown stops intake
     /// at the other end first.
@@ -93,27 +120,19 @@ impl Supervisor {
         Supervisor::create(|ctx| {
             let started = Self::start_children(config, &metrics, store, ctx.address());
             let children = started.restartable();
-            let stats = children
-                .iter()
-                .map(|(n, _)| (*n, ChildStats::default()))
-                .collect();
             tree = Some(started);
-            Supervisor {
-                intensity: Intensity {
-                    max_restarts: config.max_restarts,
-                    window: config.restart_window,
-                },
-                strategy: config.strategy,
-                backoff: config.backoff,
-                streaks: FastMap::default(),
-                owed: FastMap::default(),
-                rng: rng_for(config.seed, "backoff"),
+            let intensity = Intensity {
+                max_restarts: config.max_restarts,
+                window: config.restart_window,
+            };
+            Supervisor::new(
+                intensity,
+                config.strategy,
+                config.backoff,
                 children,
-                stats,
                 escalate,
-                recent: VecDeque::new(),
-                escalated: false,
-            }
+                config.seed,
+            )
         });
         tree.expect("the constructor ran")
     }
@@ -420,22 +439,19 @@ mod tests {
         let (a, got_a) = sink();
         let (b, got_b) = sink();
         let (c, got_c) = sink();
-        let s = Supervisor {
-            intensity: Intensity {
-                max_restarts,
-                window,
-            },
+        let intensity = Intensity {
+            max_restarts,
+            window,
+        };
+        let children = vec![("a", a), ("b", b), ("c", c)];
+        let s = Supervisor::new(
+            intensity,
             strategy,
-            backoff: Backoff::default(),
-            streaks: FastMap::default(),
-            owed: FastMap::default(),
-            rng: rng_for(Some(1), "backoff"),
-            children: vec![("a", a), ("b", b), ("c", c)],
-            stats: BTreeMap::new(),
+            Backoff::default(),
+            children,
             escalate,
-            recent: VecDeque::new(),
-            escalated: false,
-        }
+            Some(1),
+        )
         .start();
         (s, escalations, [got_a, got_b, got_c])
     }
@@ -535,27 +551,24 @@ mod tests {
         use crate::testkit::{delivery, results, FakeStore};
         tokio::time::pause();
         let (escalate, _) = sink();
-        let sup = Supervisor {
-            intensity: Intensity {
-                max_restarts: 100,
-                window: Duration::from_secs(60),
-            },
-            strategy: Strategy::OneForOne,
-            backoff: Backoff {
-                min: Duration::from_secs(1),
-                max: Duration::from_secs(10),
-                jitter: 0.0,
-                reset_after: Duration::from_secs(60),
-            },
-            streaks: FastMap::default(),
-            owed: FastMap::default(),
-            rng: rng_for(Some(1), "backoff"),
-            children: Vec::new(),
-            stats: BTreeMap::new(),
+        let intensity = Intensity {
+            max_restarts: 100,
+            window: Duration::from_secs(60),
+        };
+        let backoff = Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            jitter: 0.0,
+            reset_after: Duration::from_secs(60),
+        };
+        let sup = Supervisor::new(
+            intensity,
+            Strategy::OneForOne,
+            backoff,
+            Vec::new(),
             escalate,
-            recent: VecDeque::new(),
-            escalated: false,
-        }
+            Some(1),
+        )
         .start();
         let link = Link {
             supervisor: sup.clone().recipient(),
