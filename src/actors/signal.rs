@@ -21,7 +21,7 @@ use crate::actors::saver::Close;
 use crate::actors::supervisor::{Escalate, SupervisionStats, Tree};
 use crate::config::{Config, Source};
 use crate::metrics::{Metrics, Report};
-use crate::subscription::memory::{InputClosed, Inspect, WhenSettled};
+use crate::subscription::memory::{Holdings, InputClosed, Inspect, WhenSettled};
 
 /// Bounds every request the shutdown makes that has no timeout of its own, so that a
 /// wedged actor cannot hang it.
@@ -310,10 +310,15 @@ async fn shutdown(
 
     // 5. Write the run report.
     info!("Flushing metrics");
+    // The subscription snapshots every counter inside its own handler, so the conservation
+    // law is checked against one consistent moment; without an answer, take them here.
     let holdings = within(ASK, "the subscription", tree.subscription.send(Inspect))
         .await
         .and_then(Result::ok)
-        .unwrap_or_default();
+        .unwrap_or_else(|| Holdings {
+            counts: metrics.snapshot(),
+            ..Holdings::default()
+        });
     let supervision = within(
         ASK,
         "the supervisor",
@@ -322,16 +327,7 @@ async fn shutdown(
     .await
     .and_then(Result::ok)
     .unwrap_or_default();
-    let mut counts = metrics.snapshot();
-    // The subscription's own counters come from its snapshot, so that the conservation
-    // law is checked against one consistent moment.
-    counts.published = holdings.counts.published;
-    counts.acked = holdings.counts.acked;
-    counts.nacked = holdings.counts.nacked;
-    counts.redelivered = holdings.counts.redelivered;
-    counts.dead_lettered = holdings.counts.dead_lettered;
-    counts.nacked_on_shutdown = holdings.counts.nacked_on_shutdown;
-    counts.lease_expired = holdings.counts.lease_expired;
+    let counts = holdings.counts;
     let last_outcome = Duration::from_nanos(
         metrics
             .last_outcome_ns
