@@ -169,6 +169,29 @@ impl Handler<CloseStore> for FakeStore {
     }
 }
 
+/// Starts a supervised Saver over a fake store, with `faults` injected and seed 1.
+pub fn start_saver(
+    link: Link,
+    acker: Recipient<Outcomes>,
+    store: Addr<FakeStore>,
+    config: crate::actors::saver::SaverConfig,
+    faults: &crate::config::Faults,
+) -> Addr<crate::actors::saver::Saver> {
+    let injector = faults.injector("saver", Some(1));
+    let rng = crate::config::rng_for(Some(1), "saver-io");
+    actix::Supervisor::start(move |_| {
+        crate::actors::saver::Saver::new(
+            link,
+            acker,
+            store.clone().recipient(),
+            store.recipient(),
+            config,
+            rng,
+            injector,
+        )
+    })
+}
+
 /// The results of every outcome a sink of `Outcomes` has received, in order.
 pub fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
     got.take()

@@ -321,16 +321,12 @@ mod tests {
         }
     }
 
-    fn empty_store() -> FakeStore {
-        FakeStore::new(None)
-    }
-
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[actix_rt::test]
     async fn a_recently_restarted_host_is_skipped_as_a_success() {
         tokio::time::pause();
-        let r = rig(Duration::ZERO, 0.0, HOUR, empty_store());
+        let r = rig(Duration::ZERO, 0.0, HOUR, FakeStore::new(None));
         r.restarter
             .send(Restart(vec![
                 delivery(1, "cattle-a"),
@@ -357,7 +353,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_history_in_the_store_is_honoured_from_the_start() {
-        let mut store = empty_store();
+        let mut store = FakeStore::new(None);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -386,7 +382,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_failed_restart_says_which_host() {
-        let r = rig(Duration::ZERO, 1.0, Duration::ZERO, empty_store());
+        let r = rig(Duration::ZERO, 1.0, Duration::ZERO, FakeStore::new(None));
         r.restarter
             .send(Restart(vec![delivery(1, "cattle-zpsk")]))
             .await
@@ -401,7 +397,12 @@ mod tests {
     #[actix_rt::test]
     async fn running_restarts_are_reported_until_they_finish() {
         tokio::time::pause();
-        let r = rig(Duration::from_secs(10), 0.0, Duration::ZERO, empty_store());
+        let r = rig(
+            Duration::from_secs(10),
+            0.0,
+            Duration::ZERO,
+            FakeStore::new(None),
+        );
         let d = delivery(1, "cattle-a");
         r.restarter.send(Restart(vec![d])).await.unwrap();
         assert_eq!(

@@ -306,7 +306,7 @@ impl Handler<Close> for Saver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{delivery, link, results, settle, sink, FakeStore, Got};
+    use crate::testkit::{delivery, link, results, settle, sink, start_saver, FakeStore, Got};
     use std::sync::{Arc, Mutex};
 
     struct Rig {
@@ -325,20 +325,7 @@ mod tests {
             batch_size,
             flush_interval: Duration::from_millis(5),
         };
-        let faults: crate::config::Faults = faults.parse().unwrap();
-        let injector = faults.injector("saver", Some(1));
-        let rng = crate::config::rng_for(Some(1), "saver-io");
-        let saver = actix::Supervisor::start(move |_| {
-            Saver::new(
-                link,
-                acker,
-                store.clone().recipient(),
-                store.recipient(),
-                config,
-                rng,
-                injector,
-            )
-        });
+        let saver = start_saver(link, acker, store, config, &faults.parse().unwrap());
         Rig {
             saver,
             outcomes,

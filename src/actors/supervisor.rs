@@ -548,7 +548,7 @@ mod tests {
     #[actix_rt::test]
     async fn backoff_holds_messages_doubles_per_failure_and_resets_when_quiet() {
         use crate::actors::saver::{Save, SaverConfig};
-        use crate::testkit::{delivery, results, FakeStore};
+        use crate::testkit::{delivery, results, start_saver, FakeStore};
         tokio::time::pause();
         let (escalate, _) = sink();
         let intensity = Intensity {
@@ -577,21 +577,12 @@ mod tests {
         };
         let (acker, outcomes) = sink();
         let (store, _) = FakeStore::start(None);
-        let saver = actix::Supervisor::start(move |_| {
-            Saver::new(
-                link,
-                acker,
-                store.clone().recipient(),
-                store.recipient(),
-                SaverConfig {
-                    io_delay: Duration::ZERO,
-                    batch_size: 1,
-                    flush_interval: Duration::from_millis(5),
-                },
-                rng_for(Some(1), "saver-io"),
-                crate::config::Faults::default().injector("saver", None),
-            )
-        });
+        let config = SaverConfig {
+            io_delay: Duration::ZERO,
+            batch_size: 1,
+            flush_interval: Duration::from_millis(5),
+        };
+        let saver = start_saver(link, acker, store, config, &Default::default());
         settle().await;
         // Two failures in a row double the delay; after a quiet minute it starts over.
         for (tag, backoff, quiet) in [(1, 1000, 0), (2, 2000, 0), (3, 1000, 61)] {
