@@ -150,10 +150,12 @@ impl Saver {
             }
         };
         self.report(outcomes);
-        if self.state.batch.len() >= self.config.batch_size || self.state.closing.is_some() {
-            self.flush(ctx);
-        } else if !self.state.batch.is_empty() && self.state.flush_timer.is_none() {
-            // The timer for this batch fired while the previous one was committing.
+        // Flush what gathered during the commit now if it is full, if the Saver is closing,
+        // or if its timer fired while the commit ran; otherwise its timer will.
+        if self.state.batch.len() >= self.config.batch_size
+            || self.state.closing.is_some()
+            || self.state.flush_timer.is_none()
+        {
             self.flush(ctx);
         }
         self.try_close(ctx);
