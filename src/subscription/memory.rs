@@ -136,17 +136,19 @@ impl MemorySubscription {
             // The puller went away between asking and being answered: give the leases back
             // at once rather than letting them expire.
             for d in batch {
-                self.requeue_front(d.tag);
+                if let Some(lease) = self.leased.remove(&d.tag) {
+                    self.unlease(lease);
+                }
             }
         }
     }
 
-    fn requeue_front(&mut self, tag: DeliveryTag) {
-        if let Some(lease) = self.leased.remove(&tag) {
-            let mut held = lease.held;
-            held.attempts -= 1;
-            self.ready.push_front(held);
-        }
+    /// Takes a delivery back as if it had never been made: the attempt is not spent, and
+    /// the message goes first in line.
+    fn unlease(&mut self, lease: Lease) {
+        let mut held = lease.held;
+        held.attempts -= 1;
+        self.ready.push_front(held);
     }
 
     /// A failed delivery: redeliver it, or dead-letter it after the last allowed attempt.
@@ -290,9 +292,7 @@ impl Handler<Settle> for MemorySubscription {
                 }
                 Verdict::Release => {
                     Metrics::inc(&self.metrics.nacked_on_shutdown);
-                    let mut held = lease.held;
-                    held.attempts -= 1;
-                    self.ready.push_front(held);
+                    self.unlease(lease);
                 }
             }
         }
