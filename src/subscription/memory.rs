@@ -274,6 +274,7 @@ impl Handler<Pull> for MemorySubscription {
 impl Handler<Settle> for MemorySubscription {
     type Result = ();
     fn handle(&mut self, settle: Settle, _: &mut Context<Self>) {
+        let mut outcomes = false;
         for s in settle.0 {
             let Some(lease) = self.leased.remove(&s.tag) else {
                 // Its lease ran out and the message went back; the later delivery counts.
@@ -283,11 +284,11 @@ impl Handler<Settle> for MemorySubscription {
             match s.verdict {
                 Verdict::Ack => {
                     Metrics::inc(&self.metrics.acked);
-                    self.mark_outcome();
+                    outcomes = true;
                 }
                 Verdict::Nack { delay } => {
                     Metrics::inc(&self.metrics.nacked);
-                    self.mark_outcome();
+                    outcomes = true;
                     self.retry_or_dead_letter(lease.held, delay, "nacked");
                 }
                 Verdict::Release => {
@@ -295,6 +296,10 @@ impl Handler<Settle> for MemorySubscription {
                     self.unlease(lease);
                 }
             }
+        }
+        // One clock read per batch: every outcome in it happened at this moment.
+        if outcomes {
+            self.mark_outcome();
         }
         self.serve_waiter();
         self.check_settled();
