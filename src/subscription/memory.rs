@@ -354,7 +354,6 @@ impl Handler<WhenSettled> for MemorySubscription {
 pub struct Holdings {
     /// Never delivered, waiting for redelivery, or leased.
     pub pending: u64,
-    pub leased: u64,
     /// Messages given up on; the broker keeps them, this is their number.
     pub dead_letters: u64,
     /// The counters, read at the same moment as the holdings.
@@ -371,7 +370,6 @@ impl Handler<Inspect> for MemorySubscription {
     fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Holdings {
             pending: self.pending(),
-            leased: self.leased.len() as u64,
             dead_letters: self.dead_letters.len() as u64,
             counts: self.metrics.snapshot(),
         })
