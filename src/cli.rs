@@ -10,6 +10,7 @@ use crate::config::{
 };
 use crate::logging::LogLevel;
 use crate::message::InstanceName;
+use crate::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceArg {
@@ -128,9 +129,11 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
     pub shield_timeout: Duration,
 
-    /// Shutdown: how long the last commit and closing the store may take.
-    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
-    pub close_timeout: Duration,
+    /// Shutdown: how long each child may take to stop before the shutdown goes on
+    /// without it (OTP's brutal kill after a timeout). S for every child, or
+    /// CHILD=S[,...]; the Saver's includes its last commit and closing the store.
+    #[arg(long, value_name = "SPEC", default_value = "5", value_parser = parse_policy::<ShutdownTimeouts>)]
+    pub shutdown_timeout: ShutdownTimeouts,
 
     /// Restart intensity: more than this many actor restarts within --restart-window
     /// escalates to an ordered shutdown with exit status 1.
@@ -145,9 +148,28 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Strategy::OneForOne)]
     pub strategy: Strategy,
 
-    /// Backoff: the delay before a failed actor's first restart in a row; it doubles with
-    /// each further failure. 0 restarts at once.
-    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
+    /// The decider: what each kind of failure leads to, as KIND=DIRECTIVE[,...] over the
+    /// defaults. Kinds: panic, stall, store-open, store-unavailable, store-corrupt,
+    /// store-closed, store-panicked, restart-failed. Directives: resume, restart,
+    /// restart-with-backoff, stop, escalate. Defaults: restart-failed and store-closed
+    /// resume, store-unavailable restarts with backoff, store-open and store-corrupt
+    /// escalate, the rest restart.
+    #[arg(long, value_name = "SPEC", value_parser = parse_policy::<Decider>)]
+    pub decider: Option<Decider>,
+
+    /// Restart types, CHILD=TYPE[,...]: permanent (always restarted), transient (not after
+    /// a normal exit) or temporary (never restarted). Defaults: the publisher is
+    /// transient, the rest permanent.
+    #[arg(long, value_name = "SPEC", value_parser = parse_policy::<RestartTypes>)]
+    pub restart_type: Option<RestartTypes>,
+
+    /// A handler that runs longer than this is a stall, a failure the decider handles.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_positive_duration)]
+    pub handler_deadline: Duration,
+
+    /// Backoff, for the restart-with-backoff directive: the delay before a failed
+    /// actor's first restart in a row; it doubles with each further failure. 0 turns it off.
+    #[arg(long, value_name = "S", default_value = "0.1", value_parser = parse_duration)]
     pub backoff_min: Duration,
 
     /// Backoff: the longest delay, before jitter.
@@ -162,9 +184,11 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "60", value_parser = parse_duration)]
     pub backoff_reset: Duration,
 
-    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01. RATE is the chance
-    /// that one handler call fails (a call may carry a batch of messages). Kinds: panic.
-    /// Actors: publisher, consumer, saver, restarter, acker.
+    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01,stall:acker=0.001.
+    /// RATE is the chance that one handler call fails (a call may carry a batch of
+    /// messages). Kinds: panic; stall (the handler blocks for twice --handler-deadline);
+    /// error (the saver's commit fails as store-unavailable, the restarter's host restart
+    /// fails). Actors: publisher, consumer, saver, restarter, acker.
     #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
     pub inject: Option<Faults>,
 
@@ -233,9 +257,15 @@ pub fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError>
                 path: shown.clone(),
                 reason: e.message().to_string(),
             })?;
-    let mut pairs = Vec::new();
-    flatten("", &table, &mut pairs);
     let command = Cli::command();
+    let is_flag = |key: &str| {
+        let flag = key.replace('_', "-");
+        command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(flag.as_str()))
+    };
+    let mut pairs = Vec::new();
+    flatten("", &table, &is_flag, &mut pairs);
     let mut args = Vec::new();
     for (key, value) in pairs {
         let flag = key.replace('_', "-");
@@ -296,8 +326,14 @@ pub fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError>
     Ok(args)
 }
 
-/// Flattens nested tables into `table-key` names.
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+/// Flattens nested tables into `table-key` names. A table named after a flag that takes
+/// `NAME=VALUE` pairs (`[decider]`) becomes that flag's list of pairs.
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    is_flag: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, toml::Value)>,
+) {
     for (k, v) in table {
         let key = if prefix.is_empty() {
             k.clone()
@@ -305,7 +341,17 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value
             format!("{prefix}-{k}")
         };
         match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
+            toml::Value::Table(t) if is_flag(&key) => {
+                let pairs = t
+                    .iter()
+                    .map(|(name, value)| match value {
+                        toml::Value::String(s) => toml::Value::String(format!("{name}={s}")),
+                        other => toml::Value::String(format!("{name}={other}")),
+                    })
+                    .collect();
+                out.push((key, toml::Value::Array(pairs)));
+            }
+            toml::Value::Table(t) => flatten(&key, t, is_flag, out),
             v => out.push((key, v.clone())),
         }
     }
@@ -316,6 +362,10 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err(format!("{s:?} must be more than zero")),
         d => Ok(d),
     }
+}
+
+fn parse_policy<T: std::str::FromStr<Err = PolicyError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: PolicyError| e.to_string())
 }
 
 fn parse_faults(s: &str) -> Result<Faults, String> {
@@ -363,7 +413,7 @@ impl Cli {
             min_restart_interval: self.min_restart_interval,
             drain_timeout: self.drain_timeout,
             shield_timeout: self.shield_timeout,
-            close_timeout: self.close_timeout,
+            shutdown_timeouts: self.shutdown_timeout,
             max_restarts: self.max_restarts,
             restart_window: self.restart_window,
             strategy: self.strategy,
@@ -373,6 +423,9 @@ impl Cli {
                 jitter: self.backoff_jitter,
                 reset_after: self.backoff_reset,
             },
+            decider: self.decider.unwrap_or_default(),
+            restart_types: self.restart_type.unwrap_or_default(),
+            handler_deadline: self.handler_deadline,
             faults: self.inject.unwrap_or_default(),
             handle_signals: true,
         }
@@ -474,6 +527,40 @@ mod tests {
         .unwrap();
         assert_eq!(c.failure_rate, 0.1);
         assert_eq!(c.strategy, Strategy::RestForOne);
+    }
+
+    #[test]
+    fn a_config_file_sets_the_policies_from_tables() {
+        use crate::policy::{Directive, FailureKind, RestartType};
+        let toml = r#"
+            handler-deadline = "250ms"
+            [decider]
+            panic = "stop"
+            store-unavailable = "resume"
+            [restart-type]
+            acker = "temporary"
+            [shutdown-timeout]
+            saver = "10s"
+            [inject]
+            "stall:acker" = 0.001
+            "error:restarter" = 0.2
+        "#;
+        let c = with_file(toml, &[]).unwrap();
+        assert_eq!(c.decider.decide(FailureKind::Panic), Directive::Stop);
+        assert_eq!(
+            c.decider.decide(FailureKind::StoreUnavailable),
+            Directive::Resume
+        );
+        assert_eq!(c.restart_types.of("acker"), RestartType::Temporary);
+        assert_eq!(c.restart_types.of("publisher"), RestartType::Transient);
+        assert_eq!(c.shutdown_timeouts.of("saver"), Duration::from_secs(10));
+        assert_eq!(c.shutdown_timeouts.of("acker"), Duration::from_secs(5));
+        assert_eq!(c.handler_deadline, Duration::from_millis(250));
+        assert_eq!(c.faults.0.len(), 2);
+        let e = with_file("[decider]\npanic = \"reboot\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `decider`") && e.contains("reboot"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use thiserror::Error;
 
+use crate::policy::{Decider, RestartTypes, ShutdownTimeouts};
+
 /// Which children a supervisor restarts when one fails, over the children in start order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Strategy {
@@ -20,7 +22,7 @@ pub enum Strategy {
 /// Exponential backoff between restarts of the same child.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// The first delay; zero turns backoff off.
+    /// The first delay; zero restarts at once even under `restart-with-backoff`.
     pub min: Duration,
     /// No delay grows past this, before jitter.
     pub max: Duration,
@@ -33,7 +35,7 @@ pub struct Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Self {
-            min: Duration::ZERO,
+            min: Duration::from_millis(100),
             max: Duration::from_secs(30),
             jitter: 0.2,
             reset_after: Duration::from_secs(60),
@@ -97,12 +99,16 @@ pub struct Config {
     pub min_restart_interval: Duration,
     pub drain_timeout: Duration,
     pub shield_timeout: Duration,
-    /// How long the Saver may take to commit its last batch and close.
-    pub close_timeout: Duration,
+    /// How long each child may take to stop at shutdown before it is abandoned.
+    pub shutdown_timeouts: ShutdownTimeouts,
     pub max_restarts: u32,
     pub restart_window: Duration,
     pub strategy: Strategy,
     pub backoff: Backoff,
+    pub decider: Decider,
+    pub restart_types: RestartTypes,
+    /// A handler that runs longer than this is a stall.
+    pub handler_deadline: Duration,
     pub faults: Faults,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
@@ -130,11 +136,14 @@ impl Default for Config {
             min_restart_interval: Duration::from_secs(7 * 24 * 3600),
             drain_timeout: Duration::from_secs(5),
             shield_timeout: Duration::from_secs(30),
-            close_timeout: Duration::from_secs(5),
+            shutdown_timeouts: ShutdownTimeouts::default(),
             max_restarts: 10,
             restart_window: Duration::from_secs(5),
             strategy: Strategy::OneForOne,
             backoff: Backoff::default(),
+            decider: Decider::default(),
+            restart_types: RestartTypes::default(),
+            handler_deadline: Duration::from_secs(1),
             faults: Faults::default(),
             handle_signals: true,
         }
@@ -149,8 +158,10 @@ pub const ACTORS: [&str; 5] = ["publisher", "consumer", "saver", "restarter", "a
 pub enum FaultSpecError {
     #[error("{0:?} is not KIND:ACTOR=RATE")]
     Shape(String),
-    #[error("unknown fault kind {0:?}; known kinds: panic")]
+    #[error("unknown fault kind {0:?}; known kinds: panic, stall, error")]
     Kind(String),
+    #[error("{0} has no error to inject; it takes panic and stall")]
+    NoError(&'static str),
     #[error("unknown actor {0:?}; known actors: publisher, consumer, saver, restarter, acker")]
     Actor(String),
     #[error("rate {0:?} is not a number between 0 and 1")]
@@ -162,7 +173,15 @@ pub enum FaultSpecError {
 pub enum FaultKind {
     /// The actor's handler panics before it does its work.
     Panic,
+    /// The actor's handler blocks its thread for twice `--handler-deadline`.
+    Stall,
+    /// The actor's work fails with its own error: the Saver's commit with
+    /// `StoreError::Unavailable`, the Restarter's host restart with `RestartError::Failed`.
+    Error,
 }
+
+/// The actors whose work has an error of its own to inject.
+pub const ACTORS_WITH_ERRORS: [&str; 2] = ["saver", "restarter"];
 
 /// One `KIND:ACTOR=RATE` item.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,12 +205,17 @@ impl FromStr for Faults {
             let (actor, rate) = rest.split_once('=').ok_or_else(shape)?;
             let kind = match kind {
                 "panic" => FaultKind::Panic,
+                "stall" => FaultKind::Stall,
+                "error" => FaultKind::Error,
                 other => return Err(FaultSpecError::Kind(other.to_string())),
             };
             let actor = ACTORS
                 .iter()
                 .find(|a| **a == actor)
                 .ok_or_else(|| FaultSpecError::Actor(actor.to_string()))?;
+            if kind == FaultKind::Error && !ACTORS_WITH_ERRORS.contains(actor) {
+                return Err(FaultSpecError::NoError(actor));
+            }
             let rate = parse_probability(rate).map_err(|_| FaultSpecError::Rate(rate.into()))?;
             out.push(FaultSpec { kind, actor, rate });
         }
@@ -200,17 +224,22 @@ impl FromStr for Faults {
 }
 
 impl Faults {
-    /// The injector for one actor, seeded so that `--seed` reproduces its failures.
+    /// The injector for one actor, seeded so that `--seed` reproduces its failures. An
+    /// injected stall lasts `stall`.
     pub fn injector(&self, actor: &'static str, seed: Option<u64>) -> Injector {
-        let panic_rate = self
-            .0
-            .iter()
-            .filter(|f| f.actor == actor && f.kind == FaultKind::Panic)
-            .map(|f| f.rate)
-            .fold(0.0, f64::max);
+        let rate = |kind| {
+            self.0
+                .iter()
+                .filter(|f| f.actor == actor && f.kind == kind)
+                .map(|f| f.rate)
+                .fold(0.0, f64::max)
+        };
         Injector {
             actor,
-            panic_rate,
+            panic_rate: rate(FaultKind::Panic),
+            stall_rate: rate(FaultKind::Stall),
+            error_rate: rate(FaultKind::Error),
+            stall: Duration::from_secs(2),
             rng: rng_for(seed, actor),
         }
     }
@@ -225,16 +254,35 @@ impl Faults {
 pub struct Injector {
     actor: &'static str,
     panic_rate: f64,
+    stall_rate: f64,
+    error_rate: f64,
+    stall: Duration,
     rng: SmallRng,
 }
 
 impl Injector {
-    /// Panics with probability `panic_rate`. Called at the top of a handler, so that a
-    /// supervised actor meets a panic exactly where real bugs would put one.
-    pub fn maybe_panic(&mut self) {
+    /// Makes an injected stall last `stall`; the Supervisor sets it to twice the handler
+    /// deadline, so that every injected stall is caught.
+    pub fn stalling_for(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    /// Stalls or panics, each at its rate. Called at the top of a handler, so that a
+    /// supervised actor meets a fault exactly where real bugs would put one.
+    pub fn maybe_fail(&mut self) {
+        if self.stall_rate > 0.0 && self.rng.random::<f64>() < self.stall_rate {
+            // Blocking on purpose: a stall is a handler that holds its thread.
+            std::thread::sleep(self.stall);
+        }
         if self.panic_rate > 0.0 && self.rng.random::<f64>() < self.panic_rate {
             panic!("injected panic in {}", self.actor);
         }
+    }
+
+    /// Whether this piece of work should fail with the actor's own error.
+    pub fn error(&mut self) -> bool {
+        self.error_rate > 0.0 && self.rng.random::<f64>() < self.error_rate
     }
 }
 
@@ -293,6 +341,13 @@ mod tests {
             "panic:saver=2".parse::<Faults>(),
             Err(FaultSpecError::Rate("2".into()))
         );
+        let f: Faults = "stall:acker=0.001,error:restarter=0.2".parse().unwrap();
+        assert_eq!(f.0[0].kind, FaultKind::Stall);
+        assert_eq!(f.0[1].kind, FaultKind::Error);
+        assert_eq!(
+            "error:acker=0.1".parse::<Faults>(),
+            Err(FaultSpecError::NoError("acker"))
+        );
         assert!(matches!(
             "panic-saver".parse::<Faults>(),
             Err(FaultSpecError::Shape(_))
@@ -310,9 +365,9 @@ mod tests {
     fn injector_panics_at_rate_one_only() {
         let f: Faults = "panic:saver=1".parse().unwrap();
         let mut never = f.injector("acker", Some(1));
-        never.maybe_panic();
+        never.maybe_fail();
         let mut always = f.injector("saver", Some(1));
-        assert!(std::panic::catch_unwind(move || always.maybe_panic()).is_err());
+        assert!(std::panic::catch_unwind(move || always.maybe_fail()).is_err());
     }
 
     #[test]
@@ -331,7 +386,11 @@ mod tests {
         assert_eq!([ms(5, 0.0), ms(40, 0.0)], [1000, 1000]);
         assert_eq!(ms(1, 0.999), 149);
         assert_eq!(ms(5, 1.0), 1500);
-        assert_eq!(Backoff::default().delay(3, 0.5), Duration::ZERO);
+        let off = Backoff {
+            min: Duration::ZERO,
+            ..b
+        };
+        assert_eq!(off.delay(3, 0.5), Duration::ZERO);
     }
 
     #[test]

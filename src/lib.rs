@@ -8,6 +8,7 @@ pub mod config;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod policy;
 pub mod source;
 pub mod store;
 pub mod subscription;

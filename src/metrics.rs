@@ -74,14 +74,16 @@ impl Metrics {
 /// What one supervised child went through in a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChildStats {
-    /// Failures by kind (`panic`, ...).
+    /// Failures by kind (`panic`, `stall`, `store-unavailable`, ...), resumed ones too.
     pub failures: std::collections::BTreeMap<&'static str, u64>,
     /// Restarts, its own and those its supervisor's strategy asked of it.
     pub restarts: u64,
     /// Time its restarts were held back by backoff.
     pub backoff_s: f64,
-    /// Times its failure escalated past the restart intensity.
+    /// Times its failure escalated: by directive, or past the restart intensity.
     pub escalations: u64,
+    /// Whether it was stopped for good, by directive or by its restart type.
+    pub stopped: bool,
 }
 
 /// The one JSON line printed on stdout at exit.
@@ -106,6 +108,8 @@ pub struct Report {
     pub escalation: Option<String>,
     /// Per supervised child, by name.
     pub supervision: std::collections::BTreeMap<&'static str, ChildStats>,
+    /// Children that did not stop within their shutdown timeout, in stop order.
+    pub killed_at_shutdown: Vec<&'static str>,
 }
 
 impl Report {

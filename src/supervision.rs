@@ -1,43 +1,67 @@
-//! The machinery that lets a child actor survive a panic: the `Child` trait, the `guard`
-//! every handler runs its body in, and the report a failed child sends its supervisor.
+//! The machinery that lets a child actor survive a failure: the `Child` trait, the `guard`
+//! every handler runs its body in, `fail`, which applies the child's policy, and the
+//! reports a child sends its supervisor.
 //!
 //! actix's own `Supervisor` restarts an actor only when its context stops, and a panic that
 //! escapes a handler closes the mailbox for good. So the panic must never escape: `guard`
-//! catches it, reports it, and stops the context, which actix's `Supervisor` then restarts
-//! in place through `Supervised::restarting`. The mailbox and every `Addr` stay valid, and
-//! messages queued behind the failed one are handled by the fresh incarnation.
+//! catches it and hands it to `fail`, as it does a handler that overran its deadline, and
+//! as the Saver and the Restarter do their errors. `fail` asks the child's `ChildPolicy`
+//! (`crate::policy`) for a directive and acts on it; to restart, it stops the context,
+//! which actix's `Supervisor` then restarts in place through `Supervised::restarting`. The
+//! mailbox and every `Addr` stay valid, and messages queued behind the failed one are
+//! handled by the fresh incarnation.
 
 use std::any::Any;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
-use tracing::{error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
+pub use crate::policy::{ChildPolicy, Directive, FailureKind, RestartType};
 
-/// Tells the supervisor that a child caught a panic and is restarting.
+/// Tells the supervisor that a child failed, and which directive its policy chose. A
+/// resumed failure is not sent: it is counted in the child's `FailureCounts` instead, so
+/// that a burst of failed host restarts costs the supervisor nothing.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ChildFailed {
     pub child: &'static str,
     pub kind: FailureKind,
     pub reason: String,
+    pub directive: Directive,
 }
 
-/// The kinds of failure a supervisor tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FailureKind {
-    /// A handler panicked.
-    Panic,
+/// Tells the supervisor that a child finished its work normally, and whether its restart
+/// type starts it again (`Restart`) or not (`Stop`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    pub child: &'static str,
+    pub directive: Directive,
 }
 
-impl FailureKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Panic => "panic",
-        }
+/// One child's failures by kind, counted where they happen.
+#[derive(Debug, Default)]
+pub struct FailureCounts([AtomicU64; FailureKind::ALL.len()]);
+
+impl FailureCounts {
+    pub fn add(&self, kind: FailureKind) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The kinds that happened at least once, by name.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        FailureKind::ALL
+            .into_iter()
+            .map(|k| (k.as_str(), self.0[k as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
@@ -83,12 +107,18 @@ pub struct BackoffFor {
     pub child: &'static str,
 }
 
-/// What every child holds to report failures and learn its backoff.
+/// What a child holds to apply its policy, report to its supervisor and learn its
+/// backoff. Each child has its own, made by its supervisor.
 #[derive(Clone)]
 pub struct Link {
     pub supervisor: Recipient<ChildFailed>,
+    pub exited: Recipient<ChildExited>,
     pub backoff: Recipient<BackoffFor>,
     pub metrics: Arc<Metrics>,
+    pub policy: ChildPolicy,
+    pub failures: Arc<FailureCounts>,
+    /// A handler that runs longer than this is a stall.
+    pub deadline: Duration,
 }
 
 /// Holds a starting child's mailbox for its backoff. Called first thing in `started`.
@@ -127,6 +157,13 @@ pub trait Child: Actor<Context = Context<Self>> + Supervised {
     const NAME: &'static str;
 
     fn link(&self) -> &Link;
+
+    /// Takes no more work from now on, across restarts: the `stop` directive. A retired
+    /// child refuses what it is sent in the way that loses nothing (failing saves and
+    /// restarts, nacking deliveries), as Akka sends a stopped actor's mail to dead letters.
+    fn retire(&mut self);
+
+    fn is_retired(&self) -> bool;
 }
 
 /// Runs `f` once the context takes events again, that is after any backoff that
@@ -138,34 +175,112 @@ pub fn after_backoff<A: Child>(
     ctx.spawn(actix::fut::ready(()).map(move |_, act, ctx| f(act, ctx)));
 }
 
-/// Runs a handler body, catching a panic instead of letting it close the mailbox.
+/// Runs a handler body, catching a panic instead of letting it close the mailbox, and
+/// timing it against the child's deadline.
 ///
-/// On a panic it logs `Caught exception: ...`, counts it, tells the supervisor, and stops
-/// the context so that actix's `Supervisor` restarts the actor with fresh state.
+/// A panic is logged as `Caught exception: ...` and counted, then goes to `fail` like
+/// any other failure; so does a body that overran its deadline, after it returned. A stall
+/// cannot be cut short: the handler holds the thread until it returns, which is exactly
+/// the harm a stall does to every actor on that thread.
 pub fn guard<A: Child, R>(
     act: &mut A,
     ctx: &mut Context<A>,
     body: impl FnOnce(&mut A, &mut Context<A>) -> R,
 ) -> Option<R> {
+    let started = std::time::Instant::now();
     let outer = GUARDED.replace(true);
     let result = catch_unwind(AssertUnwindSafe(|| body(act, ctx)));
     GUARDED.set(outer);
     match result {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            let took = started.elapsed();
+            let deadline = act.link().deadline;
+            if took > deadline && ctx.state() == ActorState::Running {
+                let reason =
+                    format!("a handler ran for {took:?}, past its deadline of {deadline:?}");
+                error!(actor = A::NAME, "Caught exception: {reason}");
+                fail(act, ctx, FailureKind::Stall, reason);
+            }
+            Some(r)
+        }
         Err(payload) => {
             let reason = panic_text(&payload);
             error!(actor = A::NAME, "Caught exception: {reason}");
-            let link = act.link();
-            Metrics::inc(&link.metrics.panics);
-            link.supervisor.do_send(ChildFailed {
-                child: A::NAME,
-                kind: FailureKind::Panic,
-                reason,
-            });
-            ctx.stop();
+            Metrics::inc(&act.link().metrics.panics);
+            fail(act, ctx, FailureKind::Panic, reason);
             None
         }
     }
+}
+
+/// Applies the child's policy to one failure: counts it, then acts on the directive.
+///
+/// - `Resume` keeps the state and the context as they are; the caller has already failed
+///   the work that went wrong, so its messages are nacked.
+/// - `Restart` and `RestartWithBackoff` stop the context, which actix's `Supervisor`
+///   restarts in place with fresh state; the backoff, if any, is owed by the supervisor.
+/// - `Stop` and `Escalate` retire the child, then restart it the same way, so that its
+///   `restarting` hands back what the failed state held; the fresh incarnation refuses
+///   all work. The supervisor escalates on `Escalate`.
+///
+/// Every directive but `Resume` is reported to the supervisor. After anything but
+/// `Resume`, the caller must not touch the state again: it is about to be replaced.
+pub fn fail<A: Child>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    kind: FailureKind,
+    reason: String,
+) -> Directive {
+    let link = act.link();
+    link.failures.add(kind);
+    let directive = link.policy.on_failure(kind);
+    if directive == Directive::Resume {
+        debug!(
+            actor = A::NAME,
+            kind = kind.as_str(),
+            directive = "resume",
+            "Supervision: resuming after {reason}"
+        );
+        return directive;
+    }
+    warn!(
+        actor = A::NAME,
+        kind = kind.as_str(),
+        directive = directive.as_str(),
+        reason = %reason,
+        "Supervision: {} failed ({kind}); directive {}",
+        A::NAME,
+        directive.as_str()
+    );
+    link.supervisor.do_send(ChildFailed {
+        child: A::NAME,
+        kind,
+        reason,
+        directive,
+    });
+    if matches!(directive, Directive::Stop | Directive::Escalate) {
+        act.retire();
+    }
+    ctx.stop();
+    directive
+}
+
+/// Tells the supervisor that the child finished its work normally, and returns what its
+/// restart type says: `Restart` if it will be started again, `Stop` if not.
+pub fn exited_normally<A: Child>(act: &A) -> Directive {
+    let directive = act.link().policy.on_normal_exit();
+    info!(
+        actor = A::NAME,
+        directive = directive.as_str(),
+        restart_type = act.link().policy.restart.as_str(),
+        "Supervision: {} finished normally",
+        A::NAME
+    );
+    act.link().exited.do_send(ChildExited {
+        child: A::NAME,
+        directive,
+    });
+    directive
 }
 
 thread_local! {
@@ -188,8 +303,18 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Logs and counts a restart; called from each child's `Supervised::restarting`.
+/// Logs and counts a restart; called from each child's `Supervised::restarting`. A
+/// retired child's last "restart" only swaps its failed state for an idle one, and is
+/// not counted.
 pub fn note_restart<A: Child>(act: &A) {
+    if act.is_retired() {
+        warn!(
+            actor = A::NAME,
+            "Stopped {}; it takes no more work",
+            A::NAME
+        );
+        return;
+    }
     warn!(actor = A::NAME, "Restarting {} with fresh state", A::NAME);
     Metrics::inc(&act.link().metrics.actor_restarts);
 }

@@ -11,11 +11,12 @@ use crate::actors::acker::Outcomes;
 use crate::actors::protocol::StepError;
 use crate::message::{Delivery, DeliveryTag, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
+use crate::policy::{ChildPolicy, RestartType};
 use crate::store::{
     memory::MemoryStore, CloseStore, LoadRestarts, RecordRestarts, RestartRow, SaveBatch, Store,
     StoreError,
 };
-use crate::supervision::{BackoffFor, ChildFailed, Link};
+use crate::supervision::{BackoffFor, ChildExited, ChildFailed, Link};
 
 /// Records every `M` it receives.
 pub struct Sink<M> {
@@ -73,19 +74,30 @@ impl Handler<BackoffFor> for NoBackoff {
 }
 
 /// A link whose supervisor is a sink, so tests can see `ChildFailed` reports, and which
-/// owes no backoff.
+/// owes no backoff. The policy is the default one, for a permanent child.
 pub fn link() -> (Link, Got<ChildFailed>, Arc<Metrics>) {
+    let (link, failed, _) = link_with(ChildPolicy {
+        decider: Default::default(),
+        restart: RestartType::Permanent,
+    });
+    let metrics = link.metrics.clone();
+    (link, failed, metrics)
+}
+
+/// A link with `policy`, whose supervisor is a pair of sinks, and a deadline of one second.
+pub fn link_with(policy: ChildPolicy) -> (Link, Got<ChildFailed>, Got<ChildExited>) {
     let (supervisor, failed) = sink();
-    let metrics = Arc::new(Metrics::default());
-    (
-        Link {
-            supervisor,
-            backoff: NoBackoff.start().recipient(),
-            metrics: metrics.clone(),
-        },
-        failed,
-        metrics,
-    )
+    let (exited, exits) = sink();
+    let link = Link {
+        supervisor,
+        exited,
+        backoff: NoBackoff.start().recipient(),
+        metrics: Arc::new(Metrics::default()),
+        policy,
+        failures: Default::default(),
+        deadline: Duration::from_secs(1),
+    };
+    (link, failed, exits)
 }
 
 pub fn name(s: &str) -> InstanceName {

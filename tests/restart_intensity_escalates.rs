@@ -32,7 +32,7 @@ fn too_many_panics_escalate_to_an_ordered_shutdown() {
     assert_eq!(f.report["stopped_by"], "escalation", "{}", f.report);
     let escalation = f.report["escalation"].as_str().expect("escalation named");
     assert!(
-        escalation.starts_with("saver: injected panic"),
+        escalation.starts_with("saver: panic: injected panic"),
         "{escalation}"
     );
     let exceeded = f.line_index("Restart intensity exceeded");

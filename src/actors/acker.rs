@@ -13,7 +13,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::actors::protocol::{Outcome, Step, StepError};
+use crate::actors::protocol::{Outcome, Shutdown, Step, StepError};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::subscription::{Extend, Settle, Settlement, Verdict};
@@ -57,6 +57,8 @@ pub struct Acker {
     injector: Injector,
     /// Kept across restarts: the SignalActor is still waiting on them.
     idle_waiters: Vec<oneshot::Sender<()>>,
+    /// Survives restarts: a stopped Acker nacks every delivery it is told about.
+    retired: bool,
     state: State,
 }
 
@@ -75,6 +77,7 @@ impl Acker {
             config,
             injector,
             idle_waiters: Vec::new(),
+            retired: false,
             state: State::default(),
         }
     }
@@ -206,6 +209,12 @@ impl Child for Acker {
     fn link(&self) -> &Link {
         &self.link
     }
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
+    }
 }
 
 crate::restart_on_request!(Acker);
@@ -231,6 +240,22 @@ pub struct Track(pub Vec<Delivery>);
 impl Handler<Track> for Acker {
     type Result = ();
     fn handle(&mut self, msg: Track, ctx: &mut Context<Self>) {
+        if self.retired {
+            // Nobody will join these outcomes: give the deliveries back at once, so that
+            // they are redelivered and, in the end, dead-lettered rather than lost.
+            let out = msg
+                .0
+                .iter()
+                .map(|d| {
+                    warn!(target: FLOW, "Nacked {}: acker is stopped", d.message);
+                    Settlement {
+                        tag: d.tag,
+                        verdict: self.nack(),
+                    }
+                })
+                .collect();
+            return self.send_settlements(out);
+        }
         guard(self, ctx, |act, _| {
             let deadline = Instant::now() + act.config.message_timeout;
             for d in msg.0 {
@@ -244,7 +269,7 @@ impl Handler<Track> for Acker {
                 );
                 act.state.deadlines.push_back((deadline, d.id(), d.tag));
             }
-            act.injector.maybe_panic();
+            act.injector.maybe_fail();
         });
     }
 }
@@ -261,7 +286,7 @@ impl Handler<Outcomes> for Acker {
     type Result = ();
     fn handle(&mut self, msg: Outcomes, ctx: &mut Context<Self>) {
         guard(self, ctx, |act, _| {
-            act.injector.maybe_panic();
+            act.injector.maybe_fail();
             let mut out = Vec::new();
             for o in msg.outcomes {
                 let id = o.delivery.id();
@@ -345,6 +370,19 @@ impl Handler<ReleaseOutstanding> for Acker {
     type Result = usize;
     fn handle(&mut self, msg: ReleaseOutstanding, _: &mut Context<Self>) -> usize {
         self.settle_all_but(&msg.keep, Verdict::Release)
+    }
+}
+
+/// At shutdown, gives back whatever is still in flight, without spending an attempt, and
+/// takes no more.
+impl Handler<Shutdown> for Acker {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        let n = self.settle_all_but(&HashSet::new(), Verdict::Release);
+        if n > 0 {
+            warn!("Acker released {n} messages still in flight at its shutdown");
+        }
+        self.retired = true;
     }
 }
 

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use crate::actors::acker::{Abandon, Track};
-use crate::actors::protocol::StopIntake;
+use crate::actors::protocol::Shutdown;
 use crate::actors::restarter::Restart;
 use crate::actors::saver::Save;
 use crate::config::Injector;
@@ -51,6 +51,8 @@ pub struct Consumer {
     stopped: bool,
     /// Survives restarts: whether a pull is out, whose answer will arrive as `Pulled`.
     pulling: bool,
+    /// Survives restarts: a stopped Consumer pulls no more.
+    retired: bool,
     state: State,
 }
 
@@ -70,6 +72,7 @@ impl Consumer {
             injector,
             stopped: false,
             pulling: false,
+            retired: false,
             state: State::default(),
         }
     }
@@ -111,8 +114,15 @@ impl Consumer {
             });
             return;
         }
-        self.state.in_hand = batch;
-        self.injector.maybe_panic();
+        // A batch still in hand was left there by a panic the policy resumed after.
+        let stale = std::mem::replace(&mut self.state.in_hand, batch);
+        if !stale.is_empty() {
+            self.downstream.abandon.do_send(Abandon {
+                deliveries: stale,
+                failed: true,
+            });
+        }
+        self.injector.maybe_fail();
         let batch = std::mem::take(&mut self.state.in_hand);
         Metrics::add(&self.link.metrics.consumed, batch.len() as u64);
         for d in &batch {
@@ -139,6 +149,13 @@ impl Child for Consumer {
     const NAME: &'static str = "consumer";
     fn link(&self) -> &Link {
         &self.link
+    }
+    fn retire(&mut self) {
+        self.retired = true;
+        self.stopped = true;
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
     }
 }
 
@@ -170,8 +187,9 @@ impl Handler<Pulled> for Consumer {
         self.pulling = false;
         match res {
             Ok(batch) => {
-                // After a panic the restarted Consumer pulls from `started`.
-                if guard(self, ctx, |act, _| act.dispatch(batch)).is_some() {
+                guard(self, ctx, |act, _| act.dispatch(batch));
+                // After a restart, the fresh Consumer pulls from `started`.
+                if ctx.state() == ActorState::Running {
                     self.pull_next(ctx);
                 }
             }
@@ -183,9 +201,9 @@ impl Handler<Pulled> for Consumer {
     }
 }
 
-impl Handler<StopIntake> for Consumer {
+impl Handler<Shutdown> for Consumer {
     type Result = ();
-    fn handle(&mut self, _: StopIntake, _: &mut Context<Self>) {
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
         self.stopped = true;
     }
 }
@@ -275,7 +293,7 @@ mod tests {
     async fn stop_intake_stops_pulling() {
         tokio::time::pause();
         let r = rig(1000);
-        r.consumer.send(StopIntake).await.unwrap();
+        r.consumer.send(Shutdown).await.unwrap();
         // Let the pull that was already waiting run out.
         tokio::time::sleep(PULL_WAIT * 2).await;
         r.sub.send(publish(10)).await.unwrap();

@@ -8,10 +8,13 @@ use crate::actors::restarter::RestartError;
 use crate::message::{Delivery, Message as PubSubMessage};
 use crate::store::StoreError;
 
-/// Stops taking in new work: the Publisher stops publishing, the Consumer stops pulling.
+/// Stops a child at shutdown, answered once it has stopped: the Publisher stops
+/// publishing, the Consumer stops pulling, the Restarter fails what is still running, the
+/// Saver commits its last batch and closes the store, the Acker nacks what is left. Every
+/// child handles it, and the SignalActor sends it in reverse start order.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct StopIntake;
+pub struct Shutdown;
 
 /// The two steps every message goes through, at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +30,12 @@ pub enum StepError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Restart(#[from] RestartError),
-    #[error("{0} panicked while handling it")]
-    Panicked(&'static str),
+    #[error("{0} restarted before it finished")]
+    Restarted(&'static str),
     #[error("{0} is closed")]
     Closed(&'static str),
+    #[error("{0} is stopped")]
+    Stopped(&'static str),
 }
 
 /// The result of one step for one delivery.

@@ -10,11 +10,11 @@ use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tracing::info;
 
-use crate::actors::protocol::StopIntake;
+use crate::actors::protocol::Shutdown;
 use crate::config::Injector;
 use crate::message::{InstanceName, Message};
 use crate::subscription::memory::{InputClosed, Publish};
-use crate::supervision::{guard, note_restart, Child, Link};
+use crate::supervision::{exited_normally, guard, note_restart, Child, Directive, Link};
 use crate::FLOW;
 
 /// How many messages an unpaced publisher makes before it yields to the event loop.
@@ -38,9 +38,13 @@ pub struct Publisher {
     config: PublisherConfig,
     rng: SmallRng,
     injector: Injector,
-    /// Survive restarts: a restarted publisher must not publish its quota twice.
+    /// Survive restarts: a publisher restarted after a failure must not publish its
+    /// quota twice, and one told to stop stays stopped.
     sent: u64,
     stopped: bool,
+    /// It sent its quota and, being permanent, waits to be started on a new round.
+    exited: bool,
+    retired: bool,
 }
 
 impl Publisher {
@@ -61,6 +65,8 @@ impl Publisher {
             injector,
             sent: 0,
             stopped: false,
+            exited: false,
+            retired: false,
         }
     }
 
@@ -81,6 +87,8 @@ impl Publisher {
         self.config.limit.map_or(u64::MAX, |n| n - self.sent)
     }
 
+    /// Stops publishing for good and closes the subscription's input, so that a finite
+    /// run ends once everything published is settled.
     fn finish(&mut self) {
         if !self.stopped {
             self.stopped = true;
@@ -90,13 +98,19 @@ impl Publisher {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped {
+        if self.stopped || self.exited {
             return;
         }
         if self.remaining() == 0 {
+            // A normal exit. A permanent publisher is started again on a fresh round, so
+            // the input stays open; otherwise this is the end of the input.
+            if exited_normally(self) == Directive::Restart {
+                self.exited = true;
+                return;
+            }
             return self.finish();
         }
-        self.injector.maybe_panic();
+        self.injector.maybe_fail();
         let n = if self.config.delay.is_zero() {
             CHUNK.min(self.remaining())
         } else {
@@ -148,19 +162,32 @@ impl Child for Publisher {
     fn link(&self) -> &Link {
         &self.link
     }
+    fn retire(&mut self) {
+        self.retired = true;
+        self.finish();
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
+    }
 }
 
 crate::restart_on_request!(Publisher);
 
 impl Supervised for Publisher {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        // Restarted after a normal exit, it starts a new round of `--messages`, as OTP
+        // runs a permanent child's init again.
+        if self.exited && !self.stopped {
+            self.exited = false;
+            self.sent = 0;
+        }
         note_restart(self);
     }
 }
 
-impl Handler<StopIntake> for Publisher {
+impl Handler<Shutdown> for Publisher {
     type Result = ();
-    fn handle(&mut self, _: StopIntake, _: &mut Context<Self>) {
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
         self.finish();
     }
 }
@@ -168,16 +195,26 @@ impl Handler<StopIntake> for Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{link, settle, sink, Got};
+    use crate::policy::{ChildPolicy, RestartType};
+    use crate::supervision::{ChildExited, RestartChild};
+    use crate::testkit::{link_with, settle, sink, Got};
 
     struct Rig {
         published: Got<Publish>,
         closed: Got<InputClosed>,
+        exits: Got<ChildExited>,
         publisher: Addr<Publisher>,
     }
 
     fn rig(delay: Duration, limit: Option<u64>, seed: u64) -> Rig {
-        let (link, _, _) = link();
+        rig_of(RestartType::Transient, delay, limit, seed)
+    }
+
+    fn rig_of(restart: RestartType, delay: Duration, limit: Option<u64>, seed: u64) -> Rig {
+        let (link, _, exits) = link_with(ChildPolicy {
+            decider: Default::default(),
+            restart,
+        });
         let (publish, published) = sink();
         let (input_closed, closed) = sink();
         let config = PublisherConfig {
@@ -193,8 +230,46 @@ mod tests {
         Rig {
             published,
             closed,
+            exits,
             publisher,
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_transient_publisher_exits_for_good_and_a_permanent_one_starts_a_new_round() {
+        let r = rig(Duration::ZERO, Some(10), 1);
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 10);
+        let exits = r.exits.take();
+        assert_eq!(exits.len(), 1);
+        assert_eq!(exits[0].directive, Directive::Stop);
+        assert_eq!(r.closed.len(), 1);
+        // Its supervisor's strategy may still restart it; it stays finished.
+        r.publisher
+            .send(RestartChild { because: "acker" })
+            .await
+            .unwrap();
+        settle().await;
+        assert!(messages(&r.published).is_empty());
+
+        let r = rig_of(RestartType::Permanent, Duration::ZERO, Some(10), 1);
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 10);
+        assert_eq!(r.exits.take()[0].directive, Directive::Restart);
+        assert_eq!(
+            r.closed.len(),
+            0,
+            "a permanent publisher's input stays open"
+        );
+        // The supervisor restarts it, and it publishes a fresh round.
+        r.publisher
+            .send(RestartChild {
+                because: "publisher",
+            })
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 10);
     }
 
     fn messages(got: &Got<Publish>) -> Vec<Message> {
@@ -240,7 +315,7 @@ mod tests {
         assert_eq!(messages(&r.published).len(), 1);
         tokio::time::sleep(Duration::from_millis(2000)).await;
         assert_eq!(messages(&r.published).len(), 2);
-        r.publisher.send(StopIntake).await.unwrap();
+        r.publisher.send(Shutdown).await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(messages(&r.published).is_empty());
         assert_eq!(r.closed.len(), 1);

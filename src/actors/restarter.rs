@@ -16,12 +16,12 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Outcome, Step, StepError};
+use crate::actors::protocol::{Outcome, Shutdown, Step, StepError};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
-use crate::supervision::{guard, note_restart, report_error, Child, Link};
+use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FastSet, FLOW};
 
 /// Why a host restart failed.
@@ -85,6 +85,8 @@ pub struct Restarter {
     clock: Clock,
     rng: SmallRng,
     injector: Injector,
+    /// Survives restarts: a stopped Restarter fails every restart it is asked for.
+    retired: bool,
     state: State,
 }
 
@@ -113,6 +115,7 @@ impl Restarter {
             clock: Clock::new(),
             rng,
             injector,
+            retired: false,
             state: State::default(),
         }
     }
@@ -137,15 +140,24 @@ impl Restarter {
         Plan::Restart
     }
 
-    /// Finishes one simulated restart: succeeds or fails at the configured rate.
-    fn finish(&mut self, d: Delivery, outcomes: &mut Vec<Outcome>, rows: &mut Vec<RestartRow>) {
+    /// Finishes one simulated restart: succeeds or fails at the configured rate, or when
+    /// an error is injected. A failure goes to the policy, whose directive is returned.
+    fn finish(
+        &mut self,
+        d: Delivery,
+        outcomes: &mut Vec<Outcome>,
+        rows: &mut Vec<RestartRow>,
+        ctx: &mut Context<Self>,
+    ) -> Directive {
         let host = d.message.instance_name;
         self.state.busy_hosts.remove(&host);
         let hostname = host.hostname(&self.config.domain);
-        if self.rng.random::<f64>() < self.config.failure_rate {
+        let failed = self.rng.random::<f64>() < self.config.failure_rate;
+        if failed || self.injector.error() {
             let e = RestartError::Failed(hostname);
             report_error(&self.link.metrics, Self::NAME, true, &e);
-            outcomes.push(Outcome::err(d, e));
+            outcomes.push(Outcome::err(d, e.clone()));
+            return fail(self, ctx, (&e).into(), e.to_string());
         } else {
             let at_ms = self.clock.now_ms();
             self.state.last_restart.insert(host, at_ms);
@@ -158,6 +170,7 @@ impl Restarter {
             info!(target: FLOW, "Restarted {hostname}");
             outcomes.push(Outcome::ok(d));
         }
+        Directive::Resume
     }
 
     fn send(&self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>) {
@@ -201,6 +214,12 @@ impl Child for Restarter {
     fn link(&self) -> &Link {
         &self.link
     }
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
+    }
 }
 
 crate::restart_on_request!(Restarter);
@@ -211,7 +230,7 @@ impl Supervised for Restarter {
             .state
             .running
             .drain()
-            .map(|(_, d)| Outcome::err(d, StepError::Panicked(Self::NAME)))
+            .map(|(_, d)| Outcome::err(d, StepError::Restarted(Self::NAME)))
             .collect();
         self.send(failed, Vec::new());
         // `started` reloads the index from the store's history.
@@ -228,11 +247,19 @@ pub struct Restart(pub Vec<Delivery>);
 impl Handler<Restart> for Restarter {
     type Result = ();
     fn handle(&mut self, msg: Restart, ctx: &mut Context<Self>) {
+        if self.retired {
+            let failed = msg
+                .0
+                .into_iter()
+                .map(|d| Outcome::err(d, StepError::Stopped(Self::NAME)))
+                .collect();
+            return self.send(failed, Vec::new());
+        }
         guard(self, ctx, |act, ctx| {
             for d in &msg.0 {
                 act.state.running.insert(d.tag, *d);
             }
-            act.injector.maybe_panic();
+            act.injector.maybe_fail();
             let mut outcomes = Vec::new();
             let mut rows = Vec::new();
             for d in msg.0 {
@@ -250,16 +277,20 @@ impl Handler<Restart> for Restarter {
                     }
                     Plan::Restart if act.config.io_delay.is_zero() => {
                         act.state.running.remove(&d.tag);
-                        act.finish(d, &mut outcomes, &mut rows);
+                        if act.finish(d, &mut outcomes, &mut rows, ctx) != Directive::Resume {
+                            // The state is being replaced; its `restarting` fails the
+                            // deliveries still in `running`.
+                            break;
+                        }
                     }
                     Plan::Restart => {
                         act.state.busy_hosts.insert(host);
                         let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
                         ctx.run_later(io, move |act, ctx| {
-                            guard(act, ctx, |act, _| {
+                            guard(act, ctx, |act, ctx| {
                                 if let Some(d) = act.state.running.remove(&d.tag) {
                                     let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
-                                    act.finish(d, &mut outcomes, &mut rows);
+                                    act.finish(d, &mut outcomes, &mut rows, ctx);
                                     act.send(outcomes, rows);
                                 }
                             });
@@ -269,6 +300,23 @@ impl Handler<Restart> for Restarter {
             }
             act.send(outcomes, rows);
         });
+    }
+}
+
+/// At shutdown, fails the restarts still running and takes no more.
+impl Handler<Shutdown> for Restarter {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        // Restarts still running outlived the shield; their messages are nacked already.
+        let failed = self
+            .state
+            .running
+            .drain()
+            .map(|(_, d)| Outcome::err(d, StepError::Closed(Self::NAME)))
+            .collect();
+        self.send(failed, Vec::new());
+        self.state.busy_hosts.clear();
+        self.retired = true;
     }
 }
 
@@ -295,10 +343,13 @@ mod tests {
         restarter: Addr<Restarter>,
         outcomes: Got<Outcomes>,
         history: Arc<Mutex<Vec<RestartRow>>>,
+        failed: Got<crate::supervision::ChildFailed>,
+        link: Link,
     }
 
     fn rig(io_delay: Duration, failure_rate: f64, min_interval: Duration, store: FakeStore) -> Rig {
-        let (link, _, _) = link();
+        let (link, failed, _) = link();
+        let kept = link.clone();
         let (acker, outcomes) = sink();
         let history = store.restarts.clone();
         let store = store.start();
@@ -318,6 +369,8 @@ mod tests {
             restarter,
             outcomes,
             history,
+            failed,
+            link: kept,
         }
     }
 
@@ -392,6 +445,53 @@ mod tests {
         assert_eq!(err.to_string(), "Could not restart cattle-zpsk.example.net");
         assert_eq!(results(&r.outcomes), vec![Err(StepError::Restart(err))]);
         assert!(r.history.lock().unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_host_restart_resumes_keeping_the_index_and_telling_no_one() {
+        tokio::time::pause();
+        let r = rig(Duration::ZERO, 0.0, HOUR, FakeStore::new(None));
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")]))
+            .await
+            .unwrap();
+        // From now on every host restart fails; the policy resumes after each.
+        r.restarter.send(FailAll).await.unwrap();
+        r.restarter
+            .send(Restart(vec![
+                delivery(2, "cattle-b"),
+                delivery(3, "cattle-a"),
+            ]))
+            .await
+            .unwrap();
+        settle().await;
+        let got = results(&r.outcomes);
+        assert_eq!(got[0], Ok(()));
+        assert!(matches!(got[1], Err(StepError::Restart(_))), "{got:?}");
+        // The index survived the failure: cattle-a is still skipped as recently restarted.
+        assert_eq!(got[2], Ok(()));
+        assert_eq!(r.history.lock().unwrap().len(), 1);
+        assert_eq!(r.failed.len(), 0, "a resumed failure is not reported");
+        assert_eq!(r.link.failures.snapshot()["restart-failed"], 1);
+        assert_eq!(
+            r.link
+                .metrics
+                .actor_restarts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
+    /// Makes every later host restart fail, for tests.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct FailAll;
+
+    impl Handler<FailAll> for Restarter {
+        type Result = ();
+        fn handle(&mut self, _: FailAll, _: &mut Context<Self>) {
+            self.config.failure_rate = 1.0;
+        }
     }
 
     #[actix_rt::test]

@@ -10,15 +10,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Outcome, Step, StepError};
+use crate::actors::protocol::{Outcome, Shutdown, Step, StepError};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::metrics::Metrics;
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
-use crate::supervision::{guard, note_restart, report_error, Child, Link};
+use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
 
 /// How the Saver batches and how long its simulated IO takes.
@@ -54,6 +54,8 @@ pub struct Saver {
     config: SaverConfig,
     rng: SmallRng,
     injector: Injector,
+    /// Survives restarts: a stopped Saver fails every save, but still closes the store.
+    retired: bool,
     state: State,
 }
 
@@ -75,6 +77,7 @@ impl Saver {
             config,
             rng,
             injector,
+            retired: false,
             state: State::default(),
         }
     }
@@ -117,6 +120,14 @@ impl Saver {
             })
             .collect();
         self.state.committing = Some(batch);
+        if self.injector.error() {
+            // As if the store were unavailable: nothing is written and the batch fails.
+            let e = StoreError::Unavailable(format!("injected error in {}", Self::NAME));
+            ctx.spawn(actix::fut::ready(()).map(move |_, act: &mut Self, ctx| {
+                guard(act, ctx, |act, ctx| act.committed(Ok(Err(e)), ctx));
+            }));
+            return;
+        }
         let request = self.save.send(SaveBatch(rows));
         ctx.spawn(request.into_actor(self).map(|res, act, ctx| {
             guard(act, ctx, |act, ctx| act.committed(res, ctx));
@@ -130,26 +141,30 @@ impl Saver {
     ) {
         let batch = self.state.committing.take().unwrap_or_default();
         let res = res.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
-        let outcomes = match res {
+        match res {
             Ok(new) => {
                 Metrics::add(&self.link.metrics.saved, new);
-                batch
+                let outcomes = batch
                     .into_iter()
                     .map(|d| {
                         info!(target: FLOW, "Saved {} into database", d.message);
                         Outcome::ok(d)
                     })
-                    .collect()
+                    .collect();
+                self.report(outcomes);
             }
             Err(e) => {
                 report_error(&self.link.metrics, Self::NAME, false, &e);
-                batch
+                let outcomes = batch
                     .into_iter()
                     .map(|d| Outcome::err(d, e.clone()))
-                    .collect()
+                    .collect();
+                self.report(outcomes);
+                if fail(self, ctx, (&e).into(), e.to_string()) != Directive::Resume {
+                    return;
+                }
             }
-        };
-        self.report(outcomes);
+        }
         // Flush what gathered during the commit now if it is full, if the Saver is closing,
         // or if its timer fired while the commit ran; otherwise its timer will.
         if self.state.batch.len() >= self.config.batch_size
@@ -216,13 +231,19 @@ impl Child for Saver {
     fn link(&self) -> &Link {
         &self.link
     }
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
+    }
 }
 
 crate::restart_on_request!(Saver);
 
 impl Supervised for Saver {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.release(StepError::Panicked(Self::NAME));
+        self.release(StepError::Restarted(Self::NAME));
         let closing = self.state.closing.take();
         let closed = self.state.closed;
         self.state = State::default();
@@ -242,25 +263,30 @@ pub struct Save(pub Vec<Delivery>);
 impl Handler<Save> for Saver {
     type Result = ();
     fn handle(&mut self, msg: Save, ctx: &mut Context<Self>) {
-        if self.state.closed || self.state.closing.is_some() {
-            warn!("Saver is closed; failing {} saves", msg.0.len());
+        if self.state.closed || self.state.closing.is_some() || self.retired {
+            let why = if self.retired {
+                StepError::Stopped(Self::NAME)
+            } else {
+                StepError::Closed(Self::NAME)
+            };
+            warn!("Failing {} saves: {why}", msg.0.len());
             let failed = msg
                 .0
                 .into_iter()
-                .map(|d| Outcome::err(d, StepError::Closed(Self::NAME)))
+                .map(|d| Outcome::err(d, why.clone()))
                 .collect();
             return self.report(failed);
         }
         guard(self, ctx, |act, ctx| {
             if act.config.io_delay.is_zero() {
                 act.state.batch.extend(msg.0);
-                act.injector.maybe_panic();
+                act.injector.maybe_fail();
                 act.batch_grew(ctx);
             } else {
                 for d in &msg.0 {
                     act.state.in_io.insert(d.tag, *d);
                 }
-                act.injector.maybe_panic();
+                act.injector.maybe_fail();
                 for d in msg.0 {
                     let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
                     ctx.run_later(io, move |act, ctx| {
@@ -285,8 +311,21 @@ pub struct Close;
 impl Handler<Close> for Saver {
     type Result = Response<Result<(), StoreError>>;
     fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+        match self.close(ctx) {
+            None => Response::reply(Ok(())),
+            Some(rx) => Response::fut(async move { rx.await.unwrap_or(Err(StoreError::Closed)) }),
+        }
+    }
+}
+
+impl Saver {
+    /// Starts closing; `None` if closed already, else the answer to wait for.
+    fn close(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
         if self.state.closed {
-            return Response::reply(Ok(()));
+            return None;
         }
         self.state.closed = true;
         // Saves still in simulated IO belong to messages the shutdown has already nacked.
@@ -301,7 +340,25 @@ impl Handler<Close> for Saver {
         self.state.closing = Some(tx);
         self.flush(ctx);
         self.try_close(ctx);
-        Response::fut(async move { rx.await.unwrap_or(Err(StoreError::Closed)) })
+        Some(rx)
+    }
+}
+
+/// At shutdown, does what `Close` does, and logs a failure to close instead of returning it.
+impl Handler<Shutdown> for Saver {
+    type Result = Response<()>;
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Response<()> {
+        info!("Closing database connections");
+        let Some(rx) = self.close(ctx) else {
+            return Response::reply(());
+        };
+        Response::fut(async move {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!("Closing the store failed: {e}"),
+                Err(_) => error!("Closing the store failed: the saver dropped the request"),
+            }
+        })
     }
 }
 
@@ -413,9 +470,182 @@ mod tests {
             .await
             .unwrap();
         settle().await;
-        let want = Err(StepError::Panicked("saver"));
+        let want = Err(StepError::Restarted("saver"));
         assert_eq!(results(&r.outcomes), vec![want.clone(), want]);
         // Restarted in place: the same address takes the close request.
         r.saver.send(Close).await.unwrap().unwrap();
+    }
+
+    /// One test per directive of the decider, each through a real failure of the Saver.
+    mod directives {
+        use super::*;
+        use crate::policy::{ChildPolicy, Decider, RestartType};
+        use crate::supervision::{ChildFailed, Directive, FailureKind};
+        use crate::testkit::link_with;
+        use std::sync::atomic::Ordering::Relaxed;
+
+        struct Rig {
+            saver: Addr<Saver>,
+            outcomes: Got<Outcomes>,
+            failed: Got<ChildFailed>,
+            link: Link,
+        }
+
+        fn rig(
+            decider: &str,
+            restart: RestartType,
+            store: Option<StoreError>,
+            faults: &str,
+        ) -> Rig {
+            let decider: Decider = decider.parse().unwrap();
+            let (mut link, failed, _) = link_with(ChildPolicy { decider, restart });
+            link.deadline = Duration::from_millis(20);
+            let (acker, outcomes) = sink();
+            let (store, _) = FakeStore::start(store);
+            let config = SaverConfig {
+                io_delay: Duration::ZERO,
+                batch_size: 1,
+                flush_interval: Duration::from_millis(5),
+            };
+            let faults: crate::config::Faults = faults.parse().unwrap();
+            let injector = faults
+                .injector("saver", Some(1))
+                .stalling_for(Duration::from_millis(40));
+            let rng = crate::config::rng_for(Some(1), "saver-io");
+            let l = link.clone();
+            let saver = actix::Supervisor::start(move |_| {
+                Saver::new(
+                    l,
+                    acker,
+                    store.clone().recipient(),
+                    store.recipient(),
+                    config,
+                    rng,
+                    injector,
+                )
+            });
+            Rig {
+                saver,
+                outcomes,
+                failed,
+                link,
+            }
+        }
+
+        impl Rig {
+            async fn save(&self, tag: u64) -> Vec<Result<(), StepError>> {
+                self.saver
+                    .send(Save(vec![delivery(tag, "a")]))
+                    .await
+                    .unwrap();
+                settle().await;
+                settle().await;
+                results(&self.outcomes)
+            }
+
+            fn reports(&self) -> Vec<(FailureKind, Directive)> {
+                self.failed
+                    .take()
+                    .into_iter()
+                    .map(|f| (f.kind, f.directive))
+                    .collect()
+            }
+
+            fn restarts(&self) -> u64 {
+                self.link.metrics.actor_restarts.load(Relaxed)
+            }
+        }
+
+        const PERMANENT: RestartType = RestartType::Permanent;
+
+        #[actix_rt::test]
+        async fn resume_nacks_the_work_keeps_the_actor_and_tells_no_one() {
+            let down = StoreError::Unavailable("disk full".into());
+            let r = rig(
+                "store-unavailable=resume",
+                PERMANENT,
+                Some(down.clone()),
+                "",
+            );
+            assert_eq!(r.save(1).await, vec![Err(StepError::Store(down))]);
+            assert!(r.reports().is_empty());
+            assert_eq!(r.restarts(), 0);
+            assert_eq!(r.link.failures.snapshot()["store-unavailable"], 1);
+        }
+
+        #[actix_rt::test]
+        async fn restart_is_the_default_for_a_panic() {
+            let r = rig("", PERMANENT, None, "panic:saver=1");
+            assert_eq!(r.save(1).await, vec![Err(StepError::Restarted("saver"))]);
+            assert_eq!(r.reports(), [(FailureKind::Panic, Directive::Restart)]);
+            assert_eq!(r.restarts(), 1);
+        }
+
+        #[actix_rt::test]
+        async fn restart_with_backoff_is_the_default_for_an_unavailable_store() {
+            let down = StoreError::Unavailable("disk full".into());
+            let r = rig("", PERMANENT, Some(down), "");
+            r.save(1).await;
+            assert_eq!(
+                r.reports(),
+                [(FailureKind::StoreUnavailable, Directive::RestartWithBackoff)]
+            );
+            assert_eq!(r.restarts(), 1);
+        }
+
+        #[actix_rt::test]
+        async fn escalate_is_the_default_for_a_corrupt_store_and_stops_the_saver() {
+            let corrupt = StoreError::Corrupt("bad page".into());
+            let r = rig("", PERMANENT, Some(corrupt), "");
+            r.save(1).await;
+            assert_eq!(
+                r.reports(),
+                [(FailureKind::StoreCorrupt, Directive::Escalate)]
+            );
+            assert_eq!(r.save(2).await, vec![Err(StepError::Stopped("saver"))]);
+            assert_eq!(r.restarts(), 0);
+        }
+
+        #[actix_rt::test]
+        async fn stop_refuses_all_later_work_but_still_closes_the_store() {
+            let r = rig("panic=stop", PERMANENT, None, "panic:saver=1");
+            assert_eq!(r.save(1).await, vec![Err(StepError::Restarted("saver"))]);
+            assert_eq!(r.reports(), [(FailureKind::Panic, Directive::Stop)]);
+            assert_eq!(r.save(2).await, vec![Err(StepError::Stopped("saver"))]);
+            assert_eq!(r.restarts(), 0);
+            r.saver.send(Close).await.unwrap().unwrap();
+        }
+
+        #[actix_rt::test]
+        async fn a_temporary_child_is_stopped_where_a_permanent_one_restarts() {
+            let r = rig("", RestartType::Temporary, None, "panic:saver=1");
+            r.save(1).await;
+            assert_eq!(r.reports(), [(FailureKind::Panic, Directive::Stop)]);
+            assert_eq!(r.save(2).await, vec![Err(StepError::Stopped("saver"))]);
+            assert_eq!(r.restarts(), 0);
+        }
+
+        #[actix_rt::test]
+        async fn a_handler_past_its_deadline_is_a_stall_and_restarts() {
+            let r = rig("", PERMANENT, None, "stall:saver=1");
+            r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+            settle().await;
+            assert_eq!(r.reports(), [(FailureKind::Stall, Directive::Restart)]);
+            assert_eq!(r.link.failures.snapshot()["stall"], 1);
+        }
+
+        #[actix_rt::test]
+        async fn an_injected_error_fails_the_commit_as_an_unavailable_store() {
+            let r = rig("store-unavailable=resume", PERMANENT, None, "error:saver=1");
+            let got = r.save(1).await;
+            assert!(
+                matches!(
+                    &got[..],
+                    [Err(StepError::Store(StoreError::Unavailable(_)))]
+                ),
+                "{got:?}"
+            );
+            assert_eq!(r.link.failures.snapshot()["store-unavailable"], 1);
+        }
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! It is the only code that touches OS signals. A signal, the end of input, the end of a
 //! `--messages` run, or an escalation from the Supervisor starts the shutdown, whose
-//! phases stand in `shutdown` below and nowhere else. It stops intake at the Publisher and
-//! Consumer, drains and nacks through the Acker, shields running restarts by asking the
-//! Restarter, closes the store through the Saver, and writes the run report.
+//! phases stand in `shutdown` below and nowhere else. It stops the children in reverse
+//! start order, each within its own shutdown timeout: first those that take work in (the
+//! Publisher and the Consumer), then, after draining and nacking through the Acker and
+//! shielding running restarts, the Restarter, the Saver (which closes the store) and the
+//! Acker. Then it writes the run report.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -15,13 +17,14 @@ use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
 use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
-use crate::actors::protocol::StopIntake;
+use crate::actors::consumer::Consumer;
+use crate::actors::protocol::Shutdown;
 use crate::actors::restarter::Running;
-use crate::actors::saver::Close;
-use crate::actors::supervisor::{Escalate, SupervisionStats, Tree};
+use crate::actors::supervisor::{Escalate, StopEntry, SupervisionStats, Tree};
 use crate::config::{Config, Source};
 use crate::metrics::{Metrics, Report};
 use crate::subscription::memory::{Holdings, InputClosed, Inspect, WhenSettled};
+use crate::supervision::Child;
 
 /// Bounds every request the shutdown makes that has no timeout of its own, so that a
 /// wedged actor cannot hang it.
@@ -59,12 +62,11 @@ impl Cause {
     }
 }
 
-/// The shutdown's timeouts.
+/// The shutdown's own timeouts; each child's stands in the tree.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub drain: Duration,
     pub shield: Duration,
-    pub close: Duration,
 }
 
 /// Where the report goes once written; `crate::app::run` collects it.
@@ -88,7 +90,6 @@ impl SignalActor {
             timeouts: Timeouts {
                 drain: config.drain_timeout,
                 shield: config.shield_timeout,
-                close: config.close_timeout,
             },
             handle_signals: config.handle_signals,
             source: config.source,
@@ -235,6 +236,25 @@ async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) ->
     }
 }
 
+/// Stops one child, waiting for it up to its shutdown timeout. A child that does not
+/// answer in time is left behind, as OTP's `brutal_kill` after a timeout leaves a child
+/// that would not stop: the shutdown goes on, and the process exit ends it.
+async fn stop_child(child: StopEntry, killed: &mut Vec<&'static str>) {
+    let what = format!("{} to stop", child.name);
+    if within(child.timeout, &what, child.shutdown.send(Shutdown))
+        .await
+        .is_none()
+    {
+        error!(
+            child = child.name,
+            "Supervision: {} did not stop within {:?}; going on without it",
+            child.name,
+            child.timeout
+        );
+        killed.push(child.name);
+    }
+}
+
 /// The ordered shutdown. Each phase logs one line and is bounded by a timeout.
 async fn shutdown(
     tree: Tree,
@@ -253,10 +273,17 @@ async fn shutdown(
             error!("Supervisor escalated a failure of {child} ({reason}); shutting down...")
         }
     }
-    if let Some(p) = &tree.publisher {
-        p.do_send(StopIntake);
+    //    The children stop in reverse start order, those that take work in first, up to
+    //    and including the Consumer.
+    let mut killed = Vec::new();
+    let mut order = tree.stop_order().into_iter();
+    for child in order.by_ref() {
+        let name = child.name;
+        stop_child(child, &mut killed).await;
+        if name == Consumer::NAME {
+            break;
+        }
     }
-    tree.consumer.do_send(StopIntake);
     tree.subscription.do_send(InputClosed);
 
     // 2. Drain: let in-flight messages finish normally.
@@ -300,12 +327,10 @@ async fn shutdown(
         }
     }
 
-    // 4. Commit the last batch and close the store.
-    info!("Closing database connections");
-    match within(timeouts.close, "the store to close", tree.saver.send(Close)).await {
-        Some(Ok(Err(e))) => error!("Closing the store failed: {e}"),
-        Some(Err(e)) => error!("Closing the store failed: {e}"),
-        _ => {}
+    // 4. Stop the other children, in the same reverse start order: the Restarter, the
+    //    Saver (which commits its last batch and closes the store), the Acker.
+    for child in order {
+        stop_child(child, &mut killed).await;
     }
 
     // 5. Write the run report.
@@ -355,6 +380,7 @@ async fn shutdown(
             _ => None,
         },
         supervision,
+        killed_at_shutdown: killed,
     };
 
     // 6. Done.

@@ -1,10 +1,13 @@
 //! `Supervisor`: owns the supervision tree and its restart policy.
 //!
 //! It starts the children in a fixed order, which stands in `start_children` and nowhere
-//! else, hears from every child that fails, restarts the failed child's siblings as its
-//! strategy says (one-for-one, one-for-all or rest-for-one), and escalates to the
-//! SignalActor when restarts exceed the intensity limit. The failed child itself restarts
-//! in place through actix's `Supervisor` (see `crate::supervision`).
+//! else, and gives each a `Link` holding its policy. It hears from every child that fails
+//! with a directive other than resume, and from a child that finishes normally. It
+//! restarts the failed child's siblings as its strategy says (one-for-one, one-for-all or
+//! rest-for-one), hands out backoff, keeps stopped children out of later restarts, and
+//! escalates to the SignalActor on an `escalate` directive or when restarts exceed the
+//! intensity limit. The failed child itself restarts in place through actix's
+//! `Supervisor` (see `crate::supervision`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -12,19 +15,23 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
+use crate::actors::protocol::Shutdown;
 use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::config::{rng_for, Backoff, Config, Source, Strategy};
 use crate::metrics::{ChildStats, Metrics};
+use crate::policy::{ChildPolicy, Directive};
 use crate::store::{Store, StoreWriter};
 use crate::subscription::memory::{MemoryConfig, MemorySubscription};
-use crate::supervision::{BackoffFor, Child, ChildFailed, Link, RestartChild};
-use crate::FastMap;
+use crate::supervision::{
+    BackoffFor, Child, ChildExited, ChildFailed, FailureCounts, Link, RestartChild,
+};
+use crate::{FastMap, FastSet};
 use rand::{rngs::SmallRng, Rng};
 
 /// How many deliveries one pull asks for.
@@ -58,6 +65,27 @@ pub struct Tree {
     pub consumer: Addr<Consumer>,
     /// Absent when messages come from standard input.
     pub publisher: Option<Addr<Publisher>>,
+    /// Each child's failure counts, which its `Link` shares.
+    failures: Vec<(&'static str, Arc<FailureCounts>)>,
+    /// The children that take part in the shutdown, in start order.
+    started: Vec<StopEntry>,
+}
+
+/// A child as the shutdown sees it.
+#[derive(Clone)]
+pub struct StopEntry {
+    pub name: &'static str,
+    pub shutdown: Recipient<Shutdown>,
+    /// How long the shutdown waits for it before going on without it.
+    pub timeout: Duration,
+}
+
+/// A restartable child, as its supervisor sees it.
+#[derive(Clone)]
+pub struct Entry {
+    pub name: &'static str,
+    pub restart: Recipient<RestartChild>,
+    pub failures: Arc<FailureCounts>,
 }
 
 pub struct Supervisor {
@@ -69,8 +97,10 @@ pub struct Supervisor {
     /// Per child: the delay its next start must wait, handed out once.
     owed: FastMap<&'static str, Duration>,
     rng: SmallRng,
-    /// Restartable children in start order, by name.
-    children: Vec<(&'static str, Recipient<RestartChild>)>,
+    /// Restartable children in start order.
+    children: Vec<Entry>,
+    /// Children stopped for good, which no strategy restarts.
+    stopped: FastSet<&'static str>,
     stats: BTreeMap<&'static str, ChildStats>,
     escalate: Recipient<Escalate>,
     recent: VecDeque<Instant>,
@@ -82,13 +112,13 @@ impl Supervisor {
         intensity: Intensity,
         strategy: Strategy,
         backoff: Backoff,
-        children: Vec<(&'static str, Recipient<RestartChild>)>,
+        children: Vec<Entry>,
         escalate: Recipient<Escalate>,
         seed: Option<u64>,
     ) -> Self {
         let stats = children
             .iter()
-            .map(|(n, _)| (*n, ChildStats::default()))
+            .map(|c| (c.name, ChildStats::default()))
             .collect();
         Supervisor {
             intensity,
@@ -98,6 +128,7 @@ impl Supervisor {
             owed: FastMap::default(),
             rng: rng_for(seed, "backoff"),
             children,
+            stopped: FastSet::default(),
             stats,
             escalate,
             recent: VecDeque::new(),
@@ -144,13 +175,31 @@ impl Supervisor {
         store: Box<dyn Store>,
         supervisor: Addr<Supervisor>,
     ) -> Tree {
-        let link = Link {
-            supervisor: supervisor.clone().recipient(),
-            backoff: supervisor.clone().recipient(),
-            metrics: metrics.clone(),
+        let mut failures = Vec::new();
+        // Each child gets its own link: its policy, and counts its supervisor can read.
+        let mut link_for = |name: &'static str| {
+            let counts = Arc::new(FailureCounts::default());
+            failures.push((name, counts.clone()));
+            Link {
+                supervisor: supervisor.clone().recipient(),
+                exited: supervisor.clone().recipient(),
+                backoff: supervisor.clone().recipient(),
+                metrics: metrics.clone(),
+                policy: ChildPolicy {
+                    decider: config.decider,
+                    restart: config.restart_types.of(name),
+                },
+                failures: counts,
+                deadline: config.handler_deadline,
+            }
         };
         let seed = config.seed;
-        let inject = |name| config.faults.injector(name, seed);
+        let inject = |name| {
+            config
+                .faults
+                .injector(name, seed)
+                .stalling_for(config.handler_deadline * 2)
+        };
 
         // 1. The store's writer thread. SQLite has one writer, so one thread.
         let slot = Mutex::new(Some(store));
@@ -172,7 +221,7 @@ impl Supervisor {
 
         // 3. The Acker, which settles with the subscription.
         let acker = {
-            let (link, sub) = (link.clone(), subscription.clone());
+            let (link, sub) = (link_for(Acker::NAME), subscription.clone());
             let cfg = AckerConfig {
                 message_timeout: config.message_timeout,
                 ack_deadline: config.ack_deadline,
@@ -190,9 +239,19 @@ impl Supervisor {
             })
         };
 
+        let mut started = Vec::new();
+        let mut stops = |name: &'static str, shutdown: Recipient<Shutdown>| {
+            started.push(StopEntry {
+                name,
+                shutdown,
+                timeout: config.shutdown_timeouts.of(name),
+            })
+        };
+        stops(Acker::NAME, acker.clone().recipient());
+
         // 4. The Saver and 5. the Restarter, which report to the Acker.
         let saver = {
-            let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
+            let (link, acker, store) = (link_for(Saver::NAME), acker.clone(), store.clone());
             let cfg = SaverConfig {
                 io_delay: config.io_delay,
                 batch_size: config.batch_size,
@@ -212,7 +271,7 @@ impl Supervisor {
             })
         };
         let restarter = {
-            let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
+            let (link, acker, store) = (link_for(Restarter::NAME), acker.clone(), store.clone());
             let cfg = RestarterConfig {
                 io_delay: config.io_delay,
                 failure_rate: config.failure_rate,
@@ -233,6 +292,9 @@ impl Supervisor {
             })
         };
 
+        stops(Saver::NAME, saver.clone().recipient());
+        stops(Restarter::NAME, restarter.clone().recipient());
+
         // 6. The Consumer, which feeds the three above.
         let consumer = {
             let downstream = Downstream {
@@ -241,7 +303,7 @@ impl Supervisor {
                 save: saver.clone().recipient(),
                 restart: restarter.clone().recipient(),
             };
-            let (link, pull) = (link.clone(), subscription.clone().recipient());
+            let (link, pull) = (link_for(Consumer::NAME), subscription.clone().recipient());
             let batch = PULL_BATCH.min(config.max_in_flight);
             let injector = inject("consumer");
             actix::Supervisor::start(move |_| {
@@ -249,9 +311,11 @@ impl Supervisor {
             })
         };
 
+        stops(Consumer::NAME, consumer.clone().recipient());
+
         // 7. The Publisher, the head of the pipeline, started last.
         let publisher = (config.source == Source::Simulated).then(|| {
-            let (link, sub) = (link.clone(), subscription.clone());
+            let (link, sub) = (link_for(Publisher::NAME), subscription.clone());
             let cfg = PublisherConfig {
                 delay: config.publish_delay,
                 jitter: config.publish_jitter,
@@ -269,6 +333,9 @@ impl Supervisor {
                 )
             })
         });
+        if let Some(p) = &publisher {
+            stops(Publisher::NAME, p.clone().recipient());
+        }
 
         Tree {
             supervisor,
@@ -279,13 +346,20 @@ impl Supervisor {
             restarter,
             consumer,
             publisher,
+            failures,
+            started,
         }
     }
 }
 
 impl Tree {
+    /// The children in the order the shutdown stops them: the reverse of start order.
+    pub fn stop_order(&self) -> Vec<StopEntry> {
+        self.started.iter().rev().cloned().collect()
+    }
+
     /// The restartable children, in start order, as the strategy sees them.
-    fn restartable(&self) -> Vec<(&'static str, Recipient<RestartChild>)> {
+    fn restartable(&self) -> Vec<Entry> {
         let mut out: Vec<(&'static str, Recipient<RestartChild>)> = vec![
             (Acker::NAME, self.acker.clone().recipient()),
             (Saver::NAME, self.saver.clone().recipient()),
@@ -295,7 +369,18 @@ impl Tree {
         if let Some(p) = &self.publisher {
             out.push((Publisher::NAME, p.clone().recipient()));
         }
-        out
+        out.into_iter()
+            .map(|(name, restart)| Entry {
+                name,
+                restart,
+                failures: self
+                    .failures
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, f)| f.clone())
+                    .expect("every child has a link"),
+            })
+            .collect()
     }
 }
 
@@ -305,10 +390,11 @@ impl Actor for Supervisor {
 
 impl Supervisor {
     /// The healthy siblings the strategy restarts along with `failed`. The failed child
-    /// restarts itself: its guard stopped its context already.
-    fn siblings_to_restart(&self, failed: &str) -> Vec<&(&'static str, Recipient<RestartChild>)> {
-        let at = self.children.iter().position(|(name, _)| *name == failed);
-        match (self.strategy, at) {
+    /// restarts itself: its guard stopped its context already. Stopped children stay
+    /// stopped.
+    fn siblings_to_restart(&self, failed: &str) -> Vec<Entry> {
+        let at = self.children.iter().position(|c| c.name == failed);
+        let picked: Vec<&Entry> = match (self.strategy, at) {
             (Strategy::OneForOne, _) | (_, None) => Vec::new(),
             (Strategy::OneForAll, Some(i)) => self
                 .children
@@ -318,11 +404,14 @@ impl Supervisor {
                 .map(|(_, c)| c)
                 .collect(),
             (Strategy::RestForOne, Some(i)) => self.children[i + 1..].iter().collect(),
-        }
+        };
+        picked
+            .into_iter()
+            .filter(|c| !self.stopped.contains(c.name))
+            .cloned()
+            .collect()
     }
-}
 
-impl Supervisor {
     /// The backoff before `child`'s restart after a failure at `now`: the streak of
     /// failures grows while they come closer together than `reset_after`.
     fn next_delay(&mut self, child: &'static str, now: Instant) -> Duration {
@@ -334,6 +423,83 @@ impl Supervisor {
         *streak = (streak.0 + 1, now);
         let n = streak.0;
         self.backoff.delay(n, self.rng.random::<f64>())
+    }
+
+    /// Hands the failure up: the SignalActor runs the ordered shutdown and exits 1.
+    fn escalate(&mut self, child: &'static str, reason: String) {
+        if self.escalated {
+            return;
+        }
+        self.escalated = true;
+        self.stats.entry(child).or_default().escalations += 1;
+        error!(child, directive = "escalate", reason = %reason, "Supervision: escalating the failure of {child}");
+        self.escalate.do_send(Escalate { child, reason });
+    }
+
+    /// Restarts `child` (itself too, when `also_self`, because it did not stop on its own)
+    /// and the siblings its strategy names, unless the restart intensity is exceeded.
+    fn restart(
+        &mut self,
+        child: &'static str,
+        reason: String,
+        with_backoff: bool,
+        also_self: bool,
+    ) {
+        let now = Instant::now();
+        self.stats.entry(child).or_default().restarts += 1;
+        self.recent.push_back(now);
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.intensity.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 > self.intensity.max_restarts {
+            error!(
+                child,
+                restarts = self.recent.len(),
+                window_s = self.intensity.window.as_secs_f64(),
+                "Restart intensity exceeded: {} restarts within {:?}",
+                self.recent.len(),
+                self.intensity.window
+            );
+            return self.escalate(child, reason);
+        }
+        let delay = self.next_delay(child, now);
+        let delay = if with_backoff { delay } else { Duration::ZERO };
+        self.stats.entry(child).or_default().backoff_s += delay.as_secs_f64();
+        if !delay.is_zero() {
+            self.owed.insert(child, delay);
+        }
+        let siblings = self.siblings_to_restart(child);
+        info!(
+            child,
+            directive = if with_backoff { "restart-with-backoff" } else { "restart" },
+            strategy = ?self.strategy,
+            backoff_ms = delay.as_millis() as u64,
+            siblings = siblings.len(),
+            "Supervision: restarting {child}"
+        );
+        if also_self {
+            if let Some(me) = self.children.iter().find(|c| c.name == child) {
+                me.restart.do_send(RestartChild { because: child });
+            }
+        }
+        for sibling in siblings {
+            self.stats.entry(sibling.name).or_default().restarts += 1;
+            sibling.restart.do_send(RestartChild { because: child });
+        }
+    }
+
+    fn stop(&mut self, child: &'static str) {
+        self.stopped.insert(child);
+        self.stats.entry(child).or_default().stopped = true;
+        info!(
+            child,
+            directive = "stop",
+            "Supervision: {child} is stopped and will not be restarted"
+        );
     }
 }
 
@@ -348,60 +514,29 @@ impl Handler<BackoffFor> for Supervisor {
 impl Handler<ChildFailed> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ChildFailed, _: &mut Context<Self>) {
-        let now = Instant::now();
-        let kind = msg.kind.as_str();
-        warn!(child = msg.child, kind, reason = %msg.reason, "Supervision: child failed");
-        let stats = self.stats.entry(msg.child).or_default();
-        *stats.failures.entry(kind).or_default() += 1;
-        // The failed child restarts whatever the supervisor decides: its guard stopped it.
-        stats.restarts += 1;
-        self.recent.push_back(now);
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.intensity.window)
-        {
-            self.recent.pop_front();
+        let reason = format!("{}: {}", msg.kind, msg.reason);
+        match msg.directive {
+            // A child that resumes does not report; nothing to do if one did.
+            Directive::Resume => {}
+            Directive::Restart => self.restart(msg.child, reason, false, false),
+            Directive::RestartWithBackoff => self.restart(msg.child, reason, true, false),
+            Directive::Stop => self.stop(msg.child),
+            Directive::Escalate => {
+                self.stop(msg.child);
+                self.escalate(msg.child, reason);
+            }
         }
-        if self.recent.len() as u32 > self.intensity.max_restarts && !self.escalated {
-            self.escalated = true;
-            self.stats.entry(msg.child).or_default().escalations += 1;
-            error!(
-                child = msg.child,
-                directive = "escalate",
-                restarts = self.recent.len(),
-                window_s = self.intensity.window.as_secs_f64(),
-                "Restart intensity exceeded: {} restarts within {:?}; escalating",
-                self.recent.len(),
-                self.intensity.window
-            );
-            self.escalate.do_send(Escalate {
-                child: msg.child,
-                reason: msg.reason,
-            });
-            return;
-        }
-        let delay = self.next_delay(msg.child, now);
-        self.stats.entry(msg.child).or_default().backoff_s += delay.as_secs_f64();
-        if !delay.is_zero() {
-            self.owed.insert(msg.child, delay);
-        }
-        let siblings: Vec<_> = self
-            .siblings_to_restart(msg.child)
-            .into_iter()
-            .map(|(name, r)| (*name, r.clone()))
-            .collect();
-        info!(
-            child = msg.child,
-            directive = "restart",
-            strategy = ?self.strategy,
-            backoff_ms = delay.as_millis() as u64,
-            siblings = siblings.len(),
-            "Supervision: restarting {}", msg.child
-        );
-        for (name, sibling) in siblings {
-            self.stats.entry(name).or_default().restarts += 1;
-            sibling.do_send(RestartChild { because: msg.child });
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ChildExited, _: &mut Context<Self>) {
+        match msg.directive {
+            Directive::Restart => {
+                self.restart(msg.child, "exited normally".into(), false, true);
+            }
+            _ => self.stop(msg.child),
         }
     }
 }
@@ -414,7 +549,11 @@ pub struct SupervisionStats;
 impl Handler<SupervisionStats> for Supervisor {
     type Result = MessageResult<SupervisionStats>;
     fn handle(&mut self, _: SupervisionStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.stats.clone())
+        let mut stats = self.stats.clone();
+        for c in &self.children {
+            stats.entry(c.name).or_default().failures = c.failures.snapshot();
+        }
+        MessageResult(stats)
     }
 }
 
@@ -443,7 +582,14 @@ mod tests {
             max_restarts,
             window,
         };
-        let children = vec![("a", a), ("b", b), ("c", c)];
+        let children = [("a", a), ("b", b), ("c", c)]
+            .into_iter()
+            .map(|(name, restart)| Entry {
+                name,
+                restart,
+                failures: Default::default(),
+            })
+            .collect();
         let s = Supervisor::new(
             intensity,
             strategy,
@@ -490,7 +636,6 @@ mod tests {
         s.send(failed("b")).await.unwrap();
         s.send(failed("b")).await.unwrap();
         let stats = s.send(SupervisionStats).await.unwrap();
-        assert_eq!(stats["b"].failures["panic"], 2);
         assert_eq!(stats["b"].restarts, 2);
         assert_eq!(stats["b"].escalations, 1);
         // The second failure escalated instead of restarting the siblings.
@@ -507,11 +652,70 @@ mod tests {
     }
 
     fn failed(child: &'static str) -> ChildFailed {
+        failed_with(child, Directive::Restart)
+    }
+
+    fn failed_with(child: &'static str, directive: Directive) -> ChildFailed {
         ChildFailed {
             child,
             kind: FailureKind::Panic,
             reason: "boom".into(),
+            directive,
         }
+    }
+
+    /// Which of a, b and c were asked to restart, and why.
+    fn asked(got: &[Got<RestartChild>; 3]) -> Vec<(&'static str, &'static str)> {
+        ["a", "b", "c"]
+            .into_iter()
+            .zip(got)
+            .flat_map(|(name, g)| g.take().into_iter().map(move |r| (name, r.because)))
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn a_permanent_child_that_exits_normally_is_restarted_with_its_siblings() {
+        let (s, _, got) = with_children(10, Duration::from_secs(5), Strategy::RestForOne);
+        let exited = |directive| ChildExited {
+            child: "b",
+            directive,
+        };
+        s.send(exited(Directive::Restart)).await.unwrap();
+        settle().await;
+        // Unlike a failed child, an exited one did not stop itself: it is asked too.
+        assert_eq!(asked(&got), [("b", "b"), ("c", "b")]);
+        let stats = s.send(SupervisionStats).await.unwrap();
+        assert_eq!((stats["b"].restarts, stats["b"].stopped), (1, false));
+
+        // A transient or temporary one is left stopped, and later restarts skip it.
+        s.send(exited(Directive::Stop)).await.unwrap();
+        s.send(failed("a")).await.unwrap();
+        settle().await;
+        assert_eq!(asked(&got), [("c", "a")]);
+        assert!(s.send(SupervisionStats).await.unwrap()["b"].stopped);
+    }
+
+    #[actix_rt::test]
+    async fn the_stop_directive_restarts_no_one_and_counts_no_restart() {
+        let (s, escalations, got) = with_children(0, Duration::from_secs(5), Strategy::OneForAll);
+        s.send(failed_with("b", Directive::Stop)).await.unwrap();
+        settle().await;
+        assert!(asked(&got).is_empty());
+        // A limit of zero restarts would have escalated on any restart.
+        assert_eq!(escalations.len(), 0);
+        let stats = s.send(SupervisionStats).await.unwrap();
+        assert_eq!((stats["b"].restarts, stats["b"].stopped), (0, true));
+    }
+
+    #[actix_rt::test]
+    async fn the_escalate_directive_escalates_at_once() {
+        let (s, escalations, got) = with_children(10, Duration::from_secs(5), Strategy::OneForAll);
+        s.send(failed_with("c", Directive::Escalate)).await.unwrap();
+        settle().await;
+        let e = escalations.take();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].child, e[0].reason.as_str()), ("c", "panic: boom"));
+        assert!(asked(&got).is_empty());
     }
 
     #[actix_rt::test]
@@ -531,7 +735,10 @@ mod tests {
         settle().await;
         let e = escalations.take();
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].child, e[0].reason.as_str()), ("restarter", "boom"));
+        assert_eq!(
+            (e[0].child, e[0].reason.as_str()),
+            ("restarter", "panic: boom")
+        );
     }
 
     #[actix_rt::test]
@@ -570,11 +777,12 @@ mod tests {
             Some(1),
         )
         .start();
-        let link = Link {
-            supervisor: sup.clone().recipient(),
-            backoff: sup.clone().recipient(),
-            metrics: Arc::new(Metrics::default()),
-        };
+        let (mut link, _, _) = crate::testkit::link_with(ChildPolicy {
+            decider: Default::default(),
+            restart: crate::policy::RestartType::Permanent,
+        });
+        link.supervisor = sup.clone().recipient();
+        link.backoff = sup.clone().recipient();
         let (acker, outcomes) = sink();
         let (store, _) = FakeStore::start(None);
         let config = SaverConfig {
@@ -588,7 +796,9 @@ mod tests {
         for (tag, backoff, quiet) in [(1, 1000, 0), (2, 2000, 0), (3, 1000, 61)] {
             tokio::time::sleep(Duration::from_secs(quiet)).await;
             // The saver fails (as its guard would report it) and restarts.
-            sup.send(failed("saver")).await.unwrap();
+            sup.send(failed_with("saver", Directive::RestartWithBackoff))
+                .await
+                .unwrap();
             saver.send(RestartChild { because: "saver" }).await.unwrap();
             let start = Instant::now();
             saver.do_send(Save(vec![delivery(tag, "cattle-a")]));
