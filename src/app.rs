@@ -8,7 +8,7 @@ use actix::prelude::*;
 use thiserror::Error;
 
 use crate::actors::signal::SignalActor;
-use crate::actors::supervisor::Supervisor;
+use crate::actors::supervisor::{Extension, Supervisor};
 use crate::config::{Config, Source, StoreKind};
 use crate::metrics::{Metrics, Report};
 use crate::store::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError};
@@ -42,6 +42,16 @@ pub fn run(config: Config) -> Result<Report, RunError> {
 
 /// Runs the service with `input` standing in for standard input.
 pub fn run_with_input(config: Config, input: Box<dyn Read + Send>) -> Result<Report, RunError> {
+    run_extended(config, input, Vec::new())
+}
+
+/// Runs the service with `extensions` added to the supervision tree after the core
+/// children (see `examples/custom_actor.rs`).
+pub fn run_extended(
+    config: Config,
+    input: Box<dyn Read + Send>,
+    extensions: Vec<Box<dyn Extension>>,
+) -> Result<Report, RunError> {
     let store = open_store(&config.store)?;
     let metrics = Arc::new(Metrics::default());
     let report = Arc::new(Mutex::new(None));
@@ -51,7 +61,8 @@ pub fn run_with_input(config: Config, input: Box<dyn Read + Send>) -> Result<Rep
         let m = metrics.clone();
         let cfg = &config;
         let started = SignalActor::create(move |ctx| {
-            let tree = Supervisor::start_tree(cfg, m.clone(), store, ctx.address().recipient());
+            let escalate = ctx.address().recipient();
+            let tree = Supervisor::start_tree(cfg, m.clone(), store, escalate, extensions);
             let input = (cfg.source == Source::Stdin).then(|| {
                 source::spawn(
                     input,

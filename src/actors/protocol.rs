@@ -5,7 +5,7 @@ use actix::Message;
 use thiserror::Error;
 
 use crate::actors::restarter::RestartError;
-use crate::message::{Delivery, Message as PubSubMessage};
+use crate::message::{Delivery, InstanceName, Message as PubSubMessage};
 use crate::store::StoreError;
 
 /// Stops a child at shutdown, answered once it has stopped: the Publisher stops
@@ -64,3 +64,24 @@ impl Outcome {
         &self.delivery.message
     }
 }
+
+/// What became of one host's restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartOutcome {
+    Restarted,
+    /// Not restarted, and why (restarted too recently, or a restart already running).
+    Skipped(String),
+    Failed(RestartError),
+}
+
+/// One host restart, as the Restarter tells the actors that watch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRestart {
+    pub host: InstanceName,
+    pub outcome: RestartOutcome,
+}
+
+/// The host restarts one Restarter handler call finished, sent to every watcher.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct HostRestarts(pub Vec<HostRestart>);

@@ -16,7 +16,9 @@ use tracing::info;
 use uuid::Uuid;
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Outcome, Shutdown, Step, StepError};
+use crate::actors::protocol::{
+    HostRestart, HostRestarts, Outcome, RestartOutcome, Shutdown, Step, StepError,
+};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag, InstanceName};
 use crate::metrics::Metrics;
@@ -87,6 +89,10 @@ pub struct Restarter {
     injector: Injector,
     /// Survives restarts: a stopped Restarter fails every restart it is asked for.
     retired: bool,
+    /// Survive restarts: the actors that asked to hear of every host restart, and what
+    /// they are owed from the handler call in progress.
+    watchers: Vec<Recipient<HostRestarts>>,
+    notices: Vec<HostRestart>,
     state: State,
 }
 
@@ -116,7 +122,19 @@ impl Restarter {
             rng,
             injector,
             retired: false,
+            watchers: Vec::new(),
+            notices: Vec::new(),
             state: State::default(),
+        }
+    }
+
+    /// Notes a host restart's outcome for the watchers; free when there are none.
+    fn notice(&mut self, host: InstanceName, outcome: impl FnOnce() -> RestartOutcome) {
+        if !self.watchers.is_empty() {
+            self.notices.push(HostRestart {
+                host,
+                outcome: outcome(),
+            });
         }
     }
 
@@ -156,6 +174,7 @@ impl Restarter {
         if failed || self.injector.error() {
             let e = RestartError::Failed(hostname);
             report_error(&self.link.metrics, Self::NAME, true, &e);
+            self.notice(host, || RestartOutcome::Failed(e.clone()));
             outcomes.push(Outcome::err(d, e.clone()));
             return fail(self, ctx, (&e).into(), e.to_string());
         } else {
@@ -168,12 +187,19 @@ impl Restarter {
             });
             Metrics::inc(&self.link.metrics.restarted);
             info!(target: FLOW, "Restarted {hostname}");
+            self.notice(host, || RestartOutcome::Restarted);
             outcomes.push(Outcome::ok(d));
         }
         Directive::Resume
     }
 
-    fn send(&self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>) {
+    fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>) {
+        if !self.notices.is_empty() {
+            let notices = HostRestarts(std::mem::take(&mut self.notices));
+            for w in &self.watchers {
+                w.do_send(notices.clone());
+            }
+        }
         if !rows.is_empty() {
             self.record.do_send(RecordRestarts(rows));
         }
@@ -273,6 +299,7 @@ impl Handler<Restart> for Restarter {
                             host.hostname(&act.config.domain)
                         );
                         Metrics::inc(&act.link.metrics.restart_skipped);
+                        act.notice(host, || RestartOutcome::Skipped(why));
                         outcomes.push(Outcome::ok(d));
                     }
                     Plan::Restart if act.config.io_delay.is_zero() => {
@@ -300,6 +327,18 @@ impl Handler<Restart> for Restarter {
             }
             act.send(outcomes, rows);
         });
+    }
+}
+
+/// Adds an actor that hears of every host restart's outcome, from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch(pub Recipient<HostRestarts>);
+
+impl Handler<Watch> for Restarter {
+    type Result = ();
+    fn handle(&mut self, Watch(watcher): Watch, _: &mut Context<Self>) {
+        self.watchers.push(watcher);
     }
 }
 

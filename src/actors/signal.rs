@@ -387,3 +387,51 @@ async fn shutdown(
     info!("Shutdown complete.");
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that answers `Shutdown` after `takes`, or never.
+    struct Slow {
+        takes: Option<Duration>,
+    }
+
+    impl Actor for Slow {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Shutdown> for Slow {
+        type Result = ResponseFuture<()>;
+        fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+            let takes = self.takes;
+            Box::pin(async move {
+                match takes {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn entry(name: &'static str, takes: Option<Duration>) -> StopEntry {
+        StopEntry {
+            name,
+            shutdown: Slow { takes }.start().recipient(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_child_past_its_shutdown_timeout_is_left_behind_and_reported() {
+        tokio::time::pause();
+        let mut killed = Vec::new();
+        let start = Instant::now();
+        stop_child(entry("prompt", Some(Duration::from_secs(4))), &mut killed).await;
+        assert!(killed.is_empty());
+        assert_eq!(start.elapsed().as_secs(), 4, "waited for the prompt child");
+        stop_child(entry("wedged", None), &mut killed).await;
+        assert_eq!(killed, ["wedged"]);
+        assert_eq!(start.elapsed().as_secs(), 9, "gave up after the timeout");
+    }
+}

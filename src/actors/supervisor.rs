@@ -25,7 +25,7 @@ use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::config::{rng_for, Backoff, Config, Source, Strategy};
 use crate::metrics::{ChildStats, Metrics};
-use crate::policy::{ChildPolicy, Directive};
+use crate::policy::{ChildPolicy, Directive, RestartType};
 use crate::store::{Store, StoreWriter};
 use crate::subscription::memory::{MemoryConfig, MemorySubscription};
 use crate::supervision::{
@@ -69,6 +69,8 @@ pub struct Tree {
     failures: Vec<(&'static str, Arc<FailureCounts>)>,
     /// The children that take part in the shutdown, in start order.
     started: Vec<StopEntry>,
+    /// Children added by extensions, in start order.
+    extensions: Vec<(&'static str, Recipient<RestartChild>)>,
 }
 
 /// A child as the shutdown sees it.
@@ -144,12 +146,13 @@ impl Supervisor {
         metrics: Arc<Metrics>,
         store: Box<dyn Store>,
         escalate: Recipient<Escalate>,
+        extensions: Vec<Box<dyn Extension>>,
     ) -> Tree {
         // The Supervisor must know its children to apply its strategy, and they must know
         // it to report failures: create it, and start them inside its constructor.
         let mut tree = None;
         Supervisor::create(|ctx| {
-            let started = Self::start_children(config, &metrics, store, ctx.address());
+            let started = Self::start_children(config, &metrics, store, ctx.address(), extensions);
             let children = started.restartable();
             tree = Some(started);
             let intensity = Intensity {
@@ -168,30 +171,19 @@ impl Supervisor {
         tree.expect("the constructor ran")
     }
 
-    /// Starts the children in their one fixed order: each after everything it sends to.
+    /// Starts the children in their one fixed order: each after everything it sends to,
+    /// and the extensions after all of them.
     fn start_children(
         config: &Config,
         metrics: &Arc<Metrics>,
         store: Box<dyn Store>,
         supervisor: Addr<Supervisor>,
+        extensions: Vec<Box<dyn Extension>>,
     ) -> Tree {
         let mut failures = Vec::new();
-        // Each child gets its own link: its policy, and counts its supervisor can read.
         let mut link_for = |name: &'static str| {
-            let counts = Arc::new(FailureCounts::default());
-            failures.push((name, counts.clone()));
-            Link {
-                supervisor: supervisor.clone().recipient(),
-                exited: supervisor.clone().recipient(),
-                backoff: supervisor.clone().recipient(),
-                metrics: metrics.clone(),
-                policy: ChildPolicy {
-                    decider: config.decider,
-                    restart: config.restart_types.of(name),
-                },
-                failures: counts,
-                deadline: config.handler_deadline,
-            }
+            let restart = config.restart_types.of(name);
+            make_link(config, metrics, &supervisor, name, restart, &mut failures)
         };
         let seed = config.seed;
         let inject = |name| {
@@ -337,8 +329,8 @@ impl Supervisor {
             stops(Publisher::NAME, p.clone().recipient());
         }
 
-        Tree {
-            supervisor,
+        let mut tree = Tree {
+            supervisor: supervisor.clone(),
             store,
             subscription,
             acker,
@@ -348,8 +340,80 @@ impl Supervisor {
             publisher,
             failures,
             started,
+            extensions: Vec::new(),
+        };
+
+        // 8. Extensions, each given the tree so far.
+        for extension in extensions {
+            let name = extension.name();
+            let restart = extension.restart_type();
+            let link = make_link(
+                config,
+                metrics,
+                &supervisor,
+                name,
+                restart,
+                &mut tree.failures,
+            );
+            let started = extension.start(link, &tree);
+            tree.extensions.push((name, started.restart));
+            tree.started.push(StopEntry {
+                name,
+                shutdown: started.shutdown,
+                timeout: config.shutdown_timeouts.of(name),
+            });
         }
+        tree
     }
+}
+
+/// Makes a child's own link: its policy, and failure counts its supervisor can read.
+fn make_link(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    supervisor: &Addr<Supervisor>,
+    name: &'static str,
+    restart: RestartType,
+    failures: &mut Vec<(&'static str, Arc<FailureCounts>)>,
+) -> Link {
+    let counts = Arc::new(FailureCounts::default());
+    failures.push((name, counts.clone()));
+    Link {
+        supervisor: supervisor.clone().recipient(),
+        exited: supervisor.clone().recipient(),
+        backoff: supervisor.clone().recipient(),
+        metrics: metrics.clone(),
+        policy: ChildPolicy {
+            decider: config.decider,
+            restart,
+        },
+        failures: counts,
+        deadline: config.handler_deadline,
+    }
+}
+
+/// A child added to the tree by code outside the core actors, such as the Notifier in
+/// `examples/custom_actor.rs`. It starts after every core child, so it stops before
+/// them, and it is supervised like them: its own link and policy, the strategy, the
+/// intensity, a place in the report's `supervision` object.
+pub trait Extension {
+    /// Its name in logs, supervision events and the report.
+    fn name(&self) -> &'static str;
+
+    fn restart_type(&self) -> RestartType {
+        RestartType::Permanent
+    }
+
+    /// Starts the child (with `actix::Supervisor::start`, so that it restarts in place)
+    /// and hooks it to the core through the tree's addresses, such as `Watch` on the
+    /// Restarter.
+    fn start(self: Box<Self>, link: Link, tree: &Tree) -> Started;
+}
+
+/// What the Supervisor and the shutdown need of a started extension.
+pub struct Started {
+    pub restart: Recipient<RestartChild>,
+    pub shutdown: Recipient<Shutdown>,
 }
 
 impl Tree {
@@ -369,6 +433,7 @@ impl Tree {
         if let Some(p) = &self.publisher {
             out.push((Publisher::NAME, p.clone().recipient()));
         }
+        out.extend(self.extensions.iter().cloned());
         out.into_iter()
             .map(|(name, restart)| Entry {
                 name,
@@ -617,6 +682,65 @@ mod tests {
             })
             .map(|(name, _)| name)
             .collect()
+    }
+
+    #[actix_rt::test]
+    async fn the_tree_stops_in_reverse_start_order_with_extensions_first() {
+        struct Extra;
+        impl Extension for Extra {
+            fn name(&self) -> &'static str {
+                "extra"
+            }
+            fn start(self: Box<Self>, _: Link, tree: &Tree) -> Started {
+                // Any child will do to stand in for it; the order is what is tested.
+                Started {
+                    restart: tree.acker.clone().recipient(),
+                    shutdown: tree.acker.clone().recipient(),
+                }
+            }
+        }
+        let (escalate, _) = sink();
+        let config = Config {
+            store: crate::config::StoreKind::Memory,
+            shutdown_timeouts: "1s, saver=9s".parse().unwrap(),
+            handle_signals: false,
+            ..Config::default()
+        };
+        let tree = Supervisor::start_tree(
+            &config,
+            Arc::new(Metrics::default()),
+            Box::new(crate::store::memory::MemoryStore::default()),
+            escalate,
+            vec![Box::new(Extra)],
+        );
+        let order: Vec<_> = tree
+            .stop_order()
+            .iter()
+            .map(|c| (c.name, c.timeout.as_secs()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("extra", 1),
+                ("publisher", 1),
+                ("consumer", 1),
+                ("restarter", 1),
+                ("saver", 9),
+                ("acker", 1)
+            ]
+        );
+        let restartable: Vec<_> = tree.restartable().iter().map(|c| c.name).collect();
+        assert_eq!(
+            restartable,
+            [
+                "acker",
+                "saver",
+                "restarter",
+                "consumer",
+                "publisher",
+                "extra"
+            ]
+        );
     }
 
     #[actix_rt::test]
