@@ -129,17 +129,20 @@ impl Directive {
 impl FromStr for Directive {
     type Err = PolicyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
+        let all = [
             Directive::Resume,
             Directive::Restart,
             Directive::RestartWithBackoff,
             Directive::Stop,
             Directive::Escalate,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == s)
-        .ok_or_else(|| PolicyError::Directive(s.to_string()))
+        ];
+        named(&all, s, Directive::as_str).ok_or_else(|| PolicyError::Directive(s.to_string()))
     }
+}
+
+/// The value in `all` whose name is `s`.
+fn named<T: Copy>(all: &[T], s: &str, name: fn(T) -> &'static str) -> Option<T> {
+    all.iter().copied().find(|t| name(*t) == s)
 }
 
 /// When a child is restarted, in OTP's words.
@@ -166,14 +169,12 @@ impl RestartType {
 impl FromStr for RestartType {
     type Err = PolicyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
+        let all = [
             RestartType::Permanent,
             RestartType::Transient,
             RestartType::Temporary,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-        .ok_or_else(|| PolicyError::RestartType(s.to_string()))
+        ];
+        named(&all, s, RestartType::as_str).ok_or_else(|| PolicyError::RestartType(s.to_string()))
     }
 }
 
@@ -240,9 +241,7 @@ impl FromStr for Decider {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut decider = Decider::default();
         for (kind, directive) in pairs(s)? {
-            let kind = FailureKind::ALL
-                .into_iter()
-                .find(|k| k.as_str() == kind)
+            let kind = named(&FailureKind::ALL, kind, FailureKind::as_str)
                 .ok_or_else(|| PolicyError::Kind(kind.to_string()))?;
             decider.set(kind, directive.parse()?);
         }

@@ -181,15 +181,14 @@ impl Handler<CloseStore> for FakeStore {
     }
 }
 
-/// Starts a supervised Saver over a fake store, with `faults` injected and seed 1.
+/// Starts a supervised Saver over a fake store, with `injector` and seed 1.
 pub fn start_saver(
     link: Link,
     acker: Recipient<Outcomes>,
     store: Addr<FakeStore>,
     config: crate::actors::saver::SaverConfig,
-    faults: &crate::config::Faults,
+    injector: crate::config::Injector,
 ) -> Addr<crate::actors::saver::Saver> {
-    let injector = faults.injector("saver", Some(1));
     let rng = crate::config::rng_for(Some(1), "saver-io");
     actix::Supervisor::start(move |_| {
         crate::actors::saver::Saver::new(

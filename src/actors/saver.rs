@@ -384,7 +384,14 @@ mod tests {
             batch_size,
             flush_interval: Duration::from_millis(5),
         };
-        let saver = start_saver(link, acker, store, config, &faults.parse().unwrap());
+        let faults: crate::config::Faults = faults.parse().unwrap();
+        let saver = start_saver(
+            link,
+            acker,
+            store,
+            config,
+            faults.injector("saver", Some(1)),
+        );
         Rig {
             saver,
             outcomes,
@@ -481,7 +488,7 @@ mod tests {
         use super::*;
         use crate::policy::{ChildPolicy, Decider, RestartType};
         use crate::supervision::{ChildFailed, Directive, FailureKind};
-        use crate::testkit::link_with;
+        use crate::testkit::{link_with, start_saver};
         use std::sync::atomic::Ordering::Relaxed;
 
         struct Rig {
@@ -511,19 +518,7 @@ mod tests {
             let injector = faults
                 .injector("saver", Some(1))
                 .stalling_for(Duration::from_millis(40));
-            let rng = crate::config::rng_for(Some(1), "saver-io");
-            let l = link.clone();
-            let saver = actix::Supervisor::start(move |_| {
-                Saver::new(
-                    l,
-                    acker,
-                    store.clone().recipient(),
-                    store.recipient(),
-                    config,
-                    rng,
-                    injector,
-                )
-            });
+            let saver = start_saver(link.clone(), acker, store, config, injector);
             Rig {
                 saver,
                 outcomes,

@@ -914,7 +914,8 @@ mod tests {
             batch_size: 1,
             flush_interval: Duration::from_millis(5),
         };
-        let saver = start_saver(link, acker, store, config, &Default::default());
+        let injector = crate::config::Faults::default().injector("saver", None);
+        let saver = start_saver(link, acker, store, config, injector);
         settle().await;
         // Two failures in a row double the delay; after a quiet minute it starts over.
         for (tag, backoff, quiet) in [(1, 1000, 0), (2, 2000, 0), (3, 1000, 61)] {
