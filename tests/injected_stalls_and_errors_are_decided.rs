@@ -7,30 +7,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Finished, Mandrill};
+use common::{Finished, Mandrill, CHAOS};
 
 fn run(extra: &[&str]) -> Finished {
-    let mut args = vec![
+    let mut args = CHAOS.to_vec();
+    args.extend_from_slice(&[
         "--messages",
         "3000",
-        "--publish-delay",
-        "0",
-        "--io-delay",
-        "0",
         "--failure-rate",
         "0",
         "--seed",
         "7",
-        "--log",
-        "none",
         "--store",
         "memory",
-        "--max-restarts",
-        "1000000",
-        "--max-in-flight",
-        "50",
-        "--batch-size",
-        "50",
         "--handler-deadline",
         "0.02",
         "--backoff-min",
@@ -39,7 +28,7 @@ fn run(extra: &[&str]) -> Finished {
         "0.05",
         "--inject",
         "stall:acker=0.01,error:saver=0.05,error:restarter=0.05",
-    ];
+    ]);
     args.extend_from_slice(extra);
     let f = Mandrill::spawn(&args).finish(Duration::from_secs(120));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

@@ -5,34 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{Mandrill, CHAOS};
 
 #[test]
 fn injected_panics_lose_no_message() {
-    let m = Mandrill::spawn(&[
+    let extra = [
         "--messages",
         "20000",
-        "--publish-delay",
-        "0",
-        "--io-delay",
-        "0",
         "--failure-rate",
         "0.1",
         "--seed",
         "3",
-        "--log",
-        "none",
-        "--max-restarts",
-        "1000000",
-        // Small pulls mean many handler calls, so that each actor meets many panics. The
-        // publisher makes its 20k in about 20 chunks, so it needs a higher rate.
-        "--max-in-flight",
-        "50",
-        "--batch-size",
-        "50",
+        // The publisher makes its 20k in about 20 chunks, so it needs a higher rate.
         "--inject",
         "panic:publisher=0.2,panic:consumer=0.02,panic:saver=0.05,panic:restarter=0.05,panic:acker=0.01",
-    ]);
+    ];
+    let m = Mandrill::spawn(&[CHAOS, &extra].concat());
     let f = m.finish(Duration::from_secs(120));
     assert!(
         f.status.success(),

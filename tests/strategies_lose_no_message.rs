@@ -6,32 +6,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Finished, Mandrill};
+use common::{Finished, Mandrill, CHAOS};
 
 fn run(strategy: &str) -> Finished {
-    let m = Mandrill::spawn(&[
+    let extra = [
         "--strategy",
         strategy,
         "--messages",
         "20000",
-        "--publish-delay",
-        "0",
-        "--io-delay",
-        "0",
         "--seed",
         "11",
-        "--log",
-        "none",
-        "--max-restarts",
-        "1000000",
-        // Small pulls mean many handler calls, and so many chances to panic.
-        "--max-in-flight",
-        "50",
-        "--batch-size",
-        "50",
         "--inject",
         "panic:publisher=0.01,panic:consumer=0.01,panic:saver=0.01,panic:restarter=0.01,panic:acker=0.01",
-    ]);
+    ];
+    let m = Mandrill::spawn(&[CHAOS, &extra].concat());
     let f = m.finish(Duration::from_secs(120));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
     assert_eq!(f.report["stopped_by"], "done", "{}", f.report);

@@ -13,6 +13,24 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// Flags for a fast run under injected faults: no pacing and no simulated IO, lifecycle
+/// logs only, no escalation, and small pulls and batches, which mean many handler calls
+/// and so many chances to fail.
+pub const CHAOS: &[&str] = &[
+    "--publish-delay",
+    "0",
+    "--io-delay",
+    "0",
+    "--log",
+    "none",
+    "--max-restarts",
+    "1000000",
+    "--max-in-flight",
+    "50",
+    "--batch-size",
+    "50",
+];
+
 /// Kills the process when dropped, so that a failing test leaves no service running.
 struct KillOnDrop(Child);
 
