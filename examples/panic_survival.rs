@@ -5,30 +5,19 @@
 //!
 //!     cargo run --example panic_survival
 
-use std::time::Duration;
+mod common;
 
 use mandrill::app;
-use mandrill::config::{Config, StoreKind};
+use mandrill::config::Config;
 
 fn main() -> anyhow::Result<()> {
     // Lifecycle lines only: the caught panics and restarts, without per-message noise.
     mandrill::logging::init(mandrill::logging::LogLevel::None);
     let config = Config {
-        messages: Some(5_000),
-        publish_delay: Duration::ZERO,
-        publish_jitter: false,
-        io_delay: Duration::ZERO,
         failure_rate: 0.1,
-        seed: Some(2019),
-        store: StoreKind::Memory,
-        // Small pulls mean many handler calls, and so many chances to panic.
-        max_in_flight: 50,
-        batch_size: 50,
-        max_restarts: 1_000,
         faults: "panic:consumer=0.02,panic:saver=0.05,panic:restarter=0.05,panic:acker=0.02"
             .parse()?,
-        handle_signals: false,
-        ..Config::default()
+        ..common::config()
     };
     let r = app::run(config)?;
     let c = r.counts;

@@ -1,5 +1,8 @@
-//! What the strategy examples share: run a small pipeline in process with one actor made
+//! What the examples share: run a small pipeline in process with actors made
 //! to fail, then tell what the supervisor did.
+
+// Each example uses only part of this module.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -7,12 +10,10 @@ use mandrill::app;
 use mandrill::config::{Config, StoreKind, Strategy};
 use mandrill::metrics::Report;
 
-/// Runs 5,000 messages with panics injected into the Saver only (one handler call in
-/// ten), under `strategy`.
-pub fn run(strategy: Strategy) -> anyhow::Result<Report> {
-    // Lifecycle lines only: the supervision events, without per-message noise.
-    mandrill::logging::init(mandrill::logging::LogLevel::None);
-    let config = Config {
+/// A fast in-process run of 5,000 messages, with no restart failures, no escalation,
+/// and small pulls: many handler calls, and so many chances to panic.
+pub fn config() -> Config {
+    Config {
         messages: Some(5_000),
         publish_delay: Duration::ZERO,
         publish_jitter: false,
@@ -20,14 +21,23 @@ pub fn run(strategy: Strategy) -> anyhow::Result<Report> {
         failure_rate: 0.0,
         seed: Some(2019),
         store: StoreKind::Memory,
-        // Small pulls mean many handler calls, and so many chances to panic.
         max_in_flight: 50,
         batch_size: 50,
         max_restarts: 1_000,
-        strategy,
-        faults: "panic:saver=0.1".parse()?,
         handle_signals: false,
         ..Config::default()
+    }
+}
+
+/// Runs `config()` with panics injected into the Saver only (one handler call in ten),
+/// under `strategy`.
+pub fn run(strategy: Strategy) -> anyhow::Result<Report> {
+    // Lifecycle lines only: the supervision events, without per-message noise.
+    mandrill::logging::init(mandrill::logging::LogLevel::None);
+    let config = Config {
+        strategy,
+        faults: "panic:saver=0.1".parse()?,
+        ..config()
     };
     let report = app::run(config)?;
     anyhow::ensure!(report.conserved(), "a message was lost");
