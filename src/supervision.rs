@@ -199,7 +199,7 @@ pub fn guard<A: Child, R>(
                 let reason =
                     format!("a handler ran for {took:?}, past its deadline of {deadline:?}");
                 error!(actor = A::NAME, "Caught exception: {reason}");
-                fail(act, ctx, FailureKind::Stall, reason);
+                fail(act, ctx, FailureKind::Stall, &reason);
             }
             Some(r)
         }
@@ -207,7 +207,7 @@ pub fn guard<A: Child, R>(
             let reason = panic_text(&payload);
             error!(actor = A::NAME, "Caught exception: {reason}");
             Metrics::inc(&act.link().metrics.panics);
-            fail(act, ctx, FailureKind::Panic, reason);
+            fail(act, ctx, FailureKind::Panic, &reason);
             None
         }
     }
@@ -229,7 +229,7 @@ pub fn fail<A: Child>(
     act: &mut A,
     ctx: &mut Context<A>,
     kind: FailureKind,
-    reason: String,
+    reason: &dyn std::fmt::Display,
 ) -> Directive {
     let link = act.link();
     link.failures.add(kind);
@@ -255,7 +255,7 @@ pub fn fail<A: Child>(
     link.supervisor.do_send(ChildFailed {
         child: A::NAME,
         kind,
-        reason,
+        reason: reason.to_string(),
         directive,
     });
     if matches!(directive, Directive::Stop | Directive::Escalate) {

@@ -208,7 +208,7 @@ pub fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
     got.take()
         .into_iter()
         .flat_map(|o| o.outcomes)
-        .map(|o| o.result)
+        .map(|o| o.result.map_err(|e| *e))
         .collect()
 }
 

@@ -13,7 +13,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::actors::protocol::{Outcome, Shutdown, Step, StepError};
+use crate::actors::protocol::{Batch, Outcome, Shutdown, Step, StepResult};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::subscription::{Extend, Settle, Settlement, Verdict};
@@ -37,8 +37,8 @@ pub struct AckerConfig {
 #[derive(Debug)]
 struct Pending {
     delivery: Delivery,
-    saved: Option<Result<(), StepError>>,
-    restarted: Option<Result<(), StepError>>,
+    saved: Option<StepResult>,
+    restarted: Option<StepResult>,
 }
 
 #[derive(Default)]
@@ -88,11 +88,8 @@ impl Acker {
         }
     }
 
-    /// Settles a finished message, if both outcomes are in.
-    fn try_finish(&mut self, id: Uuid, out: &mut Vec<Settlement>) {
-        let Some(p) = self.state.pending.get(&id) else {
-            return;
-        };
+    /// Settles a message whose outcomes are both in.
+    fn finish(&self, p: Pending, out: &mut Vec<Settlement>) {
         let (Some(saved), Some(restarted)) = (&p.saved, &p.restarted) else {
             return;
         };
@@ -111,7 +108,6 @@ impl Acker {
             tag: p.delivery.tag,
             verdict,
         });
-        self.state.pending.remove(&id);
     }
 
     fn send_settlements(&mut self, out: Vec<Settlement>) {
@@ -235,7 +231,7 @@ impl Supervised for Acker {
 /// Starts tracking dispatched deliveries; their outcomes will follow.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Track(pub Vec<Delivery>);
+pub struct Track(pub Batch);
 
 impl Handler<Track> for Acker {
     type Result = ();
@@ -258,7 +254,7 @@ impl Handler<Track> for Acker {
         }
         guard(self, ctx, |act, _| {
             let deadline = Instant::now() + act.config.message_timeout;
-            for d in msg.0 {
+            for &d in msg.0.iter() {
                 act.state.pending.insert(
                     d.id(),
                     Pending {
@@ -287,22 +283,32 @@ impl Handler<Outcomes> for Acker {
     fn handle(&mut self, msg: Outcomes, ctx: &mut Context<Self>) {
         guard(self, ctx, |act, _| {
             act.injector.maybe_fail();
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(msg.outcomes.len());
             for o in msg.outcomes {
-                let id = o.delivery.id();
+                use std::collections::hash_map::Entry;
                 // An outcome for a delivery no longer tracked (nacked at its deadline or
                 // at shutdown, or superseded by a redelivery) has nothing left to decide.
-                let Some(p) = act.state.pending.get_mut(&id) else {
+                let Entry::Occupied(mut e) = act.state.pending.entry(o.delivery.id()) else {
                     continue;
                 };
+                let p = e.get_mut();
                 if p.delivery.tag != o.delivery.tag {
                     continue;
                 }
-                match msg.step {
-                    Step::Save => p.saved = Some(o.result),
-                    Step::Restart => p.restarted = Some(o.result),
+                let other = match msg.step {
+                    Step::Save => {
+                        p.saved = Some(o.result);
+                        &p.restarted
+                    }
+                    Step::Restart => {
+                        p.restarted = Some(o.result);
+                        &p.saved
+                    }
+                };
+                if other.is_some() {
+                    let p = e.remove();
+                    act.finish(p, &mut out);
                 }
-                act.try_finish(id, &mut out);
             }
             act.send_settlements(out);
         });
@@ -448,7 +454,7 @@ mod tests {
     async fn acks_when_both_steps_succeed_and_nacks_when_either_fails() {
         let r = rig("");
         let ds = [delivery(1, "a"), delivery(2, "b"), delivery(3, "c")];
-        r.acker.send(Track(ds.to_vec())).await.unwrap();
+        r.acker.send(Track(ds.to_vec().into())).await.unwrap();
         let save = ds.iter().map(|d| Outcome::ok(*d)).collect();
         r.acker
             .send(Outcomes {
@@ -463,7 +469,14 @@ mod tests {
         );
         let restart = vec![
             Outcome::ok(ds[0]),
-            Outcome::err(ds[1], RestartError::Failed("b.example.net".into())),
+            Outcome::err(
+                ds[1],
+                RestartError::Failed(
+                    crate::message::InstanceName::parse("b")
+                        .unwrap()
+                        .hostname(&"example.net".into()),
+                ),
+            ),
             Outcome::ok(ds[2]),
         ];
         r.acker
@@ -492,7 +505,7 @@ mod tests {
         tokio::time::pause();
         let r = rig("");
         let d = delivery(1, "a");
-        r.acker.send(Track(vec![d])).await.unwrap();
+        r.acker.send(Track(vec![d].into())).await.unwrap();
         r.acker
             .send(Outcomes {
                 step: Step::Save,
@@ -520,7 +533,10 @@ mod tests {
     async fn leases_of_messages_in_progress_are_extended() {
         tokio::time::pause();
         let r = rig("");
-        r.acker.send(Track(vec![delivery(7, "a")])).await.unwrap();
+        r.acker
+            .send(Track(vec![delivery(7, "a")].into()))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(6)).await;
         let ext = r.extended.take();
         assert!(
@@ -533,7 +549,10 @@ mod tests {
     async fn release_outstanding_spares_shielded_messages() {
         let r = rig("");
         let (kept, dropped) = (delivery(1, "a"), delivery(2, "b"));
-        r.acker.send(Track(vec![kept, dropped])).await.unwrap();
+        r.acker
+            .send(Track(vec![kept, dropped].into()))
+            .await
+            .unwrap();
         let keep = HashSet::from([kept.id()]);
         assert_eq!(r.acker.send(ReleaseOutstanding { keep }).await.unwrap(), 1);
         settle().await;
@@ -561,7 +580,10 @@ mod tests {
     #[actix_rt::test]
     async fn a_restart_request_starts_it_afresh_after_nacking_its_table() {
         let r = rig("");
-        r.acker.send(Track(vec![delivery(1, "a")])).await.unwrap();
+        r.acker
+            .send(Track(vec![delivery(1, "a")].into()))
+            .await
+            .unwrap();
         r.acker
             .send(crate::supervision::RestartChild { because: "saver" })
             .await
@@ -577,7 +599,7 @@ mod tests {
     async fn a_panic_nacks_what_was_tracked_and_the_address_keeps_working() {
         let r = rig("panic:acker=1");
         let ds = vec![delivery(1, "a"), delivery(2, "b")];
-        r.acker.do_send(Track(ds));
+        r.acker.do_send(Track(ds.into()));
         settle().await;
         let mut v = verdicts(&r.settled);
         v.sort_by_key(|(t, _)| *t);

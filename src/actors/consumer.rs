@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use crate::actors::acker::{Abandon, Track};
-use crate::actors::protocol::Shutdown;
+use crate::actors::protocol::{Batch, Shutdown};
 use crate::actors::restarter::Restart;
 use crate::actors::saver::Save;
 use crate::config::Injector;
@@ -130,6 +130,7 @@ impl Consumer {
         }
         // Track first: the Acker must know a message before its outcomes arrive, and one
         // mailbox delivers in order.
+        let batch: Batch = batch.into();
         self.downstream.track.do_send(Track(batch.clone()));
         self.downstream.save.do_send(Save(batch.clone()));
         self.downstream.restart.do_send(Restart(batch));

@@ -39,11 +39,20 @@ pub enum StepError {
 }
 
 /// The result of one step for one delivery.
+/// A batch of dispatched deliveries. The Consumer sends one batch to the Acker, the Saver
+/// and the Restarter; sharing it saves two copies of every delivery.
+pub type Batch = std::sync::Arc<[Delivery]>;
+
+/// One step's result for one delivery. The error is boxed: it is the rare case, and
+/// unboxed it made every outcome, and every message the Acker holds, twice as large.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub delivery: Delivery,
-    pub result: Result<(), StepError>,
+    pub result: StepResult,
 }
+
+/// What one step came to.
+pub type StepResult = Result<(), Box<StepError>>;
 
 impl Outcome {
     pub fn ok(delivery: Delivery) -> Self {
@@ -56,7 +65,7 @@ impl Outcome {
     pub fn err(delivery: Delivery, e: impl Into<StepError>) -> Self {
         Self {
             delivery,
-            result: Err(e.into()),
+            result: Err(Box::new(e.into())),
         }
     }
 

@@ -17,10 +17,10 @@ use uuid::Uuid;
 
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{
-    HostRestart, HostRestarts, Outcome, RestartOutcome, Shutdown, Step, StepError,
+    Batch, HostRestart, HostRestarts, Outcome, RestartOutcome, Shutdown, Step, StepError,
 };
 use crate::config::Injector;
-use crate::message::{Delivery, DeliveryTag, InstanceName};
+use crate::message::{Delivery, DeliveryTag, Hostname, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
@@ -30,7 +30,7 @@ use crate::{FastMap, FastSet, FLOW};
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum RestartError {
     #[error("Could not restart {0}")]
-    Failed(String),
+    Failed(Hostname),
 }
 
 /// How restarts behave.
@@ -41,7 +41,7 @@ pub struct RestarterConfig {
     pub failure_rate: f64,
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
-    pub domain: String,
+    pub domain: std::sync::Arc<str>,
 }
 
 /// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
@@ -74,8 +74,13 @@ struct State {
     /// Each host's last successful restart, in ms since the epoch. The store holds the
     /// durable copy; this index is loaded from it on start and kept in step after.
     last_restart: FastMap<InstanceName, i64>,
+    /// Restarts waiting out their simulated IO.
     running: FastMap<DeliveryTag, Delivery>,
     busy_hosts: FastSet<InstanceName>,
+    /// Without IO a batch is handled in one call, so instead of entering each delivery in
+    /// `running` it is held here with how many of it have outcomes. What is held here
+    /// after a failure is failed by `restarting`.
+    current: Option<(Batch, usize)>,
 }
 
 pub struct Restarter {
@@ -98,8 +103,28 @@ pub struct Restarter {
 
 /// What to do for one delivery.
 enum Plan {
-    Skip(String),
+    Skip(Skip),
     Restart,
+}
+
+/// Why a host is not restarted. It is formatted only when logged or watched.
+enum Skip {
+    Running,
+    Recent { ago: Duration, min: Duration },
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Running => f.write_str("a restart is already running"),
+            Skip::Recent { ago, min } => write!(
+                f,
+                "last restarted {} ago, less than {}",
+                humantime::format_duration(Duration::from_secs(ago.as_secs())),
+                humantime::format_duration(*min)
+            ),
+        }
+    }
 }
 
 impl Restarter {
@@ -138,21 +163,21 @@ impl Restarter {
         }
     }
 
-    fn plan(&self, host: InstanceName) -> Plan {
+    /// Decides for one host, `now_ms` being read once per batch.
+    fn plan(&self, host: InstanceName, now_ms: i64) -> Plan {
         if self.config.min_interval.is_zero() {
             return Plan::Restart;
         }
         if self.state.busy_hosts.contains(&host) {
-            return Plan::Skip("a restart is already running".into());
+            return Plan::Skip(Skip::Running);
         }
         if let Some(&at) = self.state.last_restart.get(&host) {
-            let ago = Duration::from_millis((self.clock.now_ms() - at).max(0) as u64);
+            let ago = Duration::from_millis((now_ms - at).max(0) as u64);
             if ago < self.config.min_interval {
-                return Plan::Skip(format!(
-                    "last restarted {} ago, less than {}",
-                    humantime::format_duration(Duration::from_secs(ago.as_secs())),
-                    humantime::format_duration(self.config.min_interval)
-                ));
+                return Plan::Skip(Skip::Recent {
+                    ago,
+                    min: self.config.min_interval,
+                });
             }
         }
         Plan::Restart
@@ -165,20 +190,22 @@ impl Restarter {
         d: Delivery,
         outcomes: &mut Vec<Outcome>,
         rows: &mut Vec<RestartRow>,
+        now_ms: i64,
         ctx: &mut Context<Self>,
     ) -> Directive {
         let host = d.message.instance_name;
         self.state.busy_hosts.remove(&host);
-        let hostname = host.hostname(&self.config.domain);
         let failed = self.rng.random::<f64>() < self.config.failure_rate;
         if failed || self.injector.error() {
-            let e = RestartError::Failed(hostname);
+            let e = RestartError::Failed(host.hostname(&self.config.domain));
             report_error(&self.link.metrics, Self::NAME, true, &e);
             self.notice(host, || RestartOutcome::Failed(e.clone()));
-            outcomes.push(Outcome::err(d, e.clone()));
-            return fail(self, ctx, (&e).into(), e.to_string());
+            let kind = (&e).into();
+            let directive = fail(self, ctx, kind, &e);
+            outcomes.push(Outcome::err(d, e));
+            return directive;
         } else {
-            let at_ms = self.clock.now_ms();
+            let at_ms = now_ms;
             self.state.last_restart.insert(host, at_ms);
             rows.push(RestartRow {
                 host,
@@ -186,7 +213,7 @@ impl Restarter {
                 message_id: d.id(),
             });
             Metrics::inc(&self.link.metrics.restarted);
-            info!(target: FLOW, "Restarted {hostname}");
+            info!(target: FLOW, "Restarted {}", host.hostname(&self.config.domain));
             self.notice(host, || RestartOutcome::Restarted);
             outcomes.push(Outcome::ok(d));
         }
@@ -252,11 +279,17 @@ crate::restart_on_request!(Restarter);
 
 impl Supervised for Restarter {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        let unfinished = self.state.current.take();
+        let unfinished = unfinished
+            .iter()
+            .flat_map(|(b, done)| b[*done..].iter().copied());
         let failed = self
             .state
             .running
             .drain()
-            .map(|(_, d)| Outcome::err(d, StepError::Restarted(Self::NAME)))
+            .map(|(_, d)| d)
+            .chain(unfinished)
+            .map(|d| Outcome::err(d, StepError::Restarted(Self::NAME)))
             .collect();
         self.send(failed, Vec::new());
         // `started` reloads the index from the store's history.
@@ -268,7 +301,7 @@ impl Supervised for Restarter {
 /// Restarts the hosts a batch of dispatched deliveries names.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Restart(pub Vec<Delivery>);
+pub struct Restart(pub Batch);
 
 impl Handler<Restart> for Restarter {
     type Result = ();
@@ -276,38 +309,49 @@ impl Handler<Restart> for Restarter {
         if self.retired {
             let failed = msg
                 .0
-                .into_iter()
-                .map(|d| Outcome::err(d, StepError::Stopped(Self::NAME)))
+                .iter()
+                .map(|&d| Outcome::err(d, StepError::Stopped(Self::NAME)))
                 .collect();
             return self.send(failed, Vec::new());
         }
         guard(self, ctx, |act, ctx| {
-            for d in &msg.0 {
-                act.state.running.insert(d.tag, *d);
+            let zero_io = act.config.io_delay.is_zero();
+            if zero_io {
+                act.state.current = Some((msg.0.clone(), 0));
+            } else {
+                for d in msg.0.iter() {
+                    act.state.running.insert(d.tag, *d);
+                }
             }
             act.injector.maybe_fail();
-            let mut outcomes = Vec::new();
-            let mut rows = Vec::new();
-            for d in msg.0 {
+            let mut outcomes = Vec::with_capacity(msg.0.len());
+            let mut rows = Vec::with_capacity(msg.0.len());
+            let now_ms = act.clock.now_ms();
+            let mut done = 0;
+            for &d in msg.0.iter() {
                 let host = d.message.instance_name;
-                match act.plan(host) {
+                done += 1;
+                match act.plan(host, now_ms) {
                     Plan::Skip(why) => {
-                        act.state.running.remove(&d.tag);
+                        if !zero_io {
+                            act.state.running.remove(&d.tag);
+                        }
                         info!(
                             target: FLOW,
                             "Skipped restarting {}: {why}",
                             host.hostname(&act.config.domain)
                         );
                         Metrics::inc(&act.link.metrics.restart_skipped);
-                        act.notice(host, || RestartOutcome::Skipped(why));
+                        act.notice(host, || RestartOutcome::Skipped(why.to_string()));
                         outcomes.push(Outcome::ok(d));
                     }
-                    Plan::Restart if act.config.io_delay.is_zero() => {
-                        act.state.running.remove(&d.tag);
-                        if act.finish(d, &mut outcomes, &mut rows, ctx) != Directive::Resume {
+                    Plan::Restart if zero_io => {
+                        if act.finish(d, &mut outcomes, &mut rows, now_ms, ctx) != Directive::Resume
+                        {
                             // The state is being replaced; its `restarting` fails the
-                            // deliveries still in `running`.
-                            break;
+                            // rest of the batch.
+                            act.state.current = Some((msg.0.clone(), done));
+                            return act.send(outcomes, rows);
                         }
                     }
                     Plan::Restart => {
@@ -317,7 +361,8 @@ impl Handler<Restart> for Restarter {
                             guard(act, ctx, |act, ctx| {
                                 if let Some(d) = act.state.running.remove(&d.tag) {
                                     let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
-                                    act.finish(d, &mut outcomes, &mut rows, ctx);
+                                    let now_ms = act.clock.now_ms();
+                                    act.finish(d, &mut outcomes, &mut rows, now_ms, ctx);
                                     act.send(outcomes, rows);
                                 }
                             });
@@ -325,6 +370,7 @@ impl Handler<Restart> for Restarter {
                     }
                 }
             }
+            act.state.current = None;
             act.send(outcomes, rows);
         });
     }
@@ -420,10 +466,9 @@ mod tests {
         tokio::time::pause();
         let r = rig(Duration::ZERO, 0.0, HOUR, FakeStore::new(None));
         r.restarter
-            .send(Restart(vec![
-                delivery(1, "cattle-a"),
-                delivery(2, "cattle-a"),
-            ]))
+            .send(Restart(
+                vec![delivery(1, "cattle-a"), delivery(2, "cattle-a")].into(),
+            ))
             .await
             .unwrap();
         settle().await;
@@ -436,7 +481,7 @@ mod tests {
         // Once the interval has passed, the host is restarted again.
         tokio::time::sleep(HOUR + Duration::from_secs(1)).await;
         r.restarter
-            .send(Restart(vec![delivery(3, "cattle-a")]))
+            .send(Restart(vec![delivery(3, "cattle-a")].into()))
             .await
             .unwrap();
         settle().await;
@@ -460,10 +505,9 @@ mod tests {
             .unwrap();
         let r = rig(Duration::ZERO, 0.0, HOUR, store);
         r.restarter
-            .send(Restart(vec![
-                delivery(1, "cattle-old"),
-                delivery(2, "cattle-new"),
-            ]))
+            .send(Restart(
+                vec![delivery(1, "cattle-old"), delivery(2, "cattle-new")].into(),
+            ))
             .await
             .unwrap();
         settle().await;
@@ -476,11 +520,11 @@ mod tests {
     async fn a_failed_restart_says_which_host() {
         let r = rig(Duration::ZERO, 1.0, Duration::ZERO, FakeStore::new(None));
         r.restarter
-            .send(Restart(vec![delivery(1, "cattle-zpsk")]))
+            .send(Restart(vec![delivery(1, "cattle-zpsk")].into()))
             .await
             .unwrap();
         settle().await;
-        let err = RestartError::Failed("cattle-zpsk.example.net".into());
+        let err = RestartError::Failed(name("cattle-zpsk").hostname(&"example.net".into()));
         assert_eq!(err.to_string(), "Could not restart cattle-zpsk.example.net");
         assert_eq!(results(&r.outcomes), vec![Err(StepError::Restart(err))]);
         assert!(r.history.lock().unwrap().is_empty());
@@ -491,16 +535,15 @@ mod tests {
         tokio::time::pause();
         let r = rig(Duration::ZERO, 0.0, HOUR, FakeStore::new(None));
         r.restarter
-            .send(Restart(vec![delivery(1, "cattle-a")]))
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
             .await
             .unwrap();
         // From now on every host restart fails; the policy resumes after each.
         r.restarter.send(FailAll).await.unwrap();
         r.restarter
-            .send(Restart(vec![
-                delivery(2, "cattle-b"),
-                delivery(3, "cattle-a"),
-            ]))
+            .send(Restart(
+                vec![delivery(2, "cattle-b"), delivery(3, "cattle-a")].into(),
+            ))
             .await
             .unwrap();
         settle().await;
@@ -543,7 +586,7 @@ mod tests {
             FakeStore::new(None),
         );
         let d = delivery(1, "cattle-a");
-        r.restarter.send(Restart(vec![d])).await.unwrap();
+        r.restarter.send(Restart(vec![d].into())).await.unwrap();
         assert_eq!(
             r.restarter.send(Running).await.unwrap(),
             HashSet::from([d.id()])

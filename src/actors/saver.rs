@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Outcome, Shutdown, Step, StepError};
+use crate::actors::protocol::{Batch, Outcome, Shutdown, Step, StepError};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::metrics::Metrics;
@@ -160,7 +160,7 @@ impl Saver {
                     .map(|d| Outcome::err(d, e.clone()))
                     .collect();
                 self.report(outcomes);
-                if fail(self, ctx, (&e).into(), e.to_string()) != Directive::Resume {
+                if fail(self, ctx, (&e).into(), &e) != Directive::Resume {
                     return;
                 }
             }
@@ -258,7 +258,7 @@ impl Supervised for Saver {
 /// Saves a batch of dispatched deliveries.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Save(pub Vec<Delivery>);
+pub struct Save(pub Batch);
 
 impl Handler<Save> for Saver {
     type Result = ();
@@ -272,22 +272,22 @@ impl Handler<Save> for Saver {
             warn!("Failing {} saves: {why}", msg.0.len());
             let failed = msg
                 .0
-                .into_iter()
-                .map(|d| Outcome::err(d, why.clone()))
+                .iter()
+                .map(|&d| Outcome::err(d, why.clone()))
                 .collect();
             return self.report(failed);
         }
         guard(self, ctx, |act, ctx| {
             if act.config.io_delay.is_zero() {
-                act.state.batch.extend(msg.0);
+                act.state.batch.extend_from_slice(&msg.0);
                 act.injector.maybe_fail();
                 act.batch_grew(ctx);
             } else {
-                for d in &msg.0 {
+                for d in msg.0.iter() {
                     act.state.in_io.insert(d.tag, *d);
                 }
                 act.injector.maybe_fail();
-                for d in msg.0 {
+                for &d in msg.0.iter() {
                     let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
                     ctx.run_later(io, move |act, ctx| {
                         guard(act, ctx, |act, ctx| {
@@ -405,7 +405,7 @@ mod tests {
         tokio::time::pause();
         let r = rig(3, Duration::ZERO, None, "");
         let ds: Vec<_> = (1..=3).map(|i| delivery(i, "a")).collect();
-        r.saver.send(Save(ds)).await.unwrap();
+        r.saver.send(Save(ds.into())).await.unwrap();
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
         assert_eq!(*r.batches.lock().unwrap(), vec![3]);
@@ -421,7 +421,10 @@ mod tests {
     async fn a_partial_batch_waits_for_the_flush_timer() {
         tokio::time::pause();
         let r = rig(100, Duration::ZERO, None, "");
-        r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+        r.saver
+            .send(Save(vec![delivery(1, "a")].into()))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(4)).await;
         assert!(r.batches.lock().unwrap().is_empty(), "flushed early");
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -433,7 +436,10 @@ mod tests {
     async fn simulated_io_delays_each_save() {
         tokio::time::pause();
         let r = rig(1, Duration::from_secs(10), None, "");
-        r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+        r.saver
+            .send(Save(vec![delivery(1, "a")].into()))
+            .await
+            .unwrap();
         settle().await;
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(results(&r.outcomes), vec![Ok(())]);
@@ -444,7 +450,7 @@ mod tests {
         let down = StoreError::Unavailable("disk full".into());
         let r = rig(2, Duration::ZERO, Some(down.clone()), "");
         r.saver
-            .send(Save(vec![delivery(1, "a"), delivery(2, "b")]))
+            .send(Save(vec![delivery(1, "a"), delivery(2, "b")].into()))
             .await
             .unwrap();
         settle().await;
@@ -459,11 +465,17 @@ mod tests {
     #[actix_rt::test]
     async fn close_commits_the_last_batch_then_refuses_more() {
         let r = rig(100, Duration::ZERO, None, "");
-        r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+        r.saver
+            .send(Save(vec![delivery(1, "a")].into()))
+            .await
+            .unwrap();
         r.saver.send(Close).await.unwrap().unwrap();
         assert_eq!(*r.batches.lock().unwrap(), vec![1]);
         assert_eq!(results(&r.outcomes), vec![Ok(())]);
-        r.saver.send(Save(vec![delivery(2, "b")])).await.unwrap();
+        r.saver
+            .send(Save(vec![delivery(2, "b")].into()))
+            .await
+            .unwrap();
         settle().await;
         assert_eq!(results(&r.outcomes), vec![Err(StepError::Closed("saver"))]);
     }
@@ -473,7 +485,7 @@ mod tests {
         let r = rig(100, Duration::ZERO, None, "panic:saver=1");
         // The guard catches the panic, so even the sender gets its reply.
         r.saver
-            .send(Save(vec![delivery(1, "a"), delivery(2, "b")]))
+            .send(Save(vec![delivery(1, "a"), delivery(2, "b")].into()))
             .await
             .unwrap();
         settle().await;
@@ -530,7 +542,7 @@ mod tests {
         impl Rig {
             async fn save(&self, tag: u64) -> Vec<Result<(), StepError>> {
                 self.saver
-                    .send(Save(vec![delivery(tag, "a")]))
+                    .send(Save(vec![delivery(tag, "a")].into()))
                     .await
                     .unwrap();
                 settle().await;
@@ -623,7 +635,10 @@ mod tests {
         #[actix_rt::test]
         async fn a_handler_past_its_deadline_is_a_stall_and_restarts() {
             let r = rig("", PERMANENT, None, "stall:saver=1");
-            r.saver.send(Save(vec![delivery(1, "a")])).await.unwrap();
+            r.saver
+                .send(Save(vec![delivery(1, "a")].into()))
+                .await
+                .unwrap();
             settle().await;
             assert_eq!(r.reports(), [(FailureKind::Stall, Directive::Restart)]);
             assert_eq!(r.link.failures.snapshot()["stall"], 1);

@@ -268,7 +268,7 @@ impl Supervisor {
                 io_delay: config.io_delay,
                 failure_rate: config.failure_rate,
                 min_interval: config.min_restart_interval,
-                domain: config.domain.clone(),
+                domain: config.domain.as_str().into(),
             };
             let (rng, injector) = (rng_for(seed, "restarter"), inject("restarter"));
             actix::Supervisor::start(move |_| {
@@ -926,7 +926,7 @@ mod tests {
                 .unwrap();
             saver.send(RestartChild { because: "saver" }).await.unwrap();
             let start = Instant::now();
-            saver.do_send(Save(vec![delivery(tag, "cattle-a")]));
+            saver.do_send(Save(vec![delivery(tag, "cattle-a")].into()));
             tokio::time::sleep(Duration::from_millis(backoff - 50)).await;
             assert!(results(&outcomes).is_empty(), "handled during the backoff");
             while results(&outcomes).is_empty() {
