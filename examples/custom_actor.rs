@@ -84,7 +84,7 @@ impl Handler<HostRestarts> for Notifier {
         if self.retired {
             return;
         }
-        guard(self, ctx, |act, _| {
+        guard(self, ctx, "HostRestarts", |act, _| {
             // Count first, as every child takes in what it is given before it can fail.
             for r in &msg.0 {
                 match r.outcome {
@@ -141,7 +141,10 @@ impl Extension for AddNotifier {
 
 /// Runs 5,000 messages with the Notifier added; returns its tally and the run report.
 pub fn run() -> anyhow::Result<(Tally, mandrill::metrics::Report)> {
-    mandrill::logging::init(mandrill::logging::LogLevel::None);
+    let _log = mandrill::logging::init(
+        mandrill::logging::LogLevel::None,
+        mandrill::logging::LogFormat::Text,
+    );
     let config = Config {
         messages: Some(5_000),
         publish_delay: Duration::ZERO,

@@ -12,7 +12,10 @@ use mandrill::config::Config;
 
 fn main() -> anyhow::Result<()> {
     // Lifecycle lines only: the caught panics and restarts, without per-message noise.
-    mandrill::logging::init(mandrill::logging::LogLevel::None);
+    let _log = mandrill::logging::init(
+        mandrill::logging::LogLevel::None,
+        mandrill::logging::LogFormat::Text,
+    );
     let config = Config {
         failure_rate: 0.1,
         faults: "panic:consumer=0.02,panic:saver=0.05,panic:restarter=0.05,panic:acker=0.02"

@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 use crate::config::{
     parse_duration, parse_probability, Backoff, Config, Faults, Source, StoreKind, Strategy,
 };
-use crate::logging::LogLevel;
+use crate::logging::{LogFormat, LogLevel};
 use crate::message::InstanceName;
 use crate::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
 
@@ -195,6 +195,46 @@ pub struct Cli {
     /// Logging: none keeps lifecycle lines only; RUST_LOG overrides it.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log: LogLevel,
+
+    /// Log line format: text for people, json for log pipelines (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Warn about any actor handler that runs longer than this many milliseconds, naming
+    /// the actor, what it handled and how long it took. 0 turns the warning off.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub slow_handler_ms: u64,
+
+    /// Warn when the event loop runs a timer this many milliseconds late or more (the
+    /// loop lag, also exported as a metric). 0 turns the warning off.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub lag_warn_ms: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9000.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Keep serving /metrics this long after the final flush at shutdown, so that a last
+    /// scrape sees the final counts.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
+    pub metrics_linger: Duration,
+
+    /// A status line every --status-every on stderr: auto prints it only when stderr is
+    /// a terminal.
+    #[arg(long, value_enum, default_value_t = StatusArg::Auto)]
+    pub status: StatusArg,
+
+    /// How often the status line is printed.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
+    pub status_every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    /// Only when stderr is a terminal.
+    Auto,
+    Always,
+    Never,
 }
 
 /// Why a config file cannot be used.
@@ -357,6 +397,14 @@ fn flatten(
     }
 }
 
+/// A threshold in milliseconds, where 0 means never.
+fn off_if_zero(ms: u64) -> Duration {
+    match ms {
+        0 => Duration::MAX,
+        ms => Duration::from_millis(ms),
+    }
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be more than zero")),
@@ -426,6 +474,16 @@ impl Cli {
             decider: self.decider.unwrap_or_default(),
             restart_types: self.restart_type.unwrap_or_default(),
             handler_deadline: self.handler_deadline,
+            slow_handler: off_if_zero(self.slow_handler_ms),
+            lag_warn: off_if_zero(self.lag_warn_ms),
+            status_every: match self.status {
+                StatusArg::Always => Some(self.status_every),
+                StatusArg::Never => None,
+                StatusArg::Auto => {
+                    use std::io::IsTerminal;
+                    std::io::stderr().is_terminal().then_some(self.status_every)
+                }
+            },
             faults: self.inject.unwrap_or_default(),
             handle_signals: true,
         }

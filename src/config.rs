@@ -109,6 +109,12 @@ pub struct Config {
     pub restart_types: RestartTypes,
     /// A handler that runs longer than this is a stall.
     pub handler_deadline: Duration,
+    /// A handler that runs longer than this logs a warning.
+    pub slow_handler: Duration,
+    /// A loop lag of this much or more logs a warning.
+    pub lag_warn: Duration,
+    /// How often to print the status line, if at all.
+    pub status_every: Option<Duration>,
     pub faults: Faults,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
@@ -144,6 +150,9 @@ impl Default for Config {
             decider: Decider::default(),
             restart_types: RestartTypes::default(),
             handler_deadline: Duration::from_secs(1),
+            slow_handler: Duration::from_millis(100),
+            lag_warn: Duration::from_millis(100),
+            status_every: None,
             faults: Faults::default(),
             handle_signals: true,
         }

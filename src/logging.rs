@@ -1,6 +1,10 @@
-//! Log set-up: `tracing` to stderr, with the talk's line shapes.
+//! Log set-up: `tracing` to stderr through a non-blocking writer, with the talk's line
+//! shapes, as text or as JSON.
+
+use std::sync::Mutex;
 
 use clap::ValueEnum;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// How much to log.
@@ -24,17 +28,69 @@ impl LogLevel {
     }
 }
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line, with the event's fields as keys.
+    Json,
+}
+
+/// Lines the writer thread may hold before a logging actor waits for it. At about 150
+/// bytes a line this is some 20 MB: room for a burst of per-message lines at full speed.
+const BUFFERED_LINES: usize = 128_000;
+
+/// The writer thread's guard, kept where `flush` can reach it from anywhere: an exit
+/// with `std::process::exit` skips every destructor in `main`.
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Flushes every buffered line when dropped; `init` returns it.
+#[must_use = "dropping the guard flushes and stops the log writer"]
+pub struct LogGuard(());
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+/// Writes out every buffered line and stops the writer; later lines are dropped. Call it
+/// right before `std::process::exit`.
+pub fn flush() {
+    // Dropping the guard waits (up to a second) for the writer to drain.
+    let guard = WRITER.lock().map(|mut g| g.take());
+    drop(guard);
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
-pub fn init(level: LogLevel) {
+///
+/// Lines are formatted on the logging thread but written by a dedicated thread, so a
+/// slow stderr (a pipe nobody drains fast enough, a terminal) does not stall the event
+/// loop. The writer is not lossy: when its buffer is full the logger waits rather than
+/// drop a line. Keep the returned guard alive until the end of `main`; dropping it
+/// flushes every buffered line.
+pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.directives()));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("mandrill-log")
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
         .with_env_filter(filter)
         .with_target(false)
         // By default a failed write is reported with `eprintln!`, which panics when stderr
         // is a closed pipe: every log line would then panic, and a log reader that goes
         // away would stop the service. Losing log lines is the lesser harm.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    if let Ok(mut slot) = WRITER.lock() {
+        *slot = Some(guard);
+    }
+    LogGuard(())
 }

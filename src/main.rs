@@ -1,10 +1,11 @@
-//! The `mandrill` binary: parse flags, set up logs, run, print the report.
+//! The `mandrill` binary: parse flags, set up logs and metrics, run, print the report.
 
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use mandrill::cli::{ArgsError, Cli};
-use mandrill::{app, logging};
+use mandrill::{app, logging, metrics};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = match Cli::parse_with_file(std::env::args_os()) {
@@ -15,7 +16,8 @@ fn main() -> anyhow::Result<ExitCode> {
             std::process::exit(2);
         }
     };
-    logging::init(cli.log);
+    // Dropped at the end of `main`, which flushes every buffered log line.
+    let _log = logging::init(cli.log, cli.log_format);
     // Panics inside handlers are caught and logged by the supervision guard; the default
     // hook would print a second, unformatted report of each one. Keep the location for
     // debugging only.
@@ -25,12 +27,23 @@ fn main() -> anyhow::Result<ExitCode> {
             info.location().map_or("?".into(), |l| l.to_string())
         );
     }));
+    if let Some(addr) = cli.metrics_addr {
+        metrics::serve_prometheus(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!("Serving Prometheus metrics at http://{addr}/metrics");
+    }
+    let linger = cli.metrics_linger;
     let report = app::run(cli.into_config())?;
     // A closed stdout must not turn a clean shutdown into a panic: say so and keep the
     // exit status.
     let line = serde_json::to_string(&report)?;
     if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
         tracing::error!("Cannot write the run report: {e}");
+    }
+    if !linger.is_zero() {
+        // The exporter runs on its own thread, so /metrics stays up with the final counts.
+        tracing::info!("Serving the final metrics for {linger:?} more");
+        std::thread::sleep(linger);
     }
     Ok(ExitCode::from(report.exit_code as u8))
 }

@@ -1,8 +1,12 @@
-//! Run-wide counters and the run report printed at exit.
+//! Run-wide counters, the run report printed at exit, and their Prometheus export.
 //!
 //! Counters are relaxed atomics behind one `Arc`: actors on the event loop, the store's
 //! threads and the stdin thread all bump them, and an uncontended relaxed add costs about as
 //! much as a plain one. Nothing reads them on the hot path; the report reads them once.
+//!
+//! The `metrics` crate's registry is fed from these atomics once a second by the Monitor,
+//! and a last time in the shutdown's "Flushing metrics" phase, rather than on every
+//! increment: the hot path keeps its plain atomic adds whether or not anything scrapes.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -16,6 +20,10 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
             /// Nanoseconds from the start of the run to the last ack, nack or dead letter.
             pub last_outcome_ns: AtomicU64,
+            /// From a caught panic to the restarted actor's next handler call.
+            pub panic_recovery: Timings,
+            /// How late the event loop ran the lag monitor's timer.
+            pub loop_lag: Timings,
         }
 
         /// A point-in-time copy of the counters.
@@ -27,6 +35,14 @@ macro_rules! counters {
         impl Metrics {
             pub fn snapshot(&self) -> Counts {
                 Counts { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl Counts {
+            /// Sets the exported counters to these values: `mandrill_<name>_total`.
+            pub fn export(&self) {
+                $(metrics::counter!(concat!("mandrill_", stringify!($name), "_total"))
+                    .absolute(self.$name);)*
             }
         }
     };
@@ -71,6 +87,28 @@ impl Metrics {
     }
 }
 
+/// A histogram of rare timings (panics, lag samples), shared behind a lock: these come
+/// at most a few thousand times a second, where a lock costs nothing measurable.
+#[derive(Debug)]
+pub struct Timings(std::sync::Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(micros_histogram()))
+    }
+}
+
+impl Timings {
+    pub fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.0.lock().expect("timings lock").saturating_record(us);
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        Percentiles::of_us(&self.0.lock().expect("timings lock"))
+    }
+}
+
 /// What one supervised child went through in a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChildStats {
@@ -84,6 +122,58 @@ pub struct ChildStats {
     pub escalations: u64,
     /// Whether it was stopped for good, by directive or by its restart type.
     pub stopped: bool,
+}
+
+/// Percentiles of a latency, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of_us(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// A histogram of microseconds from 1 µs up, growing as needed, to 3 significant figures.
+pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new(3).expect("3 significant figures are supported")
+}
+
+/// Starts the Prometheus exporter on its own thread, serving `/metrics` at `addr`, and
+/// installs it as the `metrics` recorder. Call before the service starts.
+pub fn serve_prometheus(
+    addr: std::net::SocketAddr,
+) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Handler times are microseconds to seconds; latencies reach the IO delay and beyond.
+    let handler = [
+        1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+    ];
+    let latency = [
+        1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full("mandrill_handler_seconds".into()), &handler)?
+        .set_buckets_for_metric(Matcher::Suffix("latency_seconds".into()), &latency)?
+        .set_buckets_for_metric(Matcher::Full("mandrill_loop_lag_seconds".into()), &handler)?
+        .install()
 }
 
 /// The one JSON line printed on stdout at exit.
@@ -110,9 +200,42 @@ pub struct Report {
     pub supervision: std::collections::BTreeMap<&'static str, ChildStats>,
     /// Children that did not stop within their shutdown timeout, in stop order.
     pub killed_at_shutdown: Vec<&'static str>,
+    /// From publish to ack, for acked messages.
+    pub ack_latency_ms: Percentiles,
+    /// From a caught panic to the restarted actor's next handler call.
+    pub panic_recovery_ms: Percentiles,
+    /// How late the event loop ran the lag monitor's timer.
+    pub loop_lag_ms: Percentiles,
 }
 
 impl Report {
+    /// Exports every report field: the counts as counters, the rest as gauges.
+    pub fn export(&self) {
+        self.counts.export();
+        metrics::gauge!("mandrill_pending_at_exit").set(self.pending_at_exit as f64);
+        metrics::gauge!("mandrill_elapsed_seconds").set(self.elapsed_s);
+        metrics::gauge!("mandrill_msgs_per_second").set(self.msgs_per_s);
+        metrics::gauge!("mandrill_shutdown_seconds").set(self.shutdown_s);
+        metrics::gauge!("mandrill_exit_code").set(self.exit_code as f64);
+        metrics::gauge!("mandrill_killed_at_shutdown").set(self.killed_at_shutdown.len() as f64);
+        for (&child, s) in &self.supervision {
+            metrics::counter!("mandrill_child_restarts_total", "child" => child)
+                .absolute(s.restarts);
+            metrics::counter!("mandrill_child_escalations_total", "child" => child)
+                .absolute(s.escalations);
+            metrics::gauge!("mandrill_child_backoff_seconds", "child" => child).set(s.backoff_s);
+            metrics::gauge!("mandrill_child_stopped", "child" => child).set(if s.stopped {
+                1.0
+            } else {
+                0.0
+            });
+            for (&kind, &n) in &s.failures {
+                metrics::counter!("mandrill_child_failures_total", "child" => child, "kind" => kind)
+                    .absolute(n);
+            }
+        }
+    }
+
     /// The conservation law every run must keep.
     pub fn conserved(&self) -> bool {
         self.counts.published

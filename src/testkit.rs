@@ -96,6 +96,8 @@ pub fn link_with(policy: ChildPolicy) -> (Link, Got<ChildFailed>, Got<ChildExite
         policy,
         failures: Default::default(),
         deadline: Duration::from_secs(1),
+        slow: Duration::from_millis(100),
+        panicked_at: Default::default(),
     };
     (link, failed, exits)
 }

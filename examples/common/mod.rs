@@ -33,7 +33,10 @@ pub fn config() -> Config {
 /// under `strategy`.
 pub fn run(strategy: Strategy) -> anyhow::Result<Report> {
     // Lifecycle lines only: the supervision events, without per-message noise.
-    mandrill::logging::init(mandrill::logging::LogLevel::None);
+    let _log = mandrill::logging::init(
+        mandrill::logging::LogLevel::None,
+        mandrill::logging::LogFormat::Text,
+    );
     let config = Config {
         strategy,
         faults: "panic:saver=0.1".parse()?,

@@ -13,7 +13,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::actors::protocol::{Batch, Outcome, Shutdown, Step, StepResult};
+use crate::actors::protocol::{Batch, Outcome, Probe, Probed, Shutdown, Step, StepResult};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::subscription::{Extend, Settle, Settlement, Verdict};
@@ -195,7 +195,7 @@ impl Actor for Acker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         crate::supervision::hold_for_backoff(self, ctx);
         ctx.run_interval(SWEEP, |act, ctx| {
-            guard(act, ctx, |act, _| act.sweep());
+            guard(act, ctx, "sweep timer", |act, _| act.sweep());
         });
     }
 }
@@ -252,7 +252,7 @@ impl Handler<Track> for Acker {
                 .collect();
             return self.send_settlements(out);
         }
-        guard(self, ctx, |act, _| {
+        guard(self, ctx, "Track", |act, _| {
             let deadline = Instant::now() + act.config.message_timeout;
             for &d in msg.0.iter() {
                 act.state.pending.insert(
@@ -281,7 +281,7 @@ pub struct Outcomes {
 impl Handler<Outcomes> for Acker {
     type Result = ();
     fn handle(&mut self, msg: Outcomes, ctx: &mut Context<Self>) {
-        guard(self, ctx, |act, _| {
+        guard(self, ctx, "Outcomes", |act, _| {
             act.injector.maybe_fail();
             let mut out = Vec::with_capacity(msg.outcomes.len());
             for o in msg.outcomes {
@@ -401,6 +401,24 @@ impl Handler<InFlight> for Acker {
     type Result = usize;
     fn handle(&mut self, _: InFlight, _: &mut Context<Self>) -> usize {
         self.state.pending.len()
+    }
+}
+
+/// Describes the Acker for the live dump: messages in flight and the oldest one's age.
+impl Handler<Probe> for Acker {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = if self.retired { "retired" } else { "running" };
+        let mut p = Probed::new(state, &[("in_flight", self.state.pending.len())]);
+        // A scan, but only on demand; the hot path keeps no ordered index for it.
+        p.oldest = self
+            .state
+            .pending
+            .values()
+            .map(|p| p.delivery.published_at)
+            .min()
+            .map(|at| at.elapsed());
+        MessageResult(p)
     }
 }
 

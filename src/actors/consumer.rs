@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use crate::actors::acker::{Abandon, Track};
-use crate::actors::protocol::{Batch, Shutdown};
+use crate::actors::protocol::{Batch, Probe, Probed, Shutdown};
 use crate::actors::restarter::Restart;
 use crate::actors::saver::Save;
 use crate::config::Injector;
@@ -188,7 +188,7 @@ impl Handler<Pulled> for Consumer {
         self.pulling = false;
         match res {
             Ok(batch) => {
-                guard(self, ctx, |act, _| act.dispatch(batch));
+                guard(self, ctx, "Pulled", |act, _| act.dispatch(batch));
                 // After a restart, the fresh Consumer pulls from `started`.
                 if ctx.state() == ActorState::Running {
                     self.pull_next(ctx);
@@ -206,6 +206,19 @@ impl Handler<Shutdown> for Consumer {
     type Result = ();
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
         self.stopped = true;
+    }
+}
+
+/// Describes the Consumer for the live dump: whether it pulls, and what it holds.
+impl Handler<Probe> for Consumer {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = match () {
+            _ if self.stopped => "stopped",
+            _ if self.pulling => "pulling",
+            _ => "idle",
+        };
+        MessageResult(Probed::new(state, &[("in_hand", self.state.in_hand.len())]))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod acker;
 pub mod consumer;
+pub mod monitor;
 pub mod protocol;
 pub mod publisher;
 pub mod restarter;

@@ -17,6 +17,34 @@ use crate::store::StoreError;
 pub struct Shutdown;
 
 /// The two steps every message goes through, at the same time.
+/// Asks an actor to describe itself, for the live dump on SIGUSR1. Every core actor
+/// handles it. It waits in the mailbox behind everything sent before it, so how long the
+/// answer takes shows how far behind the actor is; actix does not expose mailbox depth.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Probed")]
+pub struct Probe;
+
+/// What an actor says about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Probed {
+    /// Its state: running, retired, stopped, closing and so on.
+    pub state: &'static str,
+    /// The sizes of its own queues and tables, by name.
+    pub holds: Vec<(&'static str, usize)>,
+    /// The age of the oldest message it holds, where it keeps ages.
+    pub oldest: Option<std::time::Duration>,
+}
+
+impl Probed {
+    pub fn new(state: &'static str, holds: &[(&'static str, usize)]) -> Self {
+        Self {
+            state,
+            holds: holds.to_vec(),
+            oldest: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Save,

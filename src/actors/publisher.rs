@@ -10,7 +10,7 @@ use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tracing::info;
 
-use crate::actors::protocol::Shutdown;
+use crate::actors::protocol::{Probe, Probed, Shutdown};
 use crate::config::Injector;
 use crate::message::{InstanceName, Message};
 use crate::subscription::memory::{InputClosed, Publish};
@@ -157,7 +157,7 @@ impl Publisher {
     }
 
     fn guarded_tick(&mut self, ctx: &mut Context<Self>) {
-        guard(self, ctx, |act, ctx| act.tick(ctx));
+        guard(self, ctx, "publish tick", |act, ctx| act.tick(ctx));
     }
 }
 
@@ -202,6 +202,20 @@ impl Handler<Shutdown> for Publisher {
     type Result = ();
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
         self.finish();
+    }
+}
+
+/// Describes the Publisher for the live dump: how many it has sent.
+impl Handler<Probe> for Publisher {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = match () {
+            _ if self.retired => "retired",
+            _ if self.exited => "exited",
+            _ if self.stopped => "stopped",
+            _ => "publishing",
+        };
+        MessageResult(Probed::new(state, &[("sent", self.sent as usize)]))
     }
 }
 

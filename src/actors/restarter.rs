@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{
-    Batch, HostRestart, HostRestarts, Outcome, RestartOutcome, Shutdown, Step, StepError,
+    Batch, HostRestart, HostRestarts, Outcome, Probe, Probed, RestartOutcome, Shutdown, Step,
+    StepError,
 };
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag, Hostname, InstanceName};
@@ -314,7 +315,7 @@ impl Handler<Restart> for Restarter {
                 .collect();
             return self.send(failed, Vec::new());
         }
-        guard(self, ctx, |act, ctx| {
+        guard(self, ctx, "Restart", |act, ctx| {
             let zero_io = act.config.io_delay.is_zero();
             if zero_io {
                 act.state.current = Some((msg.0.clone(), 0));
@@ -358,7 +359,7 @@ impl Handler<Restart> for Restarter {
                         act.state.busy_hosts.insert(host);
                         let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
                         ctx.run_later(io, move |act, ctx| {
-                            guard(act, ctx, |act, ctx| {
+                            guard(act, ctx, "restart io timer", |act, ctx| {
                                 if let Some(d) = act.state.running.remove(&d.tag) {
                                     let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
                                     let now_ms = act.clock.now_ms();
@@ -414,6 +415,21 @@ impl Handler<Running> for Restarter {
     type Result = MessageResult<Running>;
     fn handle(&mut self, _: Running, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state.running.values().map(|d| d.id()).collect())
+    }
+}
+
+/// Describes the Restarter for the live dump: restarts running and hosts indexed.
+impl Handler<Probe> for Restarter {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = if self.retired { "retired" } else { "running" };
+        MessageResult(Probed::new(
+            state,
+            &[
+                ("running", self.state.running.len()),
+                ("hosts_indexed", self.state.last_restart.len()),
+            ],
+        ))
     }
 }
 

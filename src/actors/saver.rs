@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Batch, Outcome, Shutdown, Step, StepError};
+use crate::actors::protocol::{Batch, Outcome, Probe, Probed, Shutdown, Step, StepError};
 use crate::config::Injector;
 use crate::message::{Delivery, DeliveryTag};
 use crate::metrics::Metrics;
@@ -98,7 +98,7 @@ impl Saver {
         } else if self.state.flush_timer.is_none() {
             let handle = ctx.run_later(self.config.flush_interval, |act, ctx| {
                 act.state.flush_timer = None;
-                guard(act, ctx, |act, ctx| act.flush(ctx));
+                guard(act, ctx, "flush timer", |act, ctx| act.flush(ctx));
             });
             self.state.flush_timer = Some(handle);
         }
@@ -124,13 +124,17 @@ impl Saver {
             // As if the store were unavailable: nothing is written and the batch fails.
             let e = StoreError::Unavailable(format!("injected error in {}", Self::NAME));
             ctx.spawn(actix::fut::ready(()).map(move |_, act: &mut Self, ctx| {
-                guard(act, ctx, |act, ctx| act.committed(Ok(Err(e)), ctx));
+                guard(act, ctx, "SaveBatch reply", |act, ctx| {
+                    act.committed(Ok(Err(e)), ctx)
+                });
             }));
             return;
         }
         let request = self.save.send(SaveBatch(rows));
         ctx.spawn(request.into_actor(self).map(|res, act, ctx| {
-            guard(act, ctx, |act, ctx| act.committed(res, ctx));
+            guard(act, ctx, "SaveBatch reply", |act, ctx| {
+                act.committed(res, ctx)
+            });
         }));
     }
 
@@ -277,7 +281,7 @@ impl Handler<Save> for Saver {
                 .collect();
             return self.report(failed);
         }
-        guard(self, ctx, |act, ctx| {
+        guard(self, ctx, "Save", |act, ctx| {
             if act.config.io_delay.is_zero() {
                 act.state.batch.extend_from_slice(&msg.0);
                 act.injector.maybe_fail();
@@ -290,7 +294,7 @@ impl Handler<Save> for Saver {
                 for &d in msg.0.iter() {
                     let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
                     ctx.run_later(io, move |act, ctx| {
-                        guard(act, ctx, |act, ctx| {
+                        guard(act, ctx, "save io timer", |act, ctx| {
                             if let Some(d) = act.state.in_io.remove(&d.tag) {
                                 act.state.batch.push(d);
                                 act.batch_grew(ctx);
@@ -359,6 +363,28 @@ impl Handler<Shutdown> for Saver {
                 Err(_) => error!("Closing the store failed: the saver dropped the request"),
             }
         })
+    }
+}
+
+/// Describes the Saver for the live dump: what waits for IO, for a batch, for a commit.
+impl Handler<Probe> for Saver {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = match () {
+            _ if self.state.closed => "closed",
+            _ if self.state.closing.is_some() => "closing",
+            _ if self.retired => "retired",
+            _ => "running",
+        };
+        let committing = self.state.committing.as_ref().map_or(0, Vec::len);
+        MessageResult(Probed::new(
+            state,
+            &[
+                ("in_io", self.state.in_io.len()),
+                ("batch", self.state.batch.len()),
+                ("committing", committing),
+            ],
+        ))
     }
 }
 

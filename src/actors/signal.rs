@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
 use crate::actors::consumer::Consumer;
+use crate::actors::monitor::{Dump, Monitor};
 use crate::actors::protocol::Shutdown;
 use crate::actors::restarter::Running;
 use crate::actors::supervisor::{Escalate, StopEntry, SupervisionStats, Tree};
@@ -74,6 +75,7 @@ pub type ReportSlot = Arc<Mutex<Option<Report>>>;
 
 pub struct SignalActor {
     tree: Tree,
+    monitor: Addr<Monitor>,
     timeouts: Timeouts,
     handle_signals: bool,
     source: Source,
@@ -85,8 +87,10 @@ pub struct SignalActor {
 
 impl SignalActor {
     pub fn new(tree: Tree, config: &Config, metrics: Arc<Metrics>, report: ReportSlot) -> Self {
+        let monitor = Monitor::new(tree.clone(), config, metrics.clone()).start();
         Self {
             tree,
+            monitor,
             timeouts: Timeouts {
                 drain: config.drain_timeout,
                 shield: config.shield_timeout,
@@ -189,10 +193,15 @@ impl Handler<OsSignal> for SignalActor {
     type Result = ();
     fn handle(&mut self, OsSignal(name): OsSignal, ctx: &mut Context<Self>) {
         match name {
-            "SIGUSR1" | "SIGQUIT" => info!("Received {name}; it does not stop the service"),
+            "SIGUSR1" => {
+                info!("Received SIGUSR1; dumping the service's state, which does not stop it");
+                self.monitor.do_send(Dump);
+            }
+            "SIGQUIT" => info!("Received {name}; it does not stop the service"),
             "SIGINT" | "SIGTERM" if self.shutting_down => {
                 let code = if name == "SIGINT" { 130 } else { 143 };
                 error!("Received {name} again during shutdown; exiting now with status {code}");
+                crate::logging::flush();
                 std::process::exit(code);
             }
             _ => self.begin(Cause::Signal(name), ctx),
@@ -333,7 +342,7 @@ async fn shutdown(
         stop_child(child, &mut killed).await;
     }
 
-    // 5. Write the run report.
+    // 5. Write the run report, and flush it to the metrics exporter.
     info!("Flushing metrics");
     // The subscription snapshots every counter inside its own handler, so the conservation
     // law is checked against one consistent moment; without an answer, take them here.
@@ -381,7 +390,11 @@ async fn shutdown(
         },
         supervision,
         killed_at_shutdown: killed,
+        ack_latency_ms: holdings.ack_latency,
+        panic_recovery_ms: metrics.panic_recovery.percentiles(),
+        loop_lag_ms: metrics.loop_lag.percentiles(),
     };
+    report.export();
 
     // 6. Done.
     info!("Shutdown complete.");

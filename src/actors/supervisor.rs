@@ -389,6 +389,8 @@ fn make_link(
         },
         failures: counts,
         deadline: config.handler_deadline,
+        slow: config.slow_handler,
+        panicked_at: Default::default(),
     }
 }
 

@@ -70,6 +70,10 @@ pub struct MemorySubscription {
     /// Dead letters are counted and logged, not kept: a topic nobody reads would grow
     /// by a quarter of the traffic at the benchmark's failure rate.
     dead_letters: u64,
+    /// Publish to ack, in microseconds, for the report.
+    ack_latency: hdrhistogram::Histogram<u64>,
+    /// The same, for the metrics exporter; a no-op when nothing is installed.
+    ack_latency_export: metrics::Histogram,
 }
 
 impl MemorySubscription {
@@ -88,6 +92,8 @@ impl MemorySubscription {
             input_closed: false,
             settled_waiters: Vec::new(),
             dead_letters: 0,
+            ack_latency: crate::metrics::micros_histogram(),
+            ack_latency_export: metrics::histogram!("mandrill_ack_latency_seconds"),
         }
     }
 
@@ -289,6 +295,7 @@ impl Handler<Settle> for MemorySubscription {
     fn handle(&mut self, settle: Settle, _: &mut Context<Self>) {
         // Counted here and added once: shared counters are cheap, but not free per message.
         let (mut acked, mut nacked, mut released) = (0, 0, 0);
+        let now = Instant::now();
         for s in settle.0 {
             let Some(lease) = self.leased.remove(&s.tag) else {
                 // Its lease ran out and the message went back; the later delivery counts.
@@ -296,7 +303,13 @@ impl Handler<Settle> for MemorySubscription {
                 continue;
             };
             match s.verdict {
-                Verdict::Ack => acked += 1,
+                Verdict::Ack => {
+                    acked += 1;
+                    let took = now.saturating_duration_since(lease.held.published_at);
+                    self.ack_latency
+                        .saturating_record(took.as_micros().min(u64::MAX as u128) as u64);
+                    self.ack_latency_export.record(took.as_secs_f64());
+                }
                 Verdict::Nack { delay } => {
                     nacked += 1;
                     self.retry_or_dead_letter(lease.held, delay, "nacked");
@@ -363,7 +376,7 @@ impl Handler<WhenSettled> for MemorySubscription {
 }
 
 /// What the broker holds right now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Holdings {
     /// Never delivered, waiting for redelivery, or leased.
     pub pending: u64,
@@ -371,6 +384,8 @@ pub struct Holdings {
     pub dead_letters: u64,
     /// The counters, read at the same moment as the holdings.
     pub counts: Counts,
+    /// Publish to ack, so far.
+    pub ack_latency: crate::metrics::Percentiles,
 }
 
 /// Reports what the broker holds.
@@ -385,7 +400,31 @@ impl Handler<Inspect> for MemorySubscription {
             pending: self.pending(),
             dead_letters: self.dead_letters,
             counts: self.metrics.snapshot(),
+            ack_latency: crate::metrics::Percentiles::of_us(&self.ack_latency),
         })
+    }
+}
+
+/// Describes the broker for the live dump: what waits, what is leased, what is delayed.
+impl Handler<crate::actors::protocol::Probe> for MemorySubscription {
+    type Result = MessageResult<crate::actors::protocol::Probe>;
+    fn handle(&mut self, _: crate::actors::protocol::Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = if self.input_closed {
+            "input closed"
+        } else {
+            "open"
+        };
+        let mut p = crate::actors::protocol::Probed::new(
+            state,
+            &[
+                ("ready", self.ready.len()),
+                ("leased", self.leased.len()),
+                ("delayed", self.delayed_held.len()),
+                ("dead_letters", self.dead_letters as usize),
+            ],
+        );
+        p.oldest = self.ready.front().map(|h| h.published_at.elapsed());
+        MessageResult(p)
     }
 }
 

@@ -163,10 +163,16 @@ impl Mandrill {
     /// Waits until `n` stderr lines in all contain `needle`.
     pub fn wait_for_count(&mut self, needle: &str, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while self.log.iter().filter(|l| l.contains(needle)).count() < n {
+        // Counted as lines arrive: recounting the whole log per line is quadratic, and
+        // some tests wait for tens of thousands of lines.
+        let mut seen = self.log.iter().filter(|l| l.contains(needle)).count();
+        while seen < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
+                Ok(line) => {
+                    seen += usize::from(line.contains(needle));
+                    self.log.push(line);
+                }
                 Err(_) => {
                     let _ = self.child.kill();
                     panic!(
@@ -174,6 +180,26 @@ impl Mandrill {
                         self.tail()
                     )
                 }
+            }
+        }
+    }
+
+    /// Reads the first stdout line (the run report, printed before any metrics linger),
+    /// failing the test after `limit`.
+    pub fn report_line(&mut self, limit: Duration) -> Value {
+        let stdout = self.child.stdout.take().expect("stdout not taken yet");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(limit) {
+            Ok(line) => serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("report {line:?} is not json: {e}")),
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!("no report within {limit:?}; last lines:\n{}", self.tail())
             }
         }
     }
