@@ -61,6 +61,11 @@ pub struct Cli {
     #[arg(long)]
     pub jitter: bool,
 
+    /// Publish this many messages a second, in small bursts every millisecond; overrides
+    /// --publish-delay. For load tests at a fixed offered rate.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub publish_rate: Option<f64>,
+
     /// Seed every random choice (host names, ids, failures, delays) for a reproducible run.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -68,6 +73,10 @@ pub struct Cli {
     /// Simulated IO: saving and restarting each take random() * S.
     #[arg(long, value_name = "S", default_value = "1", value_parser = parse_duration)]
     pub io_delay: Duration,
+
+    /// Make every save and restart take exactly --io-delay, not random() * --io-delay.
+    #[arg(long)]
+    pub io_fixed: bool,
 
     /// Probability that a simulated restart fails.
     #[arg(long, value_name = "P", default_value_t = 0.25, value_parser = parse_probability)]
@@ -397,6 +406,15 @@ fn flatten(
     }
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive number of messages a second"
+        )),
+    }
+}
+
 /// A threshold in milliseconds, where 0 means never.
 fn off_if_zero(ms: u64) -> Duration {
     match ms {
@@ -445,6 +463,8 @@ impl Cli {
             publish_jitter,
             seed: self.seed,
             io_delay: self.io_delay,
+            io_jitter: !self.io_fixed,
+            publish_rate: self.publish_rate,
             failure_rate: self.failure_rate,
             domain: self.domain,
             max_deliveries: self.max_deliveries,

@@ -81,8 +81,12 @@ pub struct Config {
     /// When set, each publish delay is `random() * publish_delay`.
     pub publish_jitter: bool,
     pub seed: Option<u64>,
-    /// Save and restart each take `random() * io_delay` of simulated IO.
+    /// Save and restart each take `random() * io_delay` of simulated IO...
     pub io_delay: Duration,
+    /// ...or, when false, exactly `io_delay`.
+    pub io_jitter: bool,
+    /// Publish at this many messages a second instead of pacing by `publish_delay`.
+    pub publish_rate: Option<f64>,
     pub failure_rate: f64,
     pub domain: String,
     pub max_deliveries: u32,
@@ -129,6 +133,8 @@ impl Default for Config {
             publish_jitter: true,
             seed: None,
             io_delay: Duration::from_secs(1),
+            io_jitter: true,
+            publish_rate: None,
             failure_rate: 0.25,
             domain: "example.net".into(),
             max_deliveries: 5,
@@ -319,6 +325,15 @@ pub fn parse_probability(s: &str) -> Result<f64, String> {
 }
 
 /// Parses a duration given as seconds (`0.5`) or in human form (`30s`, `7d`).
+/// One simulated IO's length: `random() * max`, or `max` itself without jitter.
+pub fn draw_io(max: Duration, jitter: bool, rng: &mut impl rand::Rng) -> Duration {
+    if jitter {
+        max.mul_f64(rng.random::<f64>())
+    } else {
+        max
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
         return Duration::try_from_secs_f64(secs)

@@ -5,6 +5,7 @@ pub mod actors;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod iowait;
 pub mod logging;
 pub mod message;
 pub mod metrics;

@@ -150,9 +150,10 @@ impl Percentiles {
     }
 }
 
-/// A histogram of microseconds from 1 µs up, growing as needed, to 3 significant figures.
+/// A histogram of microseconds from 1 µs to an hour, to 3 significant figures; longer
+/// values are recorded as an hour.
 pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new(3).expect("3 significant figures are supported")
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
 /// Starts the Prometheus exporter on its own thread, serving `/metrics` at `addr`, and

@@ -29,7 +29,12 @@ pub struct PublisherConfig {
     /// When set, each delay is `random() * delay`.
     pub jitter: bool,
     pub limit: Option<u64>,
+    /// When set, publish this many messages a second instead, in a burst every tick.
+    pub rate: Option<f64>,
 }
+
+/// How often a rate-paced publisher publishes its burst: the timer's own resolution.
+const RATE_TICK: Duration = Duration::from_millis(1);
 
 pub struct Publisher {
     link: Link,
@@ -45,6 +50,9 @@ pub struct Publisher {
     /// It sent its quota and, being permanent, waits to be started on a new round.
     exited: bool,
     retired: bool,
+    /// For a rate-paced publisher: when pacing began and how many had been sent then.
+    /// Each tick sends what the rate owes since, so late ticks do not lower the rate.
+    paced_since: Option<(tokio::time::Instant, u64)>,
 }
 
 impl Publisher {
@@ -67,6 +75,7 @@ impl Publisher {
             stopped: false,
             exited: false,
             retired: false,
+            paced_since: None,
         }
     }
 
@@ -121,11 +130,22 @@ impl Publisher {
             return self.finish();
         }
         self.injector.maybe_fail();
-        let n = if self.config.delay.is_zero() {
+        let n = if let Some(rate) = self.config.rate {
+            let (since, sent_then) = *self
+                .paced_since
+                .get_or_insert_with(|| (tokio::time::Instant::now(), self.sent));
+            let owed = (since.elapsed().as_secs_f64() * rate) as u64;
+            (sent_then + owed)
+                .saturating_sub(self.sent)
+                .min(self.remaining())
+        } else if self.config.delay.is_zero() {
             CHUNK.min(self.remaining())
         } else {
             1
         };
+        if n == 0 {
+            return self.schedule(ctx);
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -139,6 +159,10 @@ impl Publisher {
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.config.rate.is_some() {
+            ctx.run_later(RATE_TICK, |act, ctx| act.guarded_tick(ctx));
+            return;
+        }
         let delay = if self.config.jitter {
             self.config.delay.mul_f64(self.rng.random::<f64>())
         } else {
@@ -238,6 +262,16 @@ mod tests {
     }
 
     fn rig_of(restart: RestartType, delay: Duration, limit: Option<u64>, seed: u64) -> Rig {
+        rig_full(restart, delay, None, limit, seed)
+    }
+
+    fn rig_full(
+        restart: RestartType,
+        delay: Duration,
+        rate: Option<f64>,
+        limit: Option<u64>,
+        seed: u64,
+    ) -> Rig {
         let (link, _, exits) = link_with(ChildPolicy {
             decider: Default::default(),
             restart,
@@ -248,6 +282,7 @@ mod tests {
             delay,
             jitter: false,
             limit,
+            rate,
         };
         let rng = crate::config::rng_for(Some(seed), "publisher");
         let injector = crate::config::Faults::default().injector("publisher", None);
@@ -339,6 +374,24 @@ mod tests {
         let (a, b, c) = (untimed(a), untimed(b), untimed(c));
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[actix_rt::test]
+    async fn a_rate_paces_publishing_by_what_is_owed_since_it_began() {
+        tokio::time::pause();
+        let r = rig_full(
+            RestartType::Transient,
+            Duration::ZERO,
+            Some(100_000.0),
+            None,
+            1,
+        );
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        settle().await;
+        let n = messages(&r.published).len();
+        // 100 ms at 100k/s owes 10,000; settling moves paused time on a few ms more.
+        assert!((9_800..=10_600).contains(&n), "{n}");
     }
 
     #[actix_rt::test]

@@ -20,7 +20,8 @@ use crate::actors::protocol::{
     Batch, HostRestart, HostRestarts, Outcome, Probe, Probed, RestartOutcome, Shutdown, Step,
     StepError,
 };
-use crate::config::Injector;
+use crate::config::{draw_io, Injector};
+use crate::iowait::IoWait;
 use crate::message::{Delivery, DeliveryTag, Hostname, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
@@ -37,8 +38,9 @@ pub enum RestartError {
 /// How restarts behave.
 #[derive(Debug, Clone)]
 pub struct RestarterConfig {
-    /// Each restart takes `random() * io_delay`.
+    /// Each restart takes `random() * io_delay`, or exactly `io_delay` without jitter.
     pub io_delay: Duration,
+    pub io_jitter: bool,
     pub failure_rate: f64,
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
@@ -75,8 +77,10 @@ struct State {
     /// Each host's last successful restart, in ms since the epoch. The store holds the
     /// durable copy; this index is loaded from it on start and kept in step after.
     last_restart: FastMap<InstanceName, i64>,
-    /// Restarts waiting out their simulated IO.
+    /// Restarts waiting out their simulated IO...
     running: FastMap<DeliveryTag, Delivery>,
+    /// ...and when each one's IO ends.
+    io: IoWait,
     busy_hosts: FastSet<InstanceName>,
     /// Without IO a batch is handled in one call, so instead of entering each delivery in
     /// `running` it is held here with how many of it have outcomes. What is held here
@@ -221,6 +225,34 @@ impl Restarter {
         Directive::Resume
     }
 
+    /// Arms the one timer that ends simulated IO; see `crate::iowait`.
+    fn arm_io(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        let after = at.saturating_duration_since(Instant::now());
+        ctx.run_later(after, |act, ctx| {
+            guard(act, ctx, "restart io timer", |act, ctx| act.io_done(ctx));
+        });
+    }
+
+    /// Finishes the restarts whose IO has ended.
+    fn io_done(&mut self, ctx: &mut Context<Self>) {
+        let (due, next) = self.state.io.take_due();
+        if let Some(at) = next {
+            self.arm_io(at, ctx);
+        }
+        let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
+        let now_ms = self.clock.now_ms();
+        for tag in due {
+            if let Some(d) = self.state.running.remove(&tag) {
+                if self.finish(d, &mut outcomes, &mut rows, now_ms, ctx) != Directive::Resume {
+                    // The state is being replaced; its `restarting` fails what is left
+                    // in `running`.
+                    break;
+                }
+            }
+        }
+        self.send(outcomes, rows);
+    }
+
     fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>) {
         if !self.notices.is_empty() {
             let notices = HostRestarts(std::mem::take(&mut self.notices));
@@ -357,17 +389,10 @@ impl Handler<Restart> for Restarter {
                     }
                     Plan::Restart => {
                         act.state.busy_hosts.insert(host);
-                        let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
-                        ctx.run_later(io, move |act, ctx| {
-                            guard(act, ctx, "restart io timer", |act, ctx| {
-                                if let Some(d) = act.state.running.remove(&d.tag) {
-                                    let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
-                                    let now_ms = act.clock.now_ms();
-                                    act.finish(d, &mut outcomes, &mut rows, now_ms, ctx);
-                                    act.send(outcomes, rows);
-                                }
-                            });
-                        });
+                        let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
+                        if let Some(at) = act.state.io.add(io, d.tag) {
+                            act.arm_io(at, ctx);
+                        }
                     }
                 }
             }
@@ -457,6 +482,7 @@ mod tests {
         let (load, record) = (store.clone().recipient(), store.recipient());
         let config = RestarterConfig {
             io_delay,
+            io_jitter: true,
             failure_rate,
             min_interval,
             domain: "example.net".into(),

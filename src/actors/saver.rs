@@ -8,13 +8,14 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use rand::{rngs::SmallRng, Rng};
+use rand::rngs::SmallRng;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{Batch, Outcome, Probe, Probed, Shutdown, Step, StepError};
-use crate::config::Injector;
+use crate::config::{draw_io, Injector};
+use crate::iowait::IoWait;
 use crate::message::{Delivery, DeliveryTag};
 use crate::metrics::Metrics;
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
@@ -24,8 +25,10 @@ use crate::{FastMap, FLOW};
 /// How the Saver batches and how long its simulated IO takes.
 #[derive(Debug, Clone)]
 pub struct SaverConfig {
-    /// Each save takes `random() * io_delay` before it joins a batch.
+    /// Each save takes `random() * io_delay` before it joins a batch, or exactly
+    /// `io_delay` without jitter.
     pub io_delay: Duration,
+    pub io_jitter: bool,
     /// A batch is flushed when it reaches this size...
     pub batch_size: usize,
     /// ...or this long after its first message, whichever comes first.
@@ -36,6 +39,8 @@ pub struct SaverConfig {
 struct State {
     /// Deliveries still in their simulated IO.
     in_io: FastMap<DeliveryTag, Delivery>,
+    /// When each one's IO ends.
+    io: IoWait,
     /// The batch being gathered.
     batch: Vec<Delivery>,
     flush_timer: Option<SpawnHandle>,
@@ -102,6 +107,28 @@ impl Saver {
             });
             self.state.flush_timer = Some(handle);
         }
+    }
+
+    /// Arms the one timer that ends simulated IO; see `crate::iowait`.
+    fn arm_io(&mut self, at: tokio::time::Instant, ctx: &mut Context<Self>) {
+        let after = at.saturating_duration_since(tokio::time::Instant::now());
+        ctx.run_later(after, |act, ctx| {
+            guard(act, ctx, "save io timer", |act, ctx| act.io_done(ctx));
+        });
+    }
+
+    /// Moves the deliveries whose IO has ended into the batch.
+    fn io_done(&mut self, ctx: &mut Context<Self>) {
+        let (due, next) = self.state.io.take_due();
+        for tag in due {
+            if let Some(d) = self.state.in_io.remove(&tag) {
+                self.state.batch.push(d);
+            }
+        }
+        if let Some(at) = next {
+            self.arm_io(at, ctx);
+        }
+        self.batch_grew(ctx);
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -291,16 +318,11 @@ impl Handler<Save> for Saver {
                     act.state.in_io.insert(d.tag, *d);
                 }
                 act.injector.maybe_fail();
-                for &d in msg.0.iter() {
-                    let io = act.config.io_delay.mul_f64(act.rng.random::<f64>());
-                    ctx.run_later(io, move |act, ctx| {
-                        guard(act, ctx, "save io timer", |act, ctx| {
-                            if let Some(d) = act.state.in_io.remove(&d.tag) {
-                                act.state.batch.push(d);
-                                act.batch_grew(ctx);
-                            }
-                        });
-                    });
+                for d in msg.0.iter() {
+                    let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
+                    if let Some(at) = act.state.io.add(io, d.tag) {
+                        act.arm_io(at, ctx);
+                    }
                 }
             }
         });
@@ -407,6 +429,7 @@ mod tests {
         let (store, batches) = FakeStore::start(fail);
         let config = SaverConfig {
             io_delay,
+            io_jitter: true,
             batch_size,
             flush_interval: Duration::from_millis(5),
         };
@@ -549,6 +572,7 @@ mod tests {
             let (store, _) = FakeStore::start(store);
             let config = SaverConfig {
                 io_delay: Duration::ZERO,
+                io_jitter: true,
                 batch_size: 1,
                 flush_interval: Duration::from_millis(5),
             };

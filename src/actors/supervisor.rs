@@ -246,6 +246,7 @@ impl Supervisor {
             let (link, acker, store) = (link_for(Saver::NAME), acker.clone(), store.clone());
             let cfg = SaverConfig {
                 io_delay: config.io_delay,
+                io_jitter: config.io_jitter,
                 batch_size: config.batch_size,
                 flush_interval: config.flush_interval,
             };
@@ -266,6 +267,7 @@ impl Supervisor {
             let (link, acker, store) = (link_for(Restarter::NAME), acker.clone(), store.clone());
             let cfg = RestarterConfig {
                 io_delay: config.io_delay,
+                io_jitter: config.io_jitter,
                 failure_rate: config.failure_rate,
                 min_interval: config.min_restart_interval,
                 domain: config.domain.as_str().into(),
@@ -312,6 +314,7 @@ impl Supervisor {
                 delay: config.publish_delay,
                 jitter: config.publish_jitter,
                 limit: config.messages,
+                rate: config.publish_rate,
             };
             let (rng, injector) = (rng_for(seed, "publisher"), inject("publisher"));
             actix::Supervisor::start(move |_| {
@@ -913,6 +916,7 @@ mod tests {
         let (store, _) = FakeStore::start(None);
         let config = SaverConfig {
             io_delay: Duration::ZERO,
+            io_jitter: true,
             batch_size: 1,
             flush_interval: Duration::from_millis(5),
         };
