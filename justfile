@@ -13,10 +13,11 @@ lint:
     cargo fmt --check
     cargo clippy --all-targets -- -D warnings
 
-# Measure throughput and shutdown time on the release binary; prints medians of 3.
+# Run the P1-P6 and scaling benchmarks on the release binary (a few minutes): prints a
+# markdown table of medians of 3 and writes target/bench/bench.json and bench.svg.
 bench:
     cargo build --release --bin mandrill --example bench
-    cargo run --release --example bench
+    cargo run --release --example bench -- target/bench
 
 # Build the API docs, including private items, and open nothing.
 doc:

@@ -88,24 +88,27 @@ impl Metrics {
 }
 
 /// A histogram of rare timings (panics, lag samples), shared behind a lock: these come
-/// at most a few thousand times a second, where a lock costs nothing measurable.
+/// at most a few thousand times a second, where a lock costs nothing measurable. It
+/// keeps nanoseconds, because a restart takes about a microsecond.
 #[derive(Debug)]
 pub struct Timings(std::sync::Mutex<hdrhistogram::Histogram<u64>>);
 
 impl Default for Timings {
     fn default() -> Self {
-        Self(std::sync::Mutex::new(micros_histogram()))
+        let h = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+            .expect("valid bounds");
+        Self(std::sync::Mutex::new(h))
     }
 }
 
 impl Timings {
     pub fn record(&self, d: std::time::Duration) {
-        let us = d.as_micros().min(u64::MAX as u128) as u64;
-        self.0.lock().expect("timings lock").saturating_record(us);
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        self.0.lock().expect("timings lock").saturating_record(ns);
     }
 
     pub fn percentiles(&self) -> Percentiles {
-        Percentiles::of_us(&self.0.lock().expect("timings lock"))
+        Percentiles::of_ns(&self.0.lock().expect("timings lock"))
     }
 }
 
@@ -138,7 +141,16 @@ pub struct Percentiles {
 impl Percentiles {
     /// From a histogram of microseconds.
     pub fn of_us(h: &hdrhistogram::Histogram<u64>) -> Self {
-        let ms = |us: u64| us as f64 / 1000.0;
+        Self::scaled(h, 1e-3)
+    }
+
+    /// From a histogram of nanoseconds.
+    pub fn of_ns(h: &hdrhistogram::Histogram<u64>) -> Self {
+        Self::scaled(h, 1e-6)
+    }
+
+    fn scaled(h: &hdrhistogram::Histogram<u64>, to_ms: f64) -> Self {
+        let ms = |v: u64| v as f64 * to_ms;
         Self {
             count: h.len(),
             p50: ms(h.value_at_quantile(0.5)),

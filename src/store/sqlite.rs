@@ -25,6 +25,48 @@ CREATE INDEX IF NOT EXISTS restarts_by_time ON restarts (restarted_at);
 /// A SQLite file, opened with the schema in place.
 pub struct SqliteStore {
     conn: Option<Connection>,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Checkpoints the WAL from a thread and connection of its own.
+///
+/// With SQLite's automatic checkpoint, the commit that fills the WAL copies it all back
+/// into the database before it returns: at 100k msgs/s that held a commit, and every
+/// message waiting on it, for about 100 ms, the p99 of the whole run's latency. A passive
+/// checkpoint on another connection runs beside the writer instead of in its way.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mandrill-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("WAL checkpoint failed: {e}");
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 fn classify(e: rusqlite::Error) -> StoreError {
@@ -52,16 +94,19 @@ impl SqliteStore {
             .map_err(open_err)?;
         conn.pragma_update(None, "cache_size", -65536)
             .map_err(open_err)?;
-        // Checkpoint less often: a page rewritten by many commits is then copied back
-        // into the database once per checkpoint instead of once per commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 8192)
+        // The checkpointer thread does it, beside the writer.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(Self { conn: Some(conn) })
+        let checkpointer = Checkpointer::start(path).map_err(open_err)?;
+        Ok(Self {
+            conn: Some(conn),
+            checkpointer: Some(checkpointer),
+        })
     }
 
     fn conn(&mut self) -> Result<&mut Connection, StoreError> {
@@ -145,6 +190,9 @@ impl Store for SqliteStore {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
         match self.conn.take() {
             Some(conn) => conn.close().map_err(|(_, e)| classify(e)),
             None => Ok(()),
