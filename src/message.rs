@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::LazyLock;
 
-use lasso::{Spur, ThreadedRodeo};
+use lasso::{Key, Spur, ThreadedRodeo};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
@@ -29,18 +29,40 @@ pub enum InstanceNameError {
     TooMany,
 }
 
-/// Every instance name seen, each stored once. Names are interned because every actor
-/// keeps deliveries in its tables: a 68-byte inline name made a delivery 112 bytes and
-/// an in-flight message cost over 2 KiB of memory; a 4-byte key makes it 48. The
-/// interner grows with the number of distinct hosts, as the Restarter's index of last
-/// restarts does, and never shrinks.
-static NAMES: LazyLock<ThreadedRodeo> = LazyLock::new(ThreadedRodeo::default);
+/// Names of up to this many characters are packed into the `u64` itself.
+const PACKED_MAX: usize = 12;
+/// Each character is a digit in base 38: 0 pads a short name, 1 to 37 are `-`, `0-9`
+/// and `a-z` in ASCII order. Twelve digits need 63 bits (38^12 < 2^63), which leaves
+/// the top bit to mark an interned name.
+const RADIX: u64 = 38;
+const SYMBOLS: &[u8; 38] = b"\0-0123456789abcdefghijklmnopqrstuvwxyz";
+const INTERNED: u64 = 1 << 63;
+
+/// Names longer than `PACKED_MAX`, each stored once. They are rare (the simulated hosts
+/// have eleven characters), so the interner's cost, a shared hash table whose lookups
+/// missed the cache on every message, is only paid for them. It grows with the number
+/// of distinct long names and never shrinks.
+static LONG_NAMES: LazyLock<ThreadedRodeo<Spur, foldhash::fast::RandomState>> =
+    LazyLock::new(|| ThreadedRodeo::with_hasher(foldhash::fast::RandomState::default()));
+
+fn symbol(b: u8) -> u64 {
+    match b {
+        b'-' => 1,
+        b'0'..=b'9' => 2 + u64::from(b - b'0'),
+        _ => 12 + u64::from(b - b'a'),
+    }
+}
 
 /// A host instance such as `cattle-zpsk`: one DNS label of `[a-z0-9-]`, 1 to 63 characters,
 /// with no leading or trailing hyphen.
 ///
 /// Validation happens once, at the edge; everything downstream can trust it, which is what
 /// makes it safe to splice into a hostname or a shell command later.
+///
+/// It is 8 bytes, because every actor keeps deliveries in its tables: an inline 64-byte
+/// name made a delivery 112 bytes and an in-flight message cost over 2 KiB of memory.
+/// Names of up to 12 characters are packed into those 8 bytes, longer ones interned.
+/// Each name has exactly one form, so equality and hashing compare the bits.
 ///
 /// ```
 /// use mandrill::message::InstanceName;
@@ -51,7 +73,7 @@ static NAMES: LazyLock<ThreadedRodeo> = LazyLock::new(ThreadedRodeo::default);
 /// assert!(InstanceName::parse("cattle-1; rm -rf /").is_err());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct InstanceName(Spur);
+pub struct InstanceName(u64);
 
 impl InstanceName {
     pub fn parse(s: &str) -> Result<Self, InstanceNameError> {
@@ -76,14 +98,35 @@ impl InstanceName {
         if s.starts_with('-') || s.ends_with('-') {
             return Err(InstanceNameError::EdgeHyphen);
         }
-        NAMES
+        if s.len() <= PACKED_MAX {
+            // Left-aligned and padded with the smallest digit, so that the packed
+            // numbers sort as the names do.
+            let b = s.as_bytes();
+            let packed =
+                (0..PACKED_MAX).fold(0, |v, i| v * RADIX + b.get(i).copied().map_or(0, symbol));
+            return Ok(Self(packed));
+        }
+        LONG_NAMES
             .try_get_or_intern(s)
-            .map(Self)
+            .map(|k| Self(INTERNED | k.into_usize() as u64))
             .map_err(|_| InstanceNameError::TooMany)
     }
 
-    pub fn as_str(&self) -> &'static str {
-        NAMES.resolve(&self.0)
+    /// The name as text, decoded on the stack: no allocation, and no lock for a short
+    /// name.
+    pub fn as_str(&self) -> NameStr {
+        if self.0 & INTERNED != 0 {
+            let key = Spur::try_from_usize((self.0 & !INTERNED) as usize).expect("an interned key");
+            return NameStr::Interned(LONG_NAMES.resolve(&key));
+        }
+        let mut buf = [0; PACKED_MAX];
+        let mut v = self.0;
+        for c in buf.iter_mut().rev() {
+            *c = SYMBOLS[(v % RADIX) as usize];
+            v /= RADIX;
+        }
+        let len = buf.iter().position(|&c| c == 0).unwrap_or(PACKED_MAX) as u8;
+        NameStr::Packed { buf, len }
     }
 
     /// The host's fully qualified name, `{instance}.{domain}`.
@@ -92,6 +135,36 @@ impl InstanceName {
             instance: *self,
             domain: domain.clone(),
         }
+    }
+}
+
+/// An instance name's text, from [`InstanceName::as_str`]; it derefs to `str`.
+pub enum NameStr {
+    Packed { buf: [u8; PACKED_MAX], len: u8 },
+    Interned(&'static str),
+}
+
+impl std::ops::Deref for NameStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            NameStr::Packed { buf, len } => {
+                std::str::from_utf8(&buf[..*len as usize]).expect("names are ascii")
+            }
+            NameStr::Interned(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for NameStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for NameStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -109,10 +182,14 @@ impl fmt::Display for Hostname {
     }
 }
 
-/// Ordered by name, not by when the name was first seen.
+/// Ordered by name.
 impl Ord for InstanceName {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        if (self.0 | other.0) & INTERNED == 0 {
+            self.0.cmp(&other.0)
+        } else {
+            (*self.as_str()).cmp(&*other.as_str())
+        }
     }
 }
 
@@ -124,13 +201,13 @@ impl PartialOrd for InstanceName {
 
 impl fmt::Debug for InstanceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
+        fmt::Debug::fmt(&*self.as_str(), f)
     }
 }
 
 impl fmt::Display for InstanceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.as_str())
     }
 }
 
@@ -143,7 +220,7 @@ impl std::str::FromStr for InstanceName {
 
 impl Serialize for InstanceName {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+        s.serialize_str(&self.as_str())
     }
 }
 
@@ -248,8 +325,47 @@ mod tests {
     #[test]
     fn accepts_dns_labels() {
         for ok in ["cattle-zpsk", "a", "0", "a-b-c", &"x".repeat(63)] {
-            assert_eq!(InstanceName::parse(ok).unwrap().as_str(), ok);
+            assert_eq!(&*InstanceName::parse(ok).unwrap().as_str(), ok);
         }
+    }
+
+    #[test]
+    fn short_and_long_names_sort_as_text() {
+        // Twelve characters are packed, thirteen interned; the order must not tell.
+        let mut texts = [
+            "cattle-zpsk",
+            "cattle-zpska",
+            "cattle-zpskaa",
+            "cattle-zpsk-0",
+            "cattle-zps0",
+            "cattle",
+            "zzzzzzzzzzzzz",
+            "a",
+            "0-9",
+            "9",
+            "cattle-zpsk9a",
+        ]
+        .map(String::from);
+        let mut names = texts.clone().map(|t| InstanceName::parse(&t).unwrap());
+        texts.sort();
+        names.sort();
+        let sorted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(sorted, texts);
+    }
+
+    #[test]
+    fn a_name_has_one_form() {
+        let long = "a-name-longer-than-twelve";
+        assert_eq!(
+            InstanceName::parse(long).unwrap(),
+            InstanceName::parse(long).unwrap()
+        );
+        assert_ne!(
+            InstanceName::parse("cattle-zpsk").unwrap(),
+            InstanceName::parse("cattle-zpsk0").unwrap()
+        );
+        // The size every actor's tables are built on.
+        assert_eq!(std::mem::size_of::<InstanceName>(), 8);
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Store for SqliteStore {
             for r in sorted {
                 let id = r.message.message_id.as_bytes();
                 let n = insert
-                    .execute(params![id, r.message.instance_name.as_str(), r.attempt])
+                    .execute(params![id, &*r.message.instance_name.as_str(), r.attempt])
                     .map_err(classify)?;
                 if n == 1 {
                     new += 1;
@@ -159,7 +159,7 @@ impl Store for SqliteStore {
                 .map_err(classify)?;
             for r in rows {
                 insert
-                    .execute(params![r.host.as_str(), r.at_ms, r.message_id.as_bytes()])
+                    .execute(params![&*r.host.as_str(), r.at_ms, r.message_id.as_bytes()])
                     .map_err(classify)?;
             }
         }
