@@ -1,57 +1,176 @@
-//! Simulated IO that ends at many different times, waited for with one timer per actor.
+//! Simulated IO that ends at many different times, waited for with one alarm per actor.
 //!
 //! One `run_later` per message was the cost of the IO path: actix polls every future an
 //! actor has spawned each time the actor wakes, so thousands of pending timers made each
 //! wake-up scan thousands of entries, and the pipeline managed about 25k msgs/s at 10 ms
-//! of IO. Here deliveries wait in buckets, one per millisecond (the timer's own
-//! resolution), and the actor keeps a single timer armed for the earliest bucket.
+//! of IO. Here deliveries wait in buckets, and the actor keeps a single alarm armed for
+//! the earliest bucket. When it rings, the actor gets an [`IoDue`].
+//!
+//! The alarm is a tokio timer or the process's clock thread ([`IoClock`]). Tokio rounds
+//! each deadline up to a millisecond tick and then waits for the loop to poll its
+//! driver, so IO simulated with it lasted 1 to 2 ms longer than asked, which is more
+//! than the rest of the pipeline's latency. The clock thread sleeps to the deadline and
+//! sends the message, as a real device's completion would arrive; it is what the service
+//! runs on. Tokio timers stay for tests, where `tokio::time::pause` must control them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use actix::prelude::*;
 use tokio::time::Instant;
 
+use crate::actors::protocol::IoDue;
 use crate::message::DeliveryTag;
 
-/// Deliveries waiting out their IO, by the millisecond their IO ends.
+/// What rings an actor's IO alarm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoClock {
+    /// A tokio timer: millisecond buckets, and paused time in tests moves it.
+    #[default]
+    Tokio,
+    /// The clock thread: 100 µs buckets, and real time only.
+    Thread,
+}
+
+impl IoClock {
+    fn bucket(self) -> Duration {
+        match self {
+            IoClock::Tokio => Duration::from_millis(1),
+            IoClock::Thread => Duration::from_micros(100),
+        }
+    }
+
+    /// Arms the actor's alarm for `at`; the actor gets an `IoDue` then.
+    pub fn arm<A>(self, at: Instant, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>> + Handler<IoDue>,
+    {
+        match self {
+            IoClock::Tokio => {
+                let after = at.saturating_duration_since(Instant::now());
+                ctx.run_later(after, |act, ctx| {
+                    <A as Handler<IoDue>>::handle(act, IoDue, ctx);
+                });
+            }
+            IoClock::Thread => {
+                let alarm = Alarm {
+                    at: at.into_std(),
+                    to: ctx.address().recipient(),
+                };
+                // The thread never exits, so the send cannot fail.
+                let _ = CLOCK.send(alarm);
+            }
+        }
+    }
+}
+
+/// One actor's wake-up call.
+struct Alarm {
+    at: std::time::Instant,
+    to: Recipient<IoDue>,
+}
+
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Alarm {}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Alarm {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// The clock thread's inbox. It is started on first use and serves every actor system
+/// in the process; alarms for actors that have gone are sent nowhere.
+static CLOCK: LazyLock<mpsc::Sender<Alarm>> = LazyLock::new(|| {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("mandrill-clock".into())
+        .spawn(move || ring(rx))
+        .expect("spawn the clock thread");
+    tx
+});
+
+fn ring(rx: mpsc::Receiver<Alarm>) {
+    let mut alarms = BinaryHeap::<Reverse<Alarm>>::new();
+    loop {
+        let next = alarms.peek().map(|a| a.0.at);
+        let got = match next {
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match got {
+            Ok(alarm) => alarms.push(Reverse(alarm)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = std::time::Instant::now();
+        while alarms.peek().is_some_and(|a| a.0.at <= now) {
+            if let Some(Reverse(a)) = alarms.pop() {
+                a.to.do_send(IoDue);
+            }
+        }
+    }
+}
+
+/// Deliveries waiting out their IO, by the bucket their IO ends in.
 #[derive(Debug)]
 pub struct IoWait {
-    /// Bucket keys are milliseconds since `base`, rounded up.
+    /// Bucket keys count buckets since `base`, rounded up, so that nothing comes due
+    /// early.
     base: Instant,
+    bucket: Duration,
     due: BTreeMap<u64, Vec<DeliveryTag>>,
-    /// The buckets that pending timers were armed for.
+    /// The buckets that pending alarms were armed for.
     armed: BTreeSet<u64>,
 }
 
 impl Default for IoWait {
     fn default() -> Self {
-        Self {
-            base: Instant::now(),
-            due: BTreeMap::new(),
-            armed: BTreeSet::new(),
-        }
+        Self::new(IoClock::default())
     }
 }
 
 impl IoWait {
-    fn at(&self, key: u64) -> Instant {
-        self.base + Duration::from_millis(key)
+    pub fn new(clock: IoClock) -> Self {
+        Self {
+            base: Instant::now(),
+            bucket: clock.bucket(),
+            due: BTreeMap::new(),
+            armed: BTreeSet::new(),
+        }
     }
 
-    /// Adds a delivery whose IO ends `after` from now. Returns when the actor must arm a
-    /// timer, if no pending timer fires early enough for it.
+    fn at(&self, key: u64) -> Instant {
+        self.base + Duration::from_nanos(self.bucket.as_nanos() as u64 * key)
+    }
+
+    fn key(&self, t: Instant) -> u128 {
+        t.saturating_duration_since(self.base).as_nanos()
+    }
+
+    /// Adds a delivery whose IO ends `after` from now. Returns when the actor must arm an
+    /// alarm, if no pending one rings early enough for it.
     pub fn add(&mut self, after: Duration, tag: DeliveryTag) -> Option<Instant> {
-        let end = Instant::now() + after;
-        let key = end
-            .saturating_duration_since(self.base)
-            .as_nanos()
-            .div_ceil(1_000_000) as u64;
+        let key = self
+            .key(Instant::now() + after)
+            .div_ceil(self.bucket.as_nanos()) as u64;
         self.due.entry(key).or_default().push(tag);
         self.arm_if_earlier(key)
     }
 
-    /// A timer is needed unless one is pending for this bucket or an earlier one: that
-    /// one's firing arms the next.
+    /// An alarm is needed unless one is pending for this bucket or an earlier one: that
+    /// one's ringing arms the next.
     fn arm_if_earlier(&mut self, key: u64) -> Option<Instant> {
         match self.armed.first() {
             Some(&armed) if armed <= key => None,
@@ -62,15 +181,15 @@ impl IoWait {
         }
     }
 
-    /// Takes every delivery whose IO has ended. Call it when a timer fires; it also says
-    /// when the next timer must fire, if one must be armed.
+    /// Takes every delivery whose IO has ended. Call it on `IoDue`; it also says when the
+    /// next alarm must ring, if one must be armed.
     pub fn take_due(&mut self) -> (Vec<DeliveryTag>, Option<Instant>) {
         let now = Instant::now();
         while self.armed.first().is_some_and(|&k| self.at(k) <= now) {
             self.armed.pop_first();
         }
         let mut out = Vec::new();
-        let now_key = now.saturating_duration_since(self.base).as_millis() as u64;
+        let now_key = (self.key(now) / self.bucket.as_nanos()) as u64;
         while let Some(entry) = self.due.first_entry() {
             if *entry.key() > now_key {
                 break;
@@ -142,5 +261,54 @@ mod tests {
         let (due, next) = w.take_due();
         assert_eq!(due, vec![DeliveryTag(1)]);
         assert!(next.is_some(), "the 20 ms bucket needs a timer of its own");
+    }
+
+    /// Records when each `IoDue` arrives.
+    struct Sleeper(tokio::sync::mpsc::UnboundedSender<Instant>);
+    impl Actor for Sleeper {
+        type Context = Context<Self>;
+    }
+    impl Handler<IoDue> for Sleeper {
+        type Result = ();
+        fn handle(&mut self, _: IoDue, _: &mut Context<Self>) {
+            let _ = self.0.send(Instant::now());
+        }
+    }
+    /// Arms the clock thread from inside the actor.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct ArmAt(Instant);
+    impl Handler<ArmAt> for Sleeper {
+        type Result = ();
+        fn handle(&mut self, m: ArmAt, ctx: &mut Context<Self>) {
+            IoClock::Thread.arm(m.0, ctx);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn the_clock_thread_rings_each_alarm_once_and_never_early() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let addr = Sleeper(tx).start();
+        let now = Instant::now();
+        // Armed out of order, as buckets are when a shorter IO arrives later.
+        let ats = [30, 10, 20].map(|ms| now + Duration::from_millis(ms));
+        for at in ats {
+            addr.send(ArmAt(at)).await.expect("armed");
+        }
+        let mut rang = Vec::new();
+        for _ in ats {
+            let t = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the alarm rings")
+                .expect("the actor lives");
+            rang.push(t);
+        }
+        let mut want = ats.to_vec();
+        want.sort();
+        for (t, at) in rang.iter().zip(&want) {
+            assert!(t >= at, "rang {:?} early", *at - *t);
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
+        assert!(extra.is_err(), "an alarm rang twice");
     }
 }

@@ -102,6 +102,11 @@ impl Outcome {
     }
 }
 
+/// The earliest bucket of simulated IO has ended; see `crate::iowait`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct IoDue;
+
 /// What became of one host's restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestartOutcome {

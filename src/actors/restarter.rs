@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{
-    Batch, HostRestart, HostRestarts, Outcome, Probe, Probed, RestartOutcome, Shutdown, Step,
-    StepError,
+    Batch, HostRestart, HostRestarts, IoDue, Outcome, Probe, Probed, RestartOutcome, Shutdown,
+    Step, StepError,
 };
 use crate::config::{draw_io, Injector};
-use crate::iowait::IoWait;
+use crate::iowait::{IoClock, IoWait};
 use crate::message::{Delivery, DeliveryTag, Hostname, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
@@ -41,6 +41,8 @@ pub struct RestarterConfig {
     /// Each restart takes `random() * io_delay`, or exactly `io_delay` without jitter.
     pub io_delay: Duration,
     pub io_jitter: bool,
+    /// What ends the simulated IO.
+    pub io_clock: IoClock,
     pub failure_rate: f64,
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
@@ -145,6 +147,7 @@ impl Restarter {
         rng: SmallRng,
         injector: Injector,
     ) -> Self {
+        let io_clock = config.io_clock;
         Self {
             link,
             acker,
@@ -157,7 +160,10 @@ impl Restarter {
             retired: false,
             watchers: Vec::new(),
             notices: Vec::new(),
-            state: State::default(),
+            state: State {
+                io: IoWait::new(io_clock),
+                ..State::default()
+            },
         }
     }
 
@@ -228,19 +234,11 @@ impl Restarter {
         Directive::Resume
     }
 
-    /// Arms the one timer that ends simulated IO; see `crate::iowait`.
-    fn arm_io(&mut self, at: Instant, ctx: &mut Context<Self>) {
-        let after = at.saturating_duration_since(Instant::now());
-        ctx.run_later(after, |act, ctx| {
-            guard(act, ctx, "restart io timer", |act, ctx| act.io_done(ctx));
-        });
-    }
-
     /// Finishes the restarts whose IO has ended.
     fn io_done(&mut self, ctx: &mut Context<Self>) {
         let (due, next) = self.state.io.take_due();
         if let Some(at) = next {
-            self.arm_io(at, ctx);
+            self.config.io_clock.arm(at, ctx);
         }
         let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
         let now_ms = self.clock.now_ms();
@@ -329,8 +327,19 @@ impl Supervised for Restarter {
             .collect();
         self.send(failed, Vec::new());
         // `started` reloads the index from the store's history.
-        self.state = State::default();
+        self.state = State {
+            io: IoWait::new(self.config.io_clock),
+            ..State::default()
+        };
         note_restart(self);
+    }
+}
+
+/// Finishes the restarts whose simulated IO has ended.
+impl Handler<IoDue> for Restarter {
+    type Result = ();
+    fn handle(&mut self, _: IoDue, ctx: &mut Context<Self>) {
+        guard(self, ctx, "IoDue", |act, ctx| act.io_done(ctx));
     }
 }
 
@@ -394,7 +403,7 @@ impl Handler<Restart> for Restarter {
                         act.state.busy_hosts.insert(host);
                         let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
                         if let Some(at) = act.state.io.add(io, d.tag) {
-                            act.arm_io(at, ctx);
+                            act.config.io_clock.arm(at, ctx);
                         }
                     }
                 }
@@ -486,6 +495,7 @@ mod tests {
         let config = RestarterConfig {
             io_delay,
             io_jitter: true,
+            io_clock: crate::iowait::IoClock::Tokio,
             failure_rate,
             min_interval,
             domain: "example.net".into(),

@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Batch, Outcome, Probe, Probed, Shutdown, Step, StepError};
+use crate::actors::protocol::{Batch, IoDue, Outcome, Probe, Probed, Shutdown, Step, StepError};
 use crate::config::{draw_io, Injector};
-use crate::iowait::IoWait;
+use crate::iowait::{IoClock, IoWait};
 use crate::message::{Delivery, DeliveryTag};
 use crate::metrics::Metrics;
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
@@ -29,6 +29,8 @@ pub struct SaverConfig {
     /// `io_delay` without jitter.
     pub io_delay: Duration,
     pub io_jitter: bool,
+    /// What ends the simulated IO.
+    pub io_clock: IoClock,
     /// A batch is flushed when it reaches this size...
     pub batch_size: usize,
     /// ...or this long after its first message, whichever comes first.
@@ -74,6 +76,7 @@ impl Saver {
         rng: SmallRng,
         injector: Injector,
     ) -> Self {
+        let io_clock = config.io_clock;
         Self {
             link,
             acker,
@@ -83,7 +86,10 @@ impl Saver {
             rng,
             injector,
             retired: false,
-            state: State::default(),
+            state: State {
+                io: IoWait::new(io_clock),
+                ..State::default()
+            },
         }
     }
 
@@ -98,7 +104,12 @@ impl Saver {
 
     /// Flushes a full batch, or makes sure a timer will flush a partial one.
     fn batch_grew(&mut self, ctx: &mut Context<Self>) {
-        if self.state.batch.len() >= self.config.batch_size {
+        // A zero interval flushes at once rather than on a zero timer: tokio rounds every
+        // deadline up to its next millisecond tick, so a zero timer still waits about a
+        // millisecond. Commits stay grouped, as what arrives during one goes into the
+        // next.
+        if self.state.batch.len() >= self.config.batch_size || self.config.flush_interval.is_zero()
+        {
             self.flush(ctx);
         } else if self.state.flush_timer.is_none() {
             let handle = ctx.run_later(self.config.flush_interval, |act, ctx| {
@@ -109,12 +120,11 @@ impl Saver {
         }
     }
 
-    /// Arms the one timer that ends simulated IO; see `crate::iowait`.
-    fn arm_io(&mut self, at: tokio::time::Instant, ctx: &mut Context<Self>) {
-        let after = at.saturating_duration_since(tokio::time::Instant::now());
-        ctx.run_later(after, |act, ctx| {
-            guard(act, ctx, "save io timer", |act, ctx| act.io_done(ctx));
-        });
+    fn fresh_state(&self) -> State {
+        State {
+            io: IoWait::new(self.config.io_clock),
+            ..State::default()
+        }
     }
 
     /// Moves the deliveries whose IO has ended into the batch.
@@ -126,7 +136,7 @@ impl Saver {
             }
         }
         if let Some(at) = next {
-            self.arm_io(at, ctx);
+            self.config.io_clock.arm(at, ctx);
         }
         self.batch_grew(ctx);
     }
@@ -277,7 +287,7 @@ impl Supervised for Saver {
         self.release(StepError::Restarted(Self::NAME));
         let closing = self.state.closing.take();
         let closed = self.state.closed;
-        self.state = State::default();
+        self.state = self.fresh_state();
         // A close requested before the failure is still owed an answer, and a closed
         // Saver stays closed.
         self.state.closing = closing;
@@ -321,11 +331,19 @@ impl Handler<Save> for Saver {
                 for d in msg.0.iter() {
                     let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
                     if let Some(at) = act.state.io.add(io, d.tag) {
-                        act.arm_io(at, ctx);
+                        act.config.io_clock.arm(at, ctx);
                     }
                 }
             }
         });
+    }
+}
+
+/// Moves the deliveries whose simulated IO has ended into the batch.
+impl Handler<IoDue> for Saver {
+    type Result = ();
+    fn handle(&mut self, _: IoDue, ctx: &mut Context<Self>) {
+        guard(self, ctx, "IoDue", |act, ctx| act.io_done(ctx));
     }
 }
 
@@ -430,6 +448,7 @@ mod tests {
         let config = SaverConfig {
             io_delay,
             io_jitter: true,
+            io_clock: crate::iowait::IoClock::Tokio,
             batch_size,
             flush_interval: Duration::from_millis(5),
         };
@@ -573,6 +592,7 @@ mod tests {
             let config = SaverConfig {
                 io_delay: Duration::ZERO,
                 io_jitter: true,
+                io_clock: crate::iowait::IoClock::Tokio,
                 batch_size: 1,
                 flush_interval: Duration::from_millis(5),
             };

@@ -24,6 +24,7 @@ use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::config::{rng_for, Backoff, Config, Source, Strategy};
+use crate::iowait::IoClock;
 use crate::metrics::{ChildStats, Metrics};
 use crate::policy::{ChildPolicy, Directive, RestartType};
 use crate::store::{Store, StoreWriter};
@@ -247,6 +248,7 @@ impl Supervisor {
             let cfg = SaverConfig {
                 io_delay: config.io_delay,
                 io_jitter: config.io_jitter,
+                io_clock: IoClock::Thread,
                 batch_size: config.batch_size,
                 flush_interval: config.flush_interval,
             };
@@ -268,6 +270,7 @@ impl Supervisor {
             let cfg = RestarterConfig {
                 io_delay: config.io_delay,
                 io_jitter: config.io_jitter,
+                io_clock: IoClock::Thread,
                 failure_rate: config.failure_rate,
                 min_interval: config.min_restart_interval,
                 domain: config.domain.as_str().into(),
@@ -917,6 +920,7 @@ mod tests {
         let config = SaverConfig {
             io_delay: Duration::ZERO,
             io_jitter: true,
+            io_clock: crate::iowait::IoClock::Tokio,
             batch_size: 1,
             flush_interval: Duration::from_millis(5),
         };
