@@ -310,10 +310,15 @@ async fn shutdown(
 
     // 3. Nack what is left, except messages whose restart is running: those are shielded
     //    until they finish or the shield timeout passes.
-    let keep = within(ASK, "the restarter", tree.restarter.send(Running))
-        .await
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    //    With no shield, nothing is kept, and one pass nacks everything.
+    let keep = if timeouts.shield.is_zero() {
+        Default::default()
+    } else {
+        within(ASK, "the restarter", tree.restarter.send(Running))
+            .await
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
     let release = tree.acker.send(ReleaseOutstanding { keep: keep.clone() });
     let n = within(ASK, "the acker", release).await.and_then(Result::ok);
     info!("Nacking {} outstanding messages", n.unwrap_or(0));
