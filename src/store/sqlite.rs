@@ -55,11 +55,11 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        // A batch dirties pages in two indexes. Bigger pages mean fewer WAL frames per commit, and a bigger cache keeps the
-        // index off the disk; both only take effect on a new file or connection.
+        // Bigger pages mean fewer WAL frames per commit; this takes effect on a new file
+        // only. SQLite's default cache of 2 MB is kept: ids are time-ordered, so a batch
+        // touches the last pages of each index, and a 64 MB cache cost memory (a peak of
+        // 160 MB instead of 91 MB over a million messages) for no throughput.
         conn.pragma_update(None, "page_size", 16384)
-            .map_err(open_err)?;
-        conn.pragma_update(None, "cache_size", -65536)
             .map_err(open_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)
             .map_err(open_err)?;
