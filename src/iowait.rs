@@ -23,7 +23,6 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use crate::actors::protocol::IoDue;
-use crate::message::DeliveryTag;
 
 /// What rings an actor's IO alarm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -123,25 +122,27 @@ fn ring(rx: mpsc::Receiver<Alarm>) {
     }
 }
 
-/// Deliveries waiting out their IO, by the bucket their IO ends in.
+/// Deliveries waiting out their IO, by the bucket their IO ends in. This is where an
+/// actor keeps them meanwhile: a table beside it, keyed by tag, cost about 100 bytes per
+/// in-flight message.
 #[derive(Debug)]
-pub struct IoWait {
+pub struct IoWait<T> {
     /// Bucket keys count buckets since `base`, rounded up, so that nothing comes due
     /// early.
     base: Instant,
     bucket: Duration,
-    due: BTreeMap<u64, Vec<DeliveryTag>>,
+    due: BTreeMap<u64, Vec<T>>,
     /// The buckets that pending alarms were armed for.
     armed: BTreeSet<u64>,
 }
 
-impl Default for IoWait {
+impl<T> Default for IoWait<T> {
     fn default() -> Self {
         Self::new(IoClock::default())
     }
 }
 
-impl IoWait {
+impl<T> IoWait<T> {
     pub fn new(clock: IoClock) -> Self {
         Self {
             base: Instant::now(),
@@ -161,11 +162,11 @@ impl IoWait {
 
     /// Adds a delivery whose IO ends `after` from now. Returns when the actor must arm an
     /// alarm, if no pending one rings early enough for it.
-    pub fn add(&mut self, after: Duration, tag: DeliveryTag) -> Option<Instant> {
+    pub fn add(&mut self, after: Duration, item: T) -> Option<Instant> {
         let key = self
             .key(Instant::now() + after)
             .div_ceil(self.bucket.as_nanos()) as u64;
-        self.due.entry(key).or_default().push(tag);
+        self.due.entry(key).or_default().push(item);
         self.arm_if_earlier(key)
     }
 
@@ -183,7 +184,7 @@ impl IoWait {
 
     /// Takes every delivery whose IO has ended. Call it on `IoDue`; it also says when the
     /// next alarm must ring, if one must be armed.
-    pub fn take_due(&mut self) -> (Vec<DeliveryTag>, Option<Instant>) {
+    pub fn take_due(&mut self) -> (Vec<T>, Option<Instant>) {
         let now = Instant::now();
         while self.armed.first().is_some_and(|&k| self.at(k) <= now) {
             self.armed.pop_first();
@@ -205,6 +206,16 @@ impl IoWait {
         self.due.values().map(Vec::len).sum()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.due.values().flatten()
+    }
+
+    /// Takes everything that waits, due or not. Alarms already armed still ring, and find
+    /// nothing.
+    pub fn drain(&mut self) -> impl Iterator<Item = T> {
+        std::mem::take(&mut self.due).into_values().flatten()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.due.is_empty()
     }
@@ -213,6 +224,7 @@ impl IoWait {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::DeliveryTag;
 
     #[tokio::test]
     async fn deliveries_come_due_in_order_with_one_timer_for_the_earliest() {

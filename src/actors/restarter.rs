@@ -22,11 +22,11 @@ use crate::actors::protocol::{
 };
 use crate::config::{draw_io, Injector};
 use crate::iowait::{IoClock, IoWait};
-use crate::message::{Delivery, DeliveryTag, Hostname, InstanceName};
+use crate::message::{Delivery, Hostname, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
-use crate::{FastMap, FastSet, FLOW};
+use crate::{FastSet, FLOW};
 
 /// Why a host restart failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -82,14 +82,12 @@ struct State {
     /// for 25 ms at half a million hosts; griddle's table moves its entries a few at a
     /// time instead.
     last_restart: griddle::HashMap<InstanceName, i64, foldhash::fast::RandomState>,
-    /// Restarts waiting out their simulated IO...
-    running: FastMap<DeliveryTag, Delivery>,
-    /// ...and when each one's IO ends.
-    io: IoWait,
+    /// Restarts running: waiting out their simulated IO, by when it ends.
+    io: IoWait<Delivery>,
     busy_hosts: FastSet<InstanceName>,
-    /// Without IO a batch is handled in one call, so instead of entering each delivery in
-    /// `running` it is held here with how many of it have outcomes. What is held here
-    /// after a failure is failed by `restarting`.
+    /// The batch being handled, with how many of it have outcomes, until each delivery
+    /// has one or waits in `io`. What is held here after a failure is failed by
+    /// `restarting`.
     current: Option<(Batch, usize)>,
 }
 
@@ -242,13 +240,11 @@ impl Restarter {
         }
         let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
         let now_ms = self.clock.now_ms();
-        for tag in due {
-            if let Some(d) = self.state.running.remove(&tag) {
-                if self.finish(d, &mut outcomes, &mut rows, now_ms, ctx) != Directive::Resume {
-                    // The state is being replaced; its `restarting` fails what is left
-                    // in `running`.
-                    break;
-                }
+        for (i, &d) in due.iter().enumerate() {
+            if self.finish(d, &mut outcomes, &mut rows, now_ms, ctx) != Directive::Resume {
+                // The state is being replaced; its `restarting` fails what is left.
+                self.state.current = Some((due[i + 1..].into(), 0));
+                break;
             }
         }
         self.send(outcomes, rows);
@@ -319,9 +315,8 @@ impl Supervised for Restarter {
             .flat_map(|(b, done)| b[*done..].iter().copied());
         let failed = self
             .state
-            .running
+            .io
             .drain()
-            .map(|(_, d)| d)
             .chain(unfinished)
             .map(|d| Outcome::err(d, StepError::Restarted(Self::NAME)))
             .collect();
@@ -361,14 +356,11 @@ impl Handler<Restart> for Restarter {
         }
         guard(self, ctx, "Restart", |act, ctx| {
             let zero_io = act.config.io_delay.is_zero();
-            if zero_io {
-                act.state.current = Some((msg.0.clone(), 0));
-            } else {
-                for d in msg.0.iter() {
-                    act.state.running.insert(d.tag, *d);
-                }
-            }
+            // Held here until the end of the handler, when every delivery has an outcome or
+            // waits in `io`: a panic before then fails them all.
+            act.state.current = Some((msg.0.clone(), 0));
             act.injector.maybe_fail();
+            let mut waits = Vec::new();
             let mut outcomes = Vec::with_capacity(msg.0.len());
             let mut rows = Vec::with_capacity(msg.0.len());
             let now_ms = act.clock.now_ms();
@@ -378,9 +370,6 @@ impl Handler<Restart> for Restarter {
                 done += 1;
                 match act.plan(host, now_ms) {
                     Plan::Skip(why) => {
-                        if !zero_io {
-                            act.state.running.remove(&d.tag);
-                        }
                         info!(
                             target: FLOW,
                             "Skipped restarting {}: {why}",
@@ -402,13 +391,16 @@ impl Handler<Restart> for Restarter {
                     Plan::Restart => {
                         act.state.busy_hosts.insert(host);
                         let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
-                        if let Some(at) = act.state.io.add(io, d.tag) {
-                            act.config.io_clock.arm(at, ctx);
-                        }
+                        waits.push((io, d));
                     }
                 }
             }
             act.state.current = None;
+            for (io, d) in waits {
+                if let Some(at) = act.state.io.add(io, d) {
+                    act.config.io_clock.arm(at, ctx);
+                }
+            }
             act.send(outcomes, rows);
         });
     }
@@ -433,9 +425,9 @@ impl Handler<Shutdown> for Restarter {
         // Restarts still running outlived the shield; their messages are nacked already.
         let failed = self
             .state
-            .running
+            .io
             .drain()
-            .map(|(_, d)| Outcome::err(d, StepError::Closed(Self::NAME)))
+            .map(|d| Outcome::err(d, StepError::Closed(Self::NAME)))
             .collect();
         self.send(failed, Vec::new());
         self.state.busy_hosts.clear();
@@ -451,7 +443,7 @@ pub struct Running;
 impl Handler<Running> for Restarter {
     type Result = MessageResult<Running>;
     fn handle(&mut self, _: Running, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.running.values().map(|d| d.id()).collect())
+        MessageResult(self.state.io.iter().map(|d| d.id()).collect())
     }
 }
 
@@ -463,7 +455,7 @@ impl Handler<Probe> for Restarter {
         MessageResult(Probed::new(
             state,
             &[
-                ("running", self.state.running.len()),
+                ("running", self.state.io.len()),
                 ("hosts_indexed", self.state.last_restart.len()),
             ],
         ))

@@ -16,11 +16,11 @@ use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{Batch, IoDue, Outcome, Probe, Probed, Shutdown, Step, StepError};
 use crate::config::{draw_io, Injector};
 use crate::iowait::{IoClock, IoWait};
-use crate::message::{Delivery, DeliveryTag};
+use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
-use crate::{FastMap, FLOW};
+use crate::FLOW;
 
 /// How the Saver batches and how long its simulated IO takes.
 #[derive(Debug, Clone)]
@@ -39,10 +39,8 @@ pub struct SaverConfig {
 
 #[derive(Default)]
 struct State {
-    /// Deliveries still in their simulated IO.
-    in_io: FastMap<DeliveryTag, Delivery>,
-    /// When each one's IO ends.
-    io: IoWait,
+    /// Deliveries still in their simulated IO, by when it ends.
+    io: IoWait<Delivery>,
     /// The batch being gathered.
     batch: Vec<Delivery>,
     flush_timer: Option<SpawnHandle>,
@@ -130,11 +128,7 @@ impl Saver {
     /// Moves the deliveries whose IO has ended into the batch.
     fn io_done(&mut self, ctx: &mut Context<Self>) {
         let (due, next) = self.state.io.take_due();
-        for tag in due {
-            if let Some(d) = self.state.in_io.remove(&tag) {
-                self.state.batch.push(d);
-            }
-        }
+        self.state.batch.extend(due);
         if let Some(at) = next {
             self.config.io_clock.arm(at, ctx);
         }
@@ -241,9 +235,8 @@ impl Saver {
     fn release(&mut self, why: StepError) {
         let held = self
             .state
-            .in_io
+            .io
             .drain()
-            .map(|(_, d)| d)
             .chain(self.state.batch.drain(..))
             .chain(self.state.committing.take().unwrap_or_default())
             .map(|d| Outcome::err(d, why.clone()))
@@ -324,15 +317,15 @@ impl Handler<Save> for Saver {
                 act.injector.maybe_fail();
                 act.batch_grew(ctx);
             } else {
-                for d in msg.0.iter() {
-                    act.state.in_io.insert(d.tag, *d);
+                // Each alarm `add` asks for is recorded as armed, so each must be armed.
+                let mut alarms = Vec::new();
+                for &d in msg.0.iter() {
+                    let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
+                    alarms.extend(act.state.io.add(io, d));
                 }
                 act.injector.maybe_fail();
-                for d in msg.0.iter() {
-                    let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
-                    if let Some(at) = act.state.io.add(io, d.tag) {
-                        act.config.io_clock.arm(at, ctx);
-                    }
+                for at in alarms {
+                    act.config.io_clock.arm(at, ctx);
                 }
             }
         });
@@ -373,7 +366,7 @@ impl Saver {
         }
         self.state.closed = true;
         // Saves still in simulated IO belong to messages the shutdown has already nacked.
-        let in_io: Vec<_> = self.state.in_io.drain().map(|(_, d)| d).collect();
+        let in_io: Vec<_> = self.state.io.drain().collect();
         self.report(
             in_io
                 .into_iter()
@@ -420,7 +413,7 @@ impl Handler<Probe> for Saver {
         MessageResult(Probed::new(
             state,
             &[
-                ("in_io", self.state.in_io.len()),
+                ("in_io", self.state.io.len()),
                 ("batch", self.state.batch.len()),
                 ("committing", committing),
             ],
