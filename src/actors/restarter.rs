@@ -91,6 +91,15 @@ struct State {
     current: Option<(Batch, usize)>,
 }
 
+impl State {
+    fn new(clock: IoClock) -> Self {
+        Self {
+            io: IoWait::new(clock),
+            ..Self::default()
+        }
+    }
+}
+
 pub struct Restarter {
     link: Link,
     acker: Recipient<Outcomes>,
@@ -145,7 +154,7 @@ impl Restarter {
         rng: SmallRng,
         injector: Injector,
     ) -> Self {
-        let io_clock = config.io_clock;
+        let state = State::new(config.io_clock);
         Self {
             link,
             acker,
@@ -158,10 +167,7 @@ impl Restarter {
             retired: false,
             watchers: Vec::new(),
             notices: Vec::new(),
-            state: State {
-                io: IoWait::new(io_clock),
-                ..State::default()
-            },
+            state,
         }
     }
 
@@ -322,10 +328,7 @@ impl Supervised for Restarter {
             .collect();
         self.send(failed, Vec::new());
         // `started` reloads the index from the store's history.
-        self.state = State {
-            io: IoWait::new(self.config.io_clock),
-            ..State::default()
-        };
+        self.state = State::new(self.config.io_clock);
         note_restart(self);
     }
 }

@@ -51,6 +51,15 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    fn new(clock: IoClock) -> Self {
+        Self {
+            io: IoWait::new(clock),
+            ..Self::default()
+        }
+    }
+}
+
 pub struct Saver {
     link: Link,
     acker: Recipient<Outcomes>,
@@ -74,7 +83,7 @@ impl Saver {
         rng: SmallRng,
         injector: Injector,
     ) -> Self {
-        let io_clock = config.io_clock;
+        let state = State::new(config.io_clock);
         Self {
             link,
             acker,
@@ -84,10 +93,7 @@ impl Saver {
             rng,
             injector,
             retired: false,
-            state: State {
-                io: IoWait::new(io_clock),
-                ..State::default()
-            },
+            state,
         }
     }
 
@@ -115,13 +121,6 @@ impl Saver {
                 guard(act, ctx, "flush timer", |act, ctx| act.flush(ctx));
             });
             self.state.flush_timer = Some(handle);
-        }
-    }
-
-    fn fresh_state(&self) -> State {
-        State {
-            io: IoWait::new(self.config.io_clock),
-            ..State::default()
         }
     }
 
@@ -280,7 +279,7 @@ impl Supervised for Saver {
         self.release(StepError::Restarted(Self::NAME));
         let closing = self.state.closing.take();
         let closed = self.state.closed;
-        self.state = self.fresh_state();
+        self.state = State::new(self.config.io_clock);
         // A close requested before the failure is still owed an answer, and a closed
         // Saver stays closed.
         self.state.closing = closing;
