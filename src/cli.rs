@@ -122,7 +122,8 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
 
-    /// ...or this long after its first message arrived.
+    /// ...or this long after its first message arrived; 0 commits as soon as the last
+    /// commit is done, whatever the size.
     #[arg(long, value_name = "S", default_value = "0.005", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
