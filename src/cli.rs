@@ -61,8 +61,9 @@ pub struct Cli {
     #[arg(long)]
     pub jitter: bool,
 
-    /// Publish this many messages a second, in small bursts every millisecond; overrides
-    /// --publish-delay. For load tests at a fixed offered rate.
+    /// Publish this many messages a second, in small bursts every 100 µs (one message at a
+    /// time below 10,000 a second); overrides --publish-delay. For load tests at a fixed
+    /// offered rate.
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     pub publish_rate: Option<f64>,
 

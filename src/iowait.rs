@@ -1,17 +1,20 @@
-//! Simulated IO that ends at many different times, waited for with one alarm per actor.
+//! Alarms for actors, and simulated IO that ends at many different times, waited for
+//! with one alarm per actor.
 //!
 //! One `run_later` per message was the cost of the IO path: actix polls every future an
 //! actor has spawned each time the actor wakes, so thousands of pending timers made each
 //! wake-up scan thousands of entries, and the pipeline managed about 25k msgs/s at 10 ms
 //! of IO. Here deliveries wait in buckets, and the actor keeps a single alarm armed for
-//! the earliest bucket. When it rings, the actor gets an [`IoDue`].
+//! the earliest bucket. When it rings, the actor gets an [`Alarm`].
 //!
-//! The alarm is a tokio timer or the process's clock thread ([`IoClock`]). Tokio rounds
+//! The alarm is a tokio timer or the process's clock thread ([`AlarmClock`]). Tokio rounds
 //! each deadline up to a millisecond tick and then waits for the loop to poll its
-//! driver, so IO simulated with it lasted 1 to 2 ms longer than asked, which is more
-//! than the rest of the pipeline's latency. The clock thread sleeps to the deadline and
-//! sends the message, as a real device's completion would arrive; it is what the service
-//! runs on. Tokio timers stay for tests, where `tokio::time::pause` must control them.
+//! driver, so IO simulated with it lasted 1 to 2 ms longer than asked, and a paced
+//! publisher sent a burst every 1 to 2 ms, whose last messages queued behind the first at
+//! every step. Both were more than the rest of the pipeline's latency. The clock thread
+//! sleeps to the deadline and sends the message, as a real device's completion would
+//! arrive; it is what the service runs on. Tokio timers stay for tests, where
+//! `tokio::time::pause` must control them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -22,46 +25,47 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use crate::actors::protocol::IoDue;
+use crate::actors::protocol::Alarm;
 
-/// What rings an actor's IO alarm.
+/// What rings an actor's alarms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum IoClock {
-    /// A tokio timer: millisecond buckets, and paused time in tests moves it.
+pub enum AlarmClock {
+    /// A tokio timer: a millisecond's resolution, and paused time in tests moves it.
     #[default]
     Tokio,
-    /// The clock thread: 100 µs buckets, and real time only.
+    /// The clock thread: a resolution of 100 µs, in real time only.
     Thread,
 }
 
-impl IoClock {
-    fn bucket(self) -> Duration {
+impl AlarmClock {
+    /// How finely it is worth telling times apart with this clock.
+    pub fn resolution(self) -> Duration {
         match self {
-            IoClock::Tokio => Duration::from_millis(1),
-            IoClock::Thread => Duration::from_micros(100),
+            AlarmClock::Tokio => Duration::from_millis(1),
+            AlarmClock::Thread => Duration::from_micros(100),
         }
     }
 
-    /// Arms the actor's alarm for `at`; the actor gets an `IoDue` then.
+    /// Arms the actor's alarm for `at`; the actor gets an `Alarm` then.
     pub fn arm<A>(self, at: Instant, ctx: &mut Context<A>)
     where
-        A: Actor<Context = Context<A>> + Handler<IoDue>,
+        A: Actor<Context = Context<A>> + Handler<Alarm>,
     {
         match self {
-            IoClock::Tokio => {
+            AlarmClock::Tokio => {
                 let after = at.saturating_duration_since(Instant::now());
                 ctx.run_later(after, |act, ctx| {
-                    <A as Handler<IoDue>>::handle(act, IoDue, ctx);
+                    <A as Handler<Alarm>>::handle(act, Alarm, ctx);
                 });
             }
-            IoClock::Thread => {
-                let alarm = Alarm {
+            AlarmClock::Thread => {
+                let wake = Wake {
                     at: at.into_std(),
                     to: ctx.address().recipient(),
                 };
                 // The thread only ends if it panicked; a late alarm then beats none.
-                if CLOCK.send(alarm).is_err() {
-                    IoClock::Tokio.arm(at, ctx);
+                if CLOCK.send(wake).is_err() {
+                    AlarmClock::Tokio.arm(at, ctx);
                 }
             }
         }
@@ -69,23 +73,23 @@ impl IoClock {
 }
 
 /// One actor's wake-up call.
-struct Alarm {
+struct Wake {
     at: std::time::Instant,
-    to: Recipient<IoDue>,
+    to: Recipient<Alarm>,
 }
 
-impl PartialEq for Alarm {
+impl PartialEq for Wake {
     fn eq(&self, other: &Self) -> bool {
         self.at == other.at
     }
 }
-impl Eq for Alarm {}
-impl PartialOrd for Alarm {
+impl Eq for Wake {}
+impl PartialOrd for Wake {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Alarm {
+impl Ord for Wake {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.at.cmp(&other.at)
     }
@@ -93,7 +97,7 @@ impl Ord for Alarm {
 
 /// The clock thread's inbox. It is started on first use and serves every actor system
 /// in the process; alarms for actors that have gone are sent nowhere.
-static CLOCK: LazyLock<mpsc::Sender<Alarm>> = LazyLock::new(|| {
+static CLOCK: LazyLock<mpsc::Sender<Wake>> = LazyLock::new(|| {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("mandrill-clock".into())
@@ -102,8 +106,8 @@ static CLOCK: LazyLock<mpsc::Sender<Alarm>> = LazyLock::new(|| {
     tx
 });
 
-fn ring(rx: mpsc::Receiver<Alarm>) {
-    let mut alarms = BinaryHeap::<Reverse<Alarm>>::new();
+fn ring(rx: mpsc::Receiver<Wake>) {
+    let mut alarms = BinaryHeap::<Reverse<Wake>>::new();
     loop {
         let next = alarms.peek().map(|a| a.0.at);
         let got = match next {
@@ -111,14 +115,14 @@ fn ring(rx: mpsc::Receiver<Alarm>) {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match got {
-            Ok(alarm) => alarms.push(Reverse(alarm)),
+            Ok(wake) => alarms.push(Reverse(wake)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = std::time::Instant::now();
         while alarms.peek().is_some_and(|a| a.0.at <= now) {
             if let Some(Reverse(a)) = alarms.pop() {
-                a.to.do_send(IoDue);
+                a.to.do_send(Alarm);
             }
         }
     }
@@ -140,15 +144,15 @@ pub struct IoWait<T> {
 
 impl<T> Default for IoWait<T> {
     fn default() -> Self {
-        Self::new(IoClock::default())
+        Self::new(AlarmClock::default())
     }
 }
 
 impl<T> IoWait<T> {
-    pub fn new(clock: IoClock) -> Self {
+    pub fn new(clock: AlarmClock) -> Self {
         Self {
             base: Instant::now(),
-            bucket: clock.bucket(),
+            bucket: clock.resolution(),
             due: BTreeMap::new(),
             armed: BTreeSet::new(),
         }
@@ -184,7 +188,7 @@ impl<T> IoWait<T> {
         }
     }
 
-    /// Takes every delivery whose IO has ended. Call it on `IoDue`; it also says when the
+    /// Takes every delivery whose IO has ended. Call it on `Alarm`; it also says when the
     /// next alarm must ring, if one must be armed.
     pub fn take_due(&mut self) -> (Vec<T>, Option<Instant>) {
         let now = Instant::now();
@@ -277,14 +281,14 @@ mod tests {
         assert!(next.is_some(), "the 20 ms bucket needs a timer of its own");
     }
 
-    /// Records when each `IoDue` arrives.
+    /// Records when each `Alarm` arrives.
     struct Sleeper(tokio::sync::mpsc::UnboundedSender<Instant>);
     impl Actor for Sleeper {
         type Context = Context<Self>;
     }
-    impl Handler<IoDue> for Sleeper {
+    impl Handler<Alarm> for Sleeper {
         type Result = ();
-        fn handle(&mut self, _: IoDue, _: &mut Context<Self>) {
+        fn handle(&mut self, _: Alarm, _: &mut Context<Self>) {
             let _ = self.0.send(Instant::now());
         }
     }
@@ -295,7 +299,7 @@ mod tests {
     impl Handler<ArmAt> for Sleeper {
         type Result = ();
         fn handle(&mut self, m: ArmAt, ctx: &mut Context<Self>) {
-            IoClock::Thread.arm(m.0, ctx);
+            AlarmClock::Thread.arm(m.0, ctx);
         }
     }
 

@@ -102,10 +102,10 @@ impl Outcome {
     }
 }
 
-/// The earliest bucket of simulated IO has ended; see `crate::iowait`.
+/// An alarm the actor armed has rung; see `crate::iowait`.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct IoDue;
+pub struct Alarm;
 
 /// What became of one host's restart.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,9 @@ use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tracing::info;
 
-use crate::actors::protocol::{Probe, Probed, Shutdown};
+use crate::actors::protocol::{Alarm, Probe, Probed, Shutdown};
 use crate::config::Injector;
+use crate::iowait::AlarmClock;
 use crate::message::{InstanceName, Message};
 use crate::subscription::memory::{InputClosed, Publish};
 use crate::supervision::{exited_normally, guard, note_restart, Child, Directive, Link};
@@ -20,6 +21,7 @@ use crate::FLOW;
 /// How many messages an unpaced publisher makes before it yields to the event loop.
 const CHUNK: u64 = 1024;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// The publisher's pace and limit.
 #[derive(Debug, Clone)]
@@ -29,12 +31,12 @@ pub struct PublisherConfig {
     /// When set, each delay is `random() * delay`.
     pub jitter: bool,
     pub limit: Option<u64>,
-    /// When set, publish this many messages a second instead, in a burst every tick.
+    /// When set, publish this many messages a second instead, what is owed at every tick.
     pub rate: Option<f64>,
+    /// What times a paced publisher's ticks: one per resolution of the clock, or one per
+    /// message at rates below that.
+    pub clock: AlarmClock,
 }
-
-/// How often a rate-paced publisher publishes its burst: the timer's own resolution.
-const RATE_TICK: Duration = Duration::from_millis(1);
 
 pub struct Publisher {
     link: Link,
@@ -53,6 +55,10 @@ pub struct Publisher {
     /// For a rate-paced publisher: when pacing began and how many had been sent then.
     /// Each tick sends what the rate owes since, so late ticks do not lower the rate.
     paced_since: Option<(tokio::time::Instant, u64)>,
+    /// When the armed tick is due. An alarm armed before a restart still rings after
+    /// it; one that rings before this is such a leftover and is ignored, or every
+    /// restart would add a chain of ticks.
+    next_tick: Option<tokio::time::Instant>,
 }
 
 impl Publisher {
@@ -76,6 +82,7 @@ impl Publisher {
             exited: false,
             retired: false,
             paced_since: None,
+            next_tick: None,
         }
     }
 
@@ -159,9 +166,13 @@ impl Publisher {
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.config.rate.is_some() {
-            ctx.run_later(RATE_TICK, |act, ctx| act.guarded_tick(ctx));
-            return;
+        if let Some(rate) = self.config.rate {
+            let clock = self.config.clock;
+            // At an hour, a tick that finds nothing owed costs nothing worth saving.
+            let per_message = Duration::try_from_secs_f64(1.0 / rate).map_or(HOUR, |d| d.min(HOUR));
+            let at = tokio::time::Instant::now() + clock.resolution().max(per_message);
+            self.next_tick = Some(at);
+            return clock.arm(at, ctx);
         }
         let delay = if self.config.jitter {
             self.config.delay.mul_f64(self.rng.random::<f64>())
@@ -205,6 +216,20 @@ impl Child for Publisher {
     }
     fn is_retired(&self) -> bool {
         self.retired
+    }
+}
+
+/// A paced publisher's tick is due.
+impl Handler<Alarm> for Publisher {
+    type Result = ();
+    fn handle(&mut self, _: Alarm, ctx: &mut Context<Self>) {
+        match self.next_tick {
+            Some(at) if tokio::time::Instant::now() >= at => {
+                self.next_tick = None;
+                self.guarded_tick(ctx);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -283,6 +308,7 @@ mod tests {
             jitter: false,
             limit,
             rate,
+            clock: AlarmClock::Tokio,
         };
         let rng = crate::config::rng_for(Some(seed), "publisher");
         let injector = crate::config::Faults::default().injector("publisher", None);

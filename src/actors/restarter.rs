@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{
-    Batch, HostRestart, HostRestarts, IoDue, Outcome, Probe, Probed, RestartOutcome, Shutdown,
+    Alarm, Batch, HostRestart, HostRestarts, Outcome, Probe, Probed, RestartOutcome, Shutdown,
     Step, StepError,
 };
 use crate::config::{draw_io, Injector};
-use crate::iowait::{IoClock, IoWait};
+use crate::iowait::{AlarmClock, IoWait};
 use crate::message::{Delivery, Hostname, InstanceName};
 use crate::metrics::Metrics;
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
@@ -42,7 +42,7 @@ pub struct RestarterConfig {
     pub io_delay: Duration,
     pub io_jitter: bool,
     /// What ends the simulated IO.
-    pub io_clock: IoClock,
+    pub io_clock: AlarmClock,
     pub failure_rate: f64,
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
@@ -92,7 +92,7 @@ struct State {
 }
 
 impl State {
-    fn new(clock: IoClock) -> Self {
+    fn new(clock: AlarmClock) -> Self {
         Self {
             io: IoWait::new(clock),
             ..Self::default()
@@ -334,10 +334,10 @@ impl Supervised for Restarter {
 }
 
 /// Finishes the restarts whose simulated IO has ended.
-impl Handler<IoDue> for Restarter {
+impl Handler<Alarm> for Restarter {
     type Result = ();
-    fn handle(&mut self, _: IoDue, ctx: &mut Context<Self>) {
-        guard(self, ctx, "IoDue", |act, ctx| act.io_done(ctx));
+    fn handle(&mut self, _: Alarm, ctx: &mut Context<Self>) {
+        guard(self, ctx, "Alarm", |act, ctx| act.io_done(ctx));
     }
 }
 
@@ -490,7 +490,7 @@ mod tests {
         let config = RestarterConfig {
             io_delay,
             io_jitter: true,
-            io_clock: crate::iowait::IoClock::Tokio,
+            io_clock: crate::iowait::AlarmClock::Tokio,
             failure_rate,
             min_interval,
             domain: "example.net".into(),

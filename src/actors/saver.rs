@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Batch, IoDue, Outcome, Probe, Probed, Shutdown, Step, StepError};
+use crate::actors::protocol::{Alarm, Batch, Outcome, Probe, Probed, Shutdown, Step, StepError};
 use crate::config::{draw_io, Injector};
-use crate::iowait::{IoClock, IoWait};
+use crate::iowait::{AlarmClock, IoWait};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
@@ -30,7 +30,7 @@ pub struct SaverConfig {
     pub io_delay: Duration,
     pub io_jitter: bool,
     /// What ends the simulated IO.
-    pub io_clock: IoClock,
+    pub io_clock: AlarmClock,
     /// A batch is flushed when it reaches this size...
     pub batch_size: usize,
     /// ...or this long after its first message, whichever comes first.
@@ -52,7 +52,7 @@ struct State {
 }
 
 impl State {
-    fn new(clock: IoClock) -> Self {
+    fn new(clock: AlarmClock) -> Self {
         Self {
             io: IoWait::new(clock),
             ..Self::default()
@@ -332,10 +332,10 @@ impl Handler<Save> for Saver {
 }
 
 /// Moves the deliveries whose simulated IO has ended into the batch.
-impl Handler<IoDue> for Saver {
+impl Handler<Alarm> for Saver {
     type Result = ();
-    fn handle(&mut self, _: IoDue, ctx: &mut Context<Self>) {
-        guard(self, ctx, "IoDue", |act, ctx| act.io_done(ctx));
+    fn handle(&mut self, _: Alarm, ctx: &mut Context<Self>) {
+        guard(self, ctx, "Alarm", |act, ctx| act.io_done(ctx));
     }
 }
 
@@ -440,7 +440,7 @@ mod tests {
         let config = SaverConfig {
             io_delay,
             io_jitter: true,
-            io_clock: crate::iowait::IoClock::Tokio,
+            io_clock: crate::iowait::AlarmClock::Tokio,
             batch_size,
             flush_interval: Duration::from_millis(5),
         };
@@ -584,7 +584,7 @@ mod tests {
             let config = SaverConfig {
                 io_delay: Duration::ZERO,
                 io_jitter: true,
-                io_clock: crate::iowait::IoClock::Tokio,
+                io_clock: crate::iowait::AlarmClock::Tokio,
                 batch_size: 1,
                 flush_interval: Duration::from_millis(5),
             };

@@ -24,7 +24,7 @@ use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::config::{rng_for, Backoff, Config, Source, Strategy};
-use crate::iowait::IoClock;
+use crate::iowait::AlarmClock;
 use crate::metrics::{ChildStats, Metrics};
 use crate::policy::{ChildPolicy, Directive, RestartType};
 use crate::store::{Store, StoreWriter};
@@ -248,7 +248,7 @@ impl Supervisor {
             let cfg = SaverConfig {
                 io_delay: config.io_delay,
                 io_jitter: config.io_jitter,
-                io_clock: IoClock::Thread,
+                io_clock: AlarmClock::Thread,
                 batch_size: config.batch_size,
                 flush_interval: config.flush_interval,
             };
@@ -270,7 +270,7 @@ impl Supervisor {
             let cfg = RestarterConfig {
                 io_delay: config.io_delay,
                 io_jitter: config.io_jitter,
-                io_clock: IoClock::Thread,
+                io_clock: AlarmClock::Thread,
                 failure_rate: config.failure_rate,
                 min_interval: config.min_restart_interval,
                 domain: config.domain.as_str().into(),
@@ -318,6 +318,7 @@ impl Supervisor {
                 jitter: config.publish_jitter,
                 limit: config.messages,
                 rate: config.publish_rate,
+                clock: AlarmClock::Thread,
             };
             let (rng, injector) = (rng_for(seed, "publisher"), inject("publisher"));
             actix::Supervisor::start(move |_| {
@@ -920,7 +921,7 @@ mod tests {
         let config = SaverConfig {
             io_delay: Duration::ZERO,
             io_jitter: true,
-            io_clock: crate::iowait::IoClock::Tokio,
+            io_clock: crate::iowait::AlarmClock::Tokio,
             batch_size: 1,
             flush_interval: Duration::from_millis(5),
         };
