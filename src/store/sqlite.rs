@@ -25,6 +25,7 @@ CREATE INDEX IF NOT EXISTS restarts_by_time ON restarts (restarted_at);
 /// A SQLite file, opened with the schema in place.
 pub struct SqliteStore {
     conn: Option<Connection>,
+    flusher: Option<WalFlusher>,
 }
 
 /// WAL pages (16 KiB each) after which a commit copies the WAL back into the database.
@@ -36,6 +37,57 @@ pub struct SqliteStore {
 /// grew by 50 MB a second at 100k msgs/s. A 4 MB WAL keeps each checkpoint short and the
 /// WAL bounded, and is as fast in throughput.
 const WAL_PAGES: i64 = 256;
+
+/// How often the WAL flusher syncs the WAL file to disk.
+const WAL_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Syncs the WAL file to disk from a thread of its own, every `WAL_FLUSH_EVERY`.
+///
+/// With `synchronous=NORMAL`, commits do not sync; a checkpoint syncs everything written
+/// to the WAL since the last one before it copies it back. On this project's machines
+/// that was about 5 ms for 4 MB, on the writer's thread, and every message waiting for a
+/// commit waited for it: it made the p90 and the p99 of latency at 100k msgs/s. Synced
+/// here a little at a time, the WAL leaves the checkpoint almost nothing to sync. The
+/// commits themselves still return without waiting for the disk.
+struct WalFlusher {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WalFlusher {
+    fn start(db: &Path) -> std::io::Result<Self> {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mandrill-wal".into())
+            .spawn(move || {
+                // SQLite creates the file on the first write and reuses it after; keep
+                // one handle, opened when the file is there.
+                let mut file = None;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(WAL_FLUSH_EVERY)
+                {
+                    if file.is_none() {
+                        file = std::fs::File::open(&wal).ok();
+                    }
+                    if let Some(f) = &file {
+                        if let Err(e) = f.sync_data() {
+                            tracing::warn!("Cannot sync the WAL: {e}");
+                            file = None;
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
 
 fn classify(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -68,7 +120,14 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(Self { conn: Some(conn) })
+        let flusher = WalFlusher::start(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("cannot start the wal flusher: {e}"),
+        })?;
+        Ok(Self {
+            conn: Some(conn),
+            flusher: Some(flusher),
+        })
     }
 
     fn conn(&mut self) -> Result<&mut Connection, StoreError> {
@@ -152,9 +211,20 @@ impl Store for SqliteStore {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
         match self.conn.take() {
             Some(conn) => conn.close().map_err(|(_, e)| classify(e)),
             None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            f.stop();
         }
     }
 }
