@@ -12,9 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use mandrill::actors::protocol::Shutdown;
-use mandrill::actors::supervisor::{Extension, Started, Tree};
+use mandrill::actors::Pipeline;
+use mandrill::app::{Extension, Started};
 use mandrill::config::{Config, StoreKind};
+use mandrill::names::ChildName;
+use mandrill::protocol::Shutdown;
 use mandrill::supervision::{guard, Child as _, Link};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -254,7 +256,7 @@ impl Actor for Panicker {
 }
 
 impl mandrill::supervision::Child for Panicker {
-    const NAME: &'static str = "panicker";
+    const NAME: ChildName = ChildName::Extension("panicker");
     fn link(&self) -> &Link {
         &self.link
     }
@@ -305,11 +307,11 @@ struct AddPanicker {
 }
 
 impl Extension for AddPanicker {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> ChildName {
         Panicker::NAME
     }
 
-    fn start(self: Box<Self>, link: Link, _: &Tree) -> Started {
+    fn start(self: Box<Self>, link: Link, _: &Pipeline) -> Started {
         let p = actix::Supervisor::start(move |_| Panicker { link });
         let every = Duration::from_secs(1) / self.per_second;
         let ticker = p.clone();
@@ -328,7 +330,7 @@ impl Extension for AddPanicker {
 }
 
 /// P1's workload in this process, with or without a thousand panics a second.
-fn in_process(panics_per_s: Option<u32>) -> mandrill::metrics::Report {
+fn in_process(panics_per_s: Option<u32>) -> mandrill::report::Report {
     let config = Config {
         messages: Some(1_000_000),
         publish_delay: Duration::ZERO,

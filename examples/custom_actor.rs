@@ -22,11 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use mandrill::actors::protocol::{HostRestarts, RestartOutcome, Shutdown};
+use mandrill::actors::protocol::{HostRestarts, RestartOutcome};
 use mandrill::actors::restarter::Watch;
-use mandrill::actors::supervisor::{Extension, Started, Tree};
+use mandrill::actors::Pipeline;
 use mandrill::app;
+use mandrill::app::{Extension, Started};
 use mandrill::config::{Config, StoreKind};
+use mandrill::names::ChildName;
+use mandrill::protocol::Shutdown;
 use mandrill::supervision::{guard, hold_for_backoff, note_restart, Child, Link};
 
 /// What the Notifier has seen so far.
@@ -57,7 +60,7 @@ impl Actor for Notifier {
 }
 
 impl Child for Notifier {
-    const NAME: &'static str = "notifier";
+    const NAME: ChildName = ChildName::Extension("notifier");
     fn link(&self) -> &Link {
         &self.link
     }
@@ -119,11 +122,11 @@ struct AddNotifier {
 }
 
 impl Extension for AddNotifier {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> ChildName {
         Notifier::NAME
     }
 
-    fn start(self: Box<Self>, link: Link, tree: &Tree) -> Started {
+    fn start(self: Box<Self>, link: Link, pipeline: &Pipeline) -> Started {
         let summary = self.summary;
         let notifier = actix::Supervisor::start(move |_| Notifier {
             link,
@@ -131,7 +134,9 @@ impl Extension for AddNotifier {
             summary,
             retired: false,
         });
-        tree.restarter.do_send(Watch(notifier.clone().recipient()));
+        pipeline
+            .restarter
+            .do_send(Watch(notifier.clone().recipient()));
         Started {
             restart: notifier.clone().recipient(),
             shutdown: notifier.recipient(),
@@ -140,7 +145,7 @@ impl Extension for AddNotifier {
 }
 
 /// Runs 5,000 messages with the Notifier added; returns its tally and the run report.
-pub fn run() -> anyhow::Result<(Tally, mandrill::metrics::Report)> {
+pub fn run() -> anyhow::Result<(Tally, mandrill::report::Report)> {
     let _log = mandrill::logging::init(
         mandrill::logging::LogLevel::None,
         mandrill::logging::LogFormat::Text,

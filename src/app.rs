@@ -1,5 +1,7 @@
-//! Builds the actor system from a `Config`, runs it to the end of its shutdown, and hands
-//! back the run report. `main` and the in-process tests both start here.
+//! The wiring: what starts, in which order, connected to what. `run` opens the store,
+//! starts the pipeline's children under the Supervisor in their one fixed order, starts
+//! the SignalActor beside them, runs the system to the end of its shutdown, and hands back
+//! the run report. `main`, the examples and the in-process tests all start here.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -7,13 +9,31 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use thiserror::Error;
 
-use crate::actors::signal::SignalActor;
-use crate::actors::supervisor::{Extension, Supervisor};
+use crate::actors::acker::{Acker, AckerConfig};
+use crate::actors::consumer::{Consumer, Downstream};
+use crate::actors::monitor::MonitorConfig;
+use crate::actors::publisher::{Publisher, PublisherConfig};
+use crate::actors::restarter::{Restarter, RestarterConfig};
+use crate::actors::saver::{Saver, SaverConfig};
+use crate::actors::signal::{Cause, ShutdownConfig, SignalActor};
+use crate::actors::Pipeline;
+use crate::broker::memory::{InputClosed, MemoryBroker, MemoryBrokerConfig};
 use crate::config::{Config, Source, StoreKind};
-use crate::metrics::{Metrics, Report};
-use crate::store::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError};
-use crate::subscription::memory::InputClosed;
+use crate::faults::{rng_for, Injector, Purpose};
+use crate::iowait::AlarmClock;
+use crate::metrics::Metrics;
+use crate::names::ChildName;
+use crate::protocol::Shutdown;
+use crate::report::Report;
+use crate::store::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError, StoreWriter};
+use crate::supervision::strategy::Intensity;
+use crate::supervision::supervisor::{Escalate, Settings, Supervisor};
+use crate::supervision::tree::{Member, Tree};
+use crate::supervision::{ChildPolicy, FailureCounts, Link, RestartChild, RestartType};
 use crate::{source, supervision};
+
+/// How many deliveries one pull asks for.
+const PULL_BATCH: usize = 1024;
 
 /// Why the service could not run.
 #[derive(Debug, Error)]
@@ -24,6 +44,30 @@ pub enum RunError {
     System(#[from] std::io::Error),
     #[error("the service stopped without writing its report")]
     NoReport,
+}
+
+/// A child added to the tree by code outside the core actors, such as the Notifier in
+/// `examples/custom_actor.rs`. It starts after every core child, so it stops before
+/// them, and it is supervised like them: its own link and policy, the strategy, the
+/// intensity, a place in the report's `supervision` object.
+pub trait Extension {
+    /// Its name in logs, supervision events and the report.
+    fn name(&self) -> ChildName;
+
+    fn restart_type(&self) -> RestartType {
+        RestartType::Permanent
+    }
+
+    /// Starts the child (with `actix::Supervisor::start`, so that it restarts in place)
+    /// and hooks it to the core through the pipeline's addresses, such as `Watch` on the
+    /// Restarter.
+    fn start(self: Box<Self>, link: Link, pipeline: &Pipeline) -> Started;
+}
+
+/// What the Supervisor and the shutdown need of a started extension.
+pub struct Started {
+    pub restart: Recipient<RestartChild>,
+    pub shutdown: Recipient<Shutdown>,
 }
 
 /// Opens the configured store. Done before the actor system starts, so that a bad path
@@ -60,14 +104,14 @@ pub fn run_extended(
         let slot = report.clone();
         let m = metrics.clone();
         let cfg = &config;
-        let started = SignalActor::create(move |ctx| {
+        SignalActor::create(move |ctx| {
             let escalate = ctx.address().recipient();
-            let tree = Supervisor::start_tree(cfg, m.clone(), store, escalate, extensions);
+            let pipeline = start_pipeline(cfg, &m, store, escalate, extensions);
             let input = (cfg.source == Source::Stdin).then(|| {
                 source::spawn(
                     input,
-                    tree.subscription.clone().recipient(),
-                    tree.subscription.clone().recipient(),
+                    pipeline.broker.clone().recipient(),
+                    pipeline.broker.clone().recipient(),
                     m.clone(),
                 )
             });
@@ -75,13 +119,369 @@ pub fn run_extended(
                 // Without a reader nothing will ever be published: end the input now,
                 // so the run shuts down instead of waiting forever.
                 supervision::report_error(&m, "source", false, &e);
-                tree.subscription.do_send(InputClosed);
+                pipeline.broker.do_send(InputClosed);
             }
-            SignalActor::new(tree, cfg, m, slot)
+            let settings = ShutdownConfig {
+                drain: cfg.drain_timeout,
+                shield: cfg.shield_timeout,
+                handle_signals: cfg.handle_signals,
+                settled_cause: match cfg.source {
+                    Source::Simulated => Cause::Done,
+                    Source::Stdin => Cause::Eof,
+                },
+            };
+            let monitor = MonitorConfig {
+                lag_warn: cfg.lag_warn,
+                status_every: cfg.status_every,
+            };
+            SignalActor::new(pipeline, settings, monitor, m, slot)
         });
-        drop(started);
     });
     system.run_with_code()?;
     let report = report.lock().expect("report slot").take();
     report.ok_or(RunError::NoReport)
+}
+
+/// What starting the children needs at hand: the settings every link is made from, the
+/// Supervisor's address, and the tree so far.
+struct Wiring<'a> {
+    config: &'a Config,
+    metrics: &'a Arc<Metrics>,
+    supervisor: Addr<Supervisor>,
+    tree: Tree,
+}
+
+impl Wiring<'_> {
+    /// A child's own link: its policy, and failure counts its supervisor can read.
+    fn link(&self, restart: RestartType) -> Link {
+        Link {
+            supervisor: self.supervisor.clone().recipient(),
+            exited: self.supervisor.clone().recipient(),
+            backoff: self.supervisor.clone().recipient(),
+            metrics: self.metrics.clone(),
+            policy: ChildPolicy {
+                decider: self.config.decider,
+                restart,
+            },
+            failures: Arc::new(FailureCounts::default()),
+            deadline: self.config.handler_deadline,
+            slow: self.config.slow_handler,
+            panicked_at: Default::default(),
+        }
+    }
+
+    /// A core child's link, with the restart type the configuration gives it.
+    fn core_link(&self, name: ChildName) -> Link {
+        self.link(self.config.restart_types.of(name))
+    }
+
+    /// The faults to inject into a core child; an injected stall lasts twice the handler
+    /// deadline, so that every one is caught.
+    fn injector(&self, name: ChildName) -> Injector {
+        self.config
+            .faults
+            .injector(name, self.config.seed)
+            .stalling_for(self.config.handler_deadline * 2)
+    }
+
+    /// Adds a started child to the tree: it stops before every child added earlier.
+    fn adopt(
+        &mut self,
+        name: ChildName,
+        link: &Link,
+        restart: Recipient<RestartChild>,
+        shutdown: Recipient<Shutdown>,
+    ) {
+        self.tree.add(Member {
+            name,
+            restart,
+            shutdown,
+            timeout: self.config.shutdown_timeouts.of(name),
+            failures: link.failures.clone(),
+        });
+    }
+}
+
+/// Starts the pipeline under its Supervisor, in the one fixed order: each child after
+/// everything it sends to, and the extensions after all of them. The shutdown stops them
+/// in reverse, intake first.
+fn start_pipeline(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    store: Box<dyn Store>,
+    escalate: Recipient<Escalate>,
+    extensions: Vec<Box<dyn Extension>>,
+) -> Pipeline {
+    // The children report to the Supervisor, and the Supervisor must know them to apply
+    // its strategy: take its address first, and run it once they have started.
+    let supervisor_ctx = Context::<Supervisor>::new();
+    let mut w = Wiring {
+        config,
+        metrics,
+        supervisor: supervisor_ctx.address(),
+        tree: Tree::default(),
+    };
+    let seed = config.seed;
+
+    // 1. The store's writer thread. SQLite has one writer, so one thread.
+    let slot = Mutex::new(Some(store));
+    let store = SyncArbiter::start(1, move || {
+        let store = slot.lock().expect("store slot").take();
+        StoreWriter::new(store.expect("the store writer runs on exactly one thread"))
+    });
+
+    // 2. The broker.
+    let broker = MemoryBroker::new(
+        MemoryBrokerConfig {
+            max_in_flight: config.max_in_flight,
+            max_deliveries: config.max_deliveries,
+            ack_deadline: config.ack_deadline,
+        },
+        metrics.clone(),
+    )
+    .start();
+
+    // 3. The Acker, which settles with the broker.
+    let link = w.core_link(ChildName::Acker);
+    let acker = {
+        let (link, broker) = (link.clone(), broker.clone());
+        let cfg = AckerConfig {
+            message_timeout: config.message_timeout,
+            ack_deadline: config.ack_deadline,
+            redelivery_delay: config.redelivery_delay,
+        };
+        let injector = w.injector(ChildName::Acker);
+        actix::Supervisor::start(move |_| {
+            Acker::new(
+                link,
+                broker.clone().recipient(),
+                broker.recipient(),
+                cfg,
+                injector,
+            )
+        })
+    };
+    w.adopt(
+        ChildName::Acker,
+        &link,
+        acker.clone().recipient(),
+        acker.clone().recipient(),
+    );
+
+    // 4. The Saver, which reports to the Acker.
+    let link = w.core_link(ChildName::Saver);
+    let saver = {
+        let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
+        let cfg = SaverConfig {
+            io_delay: config.io_delay,
+            io_jitter: config.io_jitter,
+            io_clock: AlarmClock::Thread,
+            batch_size: config.batch_size,
+            flush_interval: config.flush_interval,
+        };
+        let (rng, injector) = (rng_for(seed, Purpose::SaveIo), w.injector(ChildName::Saver));
+        actix::Supervisor::start(move |_| {
+            Saver::new(
+                link,
+                acker.recipient(),
+                store.clone().recipient(),
+                store.recipient(),
+                cfg,
+                rng,
+                injector,
+            )
+        })
+    };
+    w.adopt(
+        ChildName::Saver,
+        &link,
+        saver.clone().recipient(),
+        saver.clone().recipient(),
+    );
+
+    // 5. The Restarter, which reports to the Acker too.
+    let link = w.core_link(ChildName::Restarter);
+    let restarter = {
+        let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
+        let cfg = RestarterConfig {
+            io_delay: config.io_delay,
+            io_jitter: config.io_jitter,
+            io_clock: AlarmClock::Thread,
+            failure_rate: config.failure_rate,
+            min_interval: config.min_restart_interval,
+            domain: config.domain.as_str().into(),
+        };
+        let rng = rng_for(seed, Purpose::SimulatedRestarts);
+        let injector = w.injector(ChildName::Restarter);
+        actix::Supervisor::start(move |_| {
+            Restarter::new(
+                link,
+                acker.recipient(),
+                store.clone().recipient(),
+                store.recipient(),
+                cfg,
+                rng,
+                injector,
+            )
+        })
+    };
+    w.adopt(
+        ChildName::Restarter,
+        &link,
+        restarter.clone().recipient(),
+        restarter.clone().recipient(),
+    );
+
+    // 6. The Consumer, which feeds the three above.
+    let link = w.core_link(ChildName::Consumer);
+    let consumer = {
+        let downstream = Downstream {
+            track: acker.clone().recipient(),
+            abandon: acker.clone().recipient(),
+            save: saver.clone().recipient(),
+            restart: restarter.clone().recipient(),
+        };
+        let (link, pull) = (link.clone(), broker.clone().recipient());
+        let batch = PULL_BATCH.min(config.max_in_flight);
+        let injector = w.injector(ChildName::Consumer);
+        actix::Supervisor::start(move |_| Consumer::new(link, pull, downstream, batch, injector))
+    };
+    w.adopt(
+        ChildName::Consumer,
+        &link,
+        consumer.clone().recipient(),
+        consumer.clone().recipient(),
+    );
+
+    // 7. The Publisher, the head of the pipeline, started last.
+    let publisher = (config.source == Source::Simulated).then(|| {
+        let link = w.core_link(ChildName::Publisher);
+        let publisher = {
+            let (link, broker) = (link.clone(), broker.clone());
+            let cfg = PublisherConfig {
+                delay: config.publish_delay,
+                jitter: config.publish_jitter,
+                limit: config.messages,
+                rate: config.publish_rate,
+                clock: AlarmClock::Thread,
+            };
+            let rng = rng_for(seed, Purpose::Publishing);
+            let injector = w.injector(ChildName::Publisher);
+            actix::Supervisor::start(move |_| {
+                Publisher::new(
+                    link,
+                    broker.clone().recipient(),
+                    broker.recipient(),
+                    cfg,
+                    rng,
+                    injector,
+                )
+            })
+        };
+        w.adopt(
+            ChildName::Publisher,
+            &link,
+            publisher.clone().recipient(),
+            publisher.clone().recipient(),
+        );
+        publisher
+    });
+
+    let mut pipeline = Pipeline {
+        supervisor: w.supervisor.clone(),
+        broker,
+        acker,
+        saver,
+        restarter,
+        consumer,
+        publisher,
+        tree: Tree::default(),
+    };
+
+    // 8. Extensions, each given the pipeline so far.
+    for extension in extensions {
+        let name = extension.name();
+        let link = w.link(extension.restart_type());
+        let started = extension.start(link.clone(), &pipeline);
+        w.adopt(name, &link, started.restart, started.shutdown);
+    }
+
+    let settings = Settings {
+        strategy: config.strategy,
+        intensity: Intensity {
+            max_restarts: config.max_restarts,
+            window: config.restart_window,
+        },
+        backoff: config.backoff,
+        seed,
+    };
+    supervisor_ctx.run(Supervisor::new(settings, &w.tree, escalate));
+    pipeline.tree = w.tree;
+    pipeline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::sink;
+
+    #[actix_rt::test]
+    async fn the_tree_stops_in_reverse_start_order_with_extensions_first() {
+        const EXTRA: ChildName = ChildName::Extension("extra");
+        struct Extra;
+        impl Extension for Extra {
+            fn name(&self) -> ChildName {
+                EXTRA
+            }
+            fn start(self: Box<Self>, _: Link, pipeline: &Pipeline) -> Started {
+                // Any child will do to stand in for it; the order is what is tested.
+                Started {
+                    restart: pipeline.acker.clone().recipient(),
+                    shutdown: pipeline.acker.clone().recipient(),
+                }
+            }
+        }
+        let (escalate, _) = sink();
+        let config = Config {
+            store: StoreKind::Memory,
+            shutdown_timeouts: "1s, saver=9s".parse().unwrap(),
+            handle_signals: false,
+            ..Config::default()
+        };
+        let pipeline = start_pipeline(
+            &config,
+            &Arc::new(Metrics::default()),
+            Box::new(MemoryStore::default()),
+            escalate,
+            vec![Box::new(Extra)],
+        );
+        let order: Vec<_> = pipeline
+            .tree
+            .stop_order()
+            .map(|c| (c.name, c.timeout.as_secs()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (EXTRA, 1),
+                (ChildName::Publisher, 1),
+                (ChildName::Consumer, 1),
+                (ChildName::Restarter, 1),
+                (ChildName::Saver, 9),
+                (ChildName::Acker, 1)
+            ]
+        );
+        let started: Vec<_> = pipeline.tree.members().iter().map(|c| c.name).collect();
+        assert_eq!(
+            started,
+            [
+                ChildName::Acker,
+                ChildName::Saver,
+                ChildName::Restarter,
+                ChildName::Consumer,
+                ChildName::Publisher,
+                EXTRA
+            ]
+        );
+    }
 }

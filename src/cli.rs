@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{
-    parse_duration, parse_probability, Backoff, Config, Faults, Source, StoreKind, Strategy,
-};
+use crate::config::{Config, Source, StoreKind};
+use crate::faults::Faults;
 use crate::logging::{LogFormat, LogLevel};
 use crate::message::InstanceName;
-use crate::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
+use crate::supervision::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
+use crate::supervision::strategy::{Backoff, Strategy};
+use crate::units::{parse_duration, parse_probability};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceArg {
@@ -438,7 +439,7 @@ fn parse_policy<T: std::str::FromStr<Err = PolicyError>>(s: &str) -> Result<T, S
 
 fn parse_faults(s: &str) -> Result<Faults, String> {
     s.parse()
-        .map_err(|e: crate::config::FaultSpecError| e.to_string())
+        .map_err(|e: crate::faults::FaultSpecError| e.to_string())
 }
 
 /// A domain is dot-separated labels, each valid as an instance name.
@@ -611,7 +612,7 @@ mod tests {
 
     #[test]
     fn a_config_file_sets_the_policies_from_tables() {
-        use crate::policy::{Directive, FailureKind, RestartType};
+        use crate::supervision::policy::{Directive, FailureKind, RestartType};
         let toml = r#"
             handler-deadline = "250ms"
             [decider]
@@ -631,10 +632,22 @@ mod tests {
             c.decider.decide(FailureKind::StoreUnavailable),
             Directive::Resume
         );
-        assert_eq!(c.restart_types.of("acker"), RestartType::Temporary);
-        assert_eq!(c.restart_types.of("publisher"), RestartType::Transient);
-        assert_eq!(c.shutdown_timeouts.of("saver"), Duration::from_secs(10));
-        assert_eq!(c.shutdown_timeouts.of("acker"), Duration::from_secs(5));
+        assert_eq!(
+            c.restart_types.of(crate::names::ChildName::Acker),
+            RestartType::Temporary
+        );
+        assert_eq!(
+            c.restart_types.of(crate::names::ChildName::Publisher),
+            RestartType::Transient
+        );
+        assert_eq!(
+            c.shutdown_timeouts.of(crate::names::ChildName::Saver),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            c.shutdown_timeouts.of(crate::names::ChildName::Acker),
+            Duration::from_secs(5)
+        );
         assert_eq!(c.handler_deadline, Duration::from_millis(250));
         assert_eq!(c.faults.0.len(), 2);
         let e = with_file("[decider]\npanic = \"reboot\"", &[])

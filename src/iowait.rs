@@ -25,7 +25,19 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use crate::actors::protocol::Alarm;
+/// An alarm the actor armed has rung.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Alarm;
+
+/// One simulated IO's length: `random() * max`, or `max` itself without jitter.
+pub fn draw_io(max: Duration, jitter: bool, rng: &mut impl rand::Rng) -> Duration {
+    if jitter {
+        max.mul_f64(rng.random::<f64>())
+    } else {
+        max
+    }
+}
 
 /// What rings an actor's alarms.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,19 +1,30 @@
 //! Mayhem Mandrill: a chaos-monkey service on actix, after Lynn Root's "Advanced asyncio:
 //! Solving Real-World Production Problems" (PyCon 2019). See ARCHITECTURE.md for the map.
 
+// Values: plain data, depending on nothing else in the crate.
+pub mod message;
+pub mod names;
+pub mod protocol;
+pub mod units;
+// Contracts: what the pipeline needs from a broker, a store and a restart action.
+pub mod action;
+pub mod broker;
+pub mod store;
+// Runtime utilities.
+pub mod faults;
+pub mod iowait;
+pub mod logging;
+pub mod metrics;
+// Supervision: policy, then runtime.
+pub mod report;
+pub mod supervision;
+// The actors.
 pub mod actors;
+pub mod source;
+// The wiring, the configuration aggregate and the command line.
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod iowait;
-pub mod logging;
-pub mod message;
-pub mod metrics;
-pub mod policy;
-pub mod source;
-pub mod store;
-pub mod subscription;
-pub mod supervision;
 #[cfg(test)]
 mod testkit;
 

@@ -1,4 +1,4 @@
-//! Run-wide counters, the run report printed at exit, and their Prometheus export.
+//! Run-wide counters, latency histograms, and their Prometheus export.
 //!
 //! Counters are relaxed atomics behind one `Arc`: actors on the event loop, the store's
 //! threads and the stdin thread all bump them, and an uncontended relaxed add costs about as
@@ -112,21 +112,6 @@ impl Timings {
     }
 }
 
-/// What one supervised child went through in a run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ChildStats {
-    /// Failures by kind (`panic`, `stall`, `store-unavailable`, ...), resumed ones too.
-    pub failures: std::collections::BTreeMap<&'static str, u64>,
-    /// Restarts, its own and those its supervisor's strategy asked of it.
-    pub restarts: u64,
-    /// Time its restarts were held back by backoff.
-    pub backoff_s: f64,
-    /// Times its failure escalated: by directive, or past the restart intensity.
-    pub escalations: u64,
-    /// Whether it was stopped for good, by directive or by its restart type.
-    pub stopped: bool,
-}
-
 /// Percentiles of a latency, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Percentiles {
@@ -187,71 +172,4 @@ pub fn serve_prometheus(
         .set_buckets_for_metric(Matcher::Suffix("latency_seconds".into()), &latency)?
         .set_buckets_for_metric(Matcher::Full("mandrill_loop_lag_seconds".into()), &handler)?
         .install()
-}
-
-/// The one JSON line printed on stdout at exit.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    #[serde(flatten)]
-    pub counts: Counts,
-    /// Messages the subscription still held at exit: never delivered, waiting for
-    /// redelivery, or nacked at shutdown.
-    pub pending_at_exit: u64,
-    /// From start to the last outcome, or to the signal.
-    pub elapsed_s: f64,
-    /// `(acked + nacked) / elapsed_s`.
-    pub msgs_per_s: f64,
-    /// From the start of the shutdown to its end.
-    pub shutdown_s: f64,
-    /// `done`, `eof`, `escalation` or the signal's name.
-    pub stopped_by: String,
-    pub exit_code: i32,
-    /// The child and reason, when the supervisor escalated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub escalation: Option<String>,
-    /// Per supervised child, by name.
-    pub supervision: std::collections::BTreeMap<&'static str, ChildStats>,
-    /// Children that did not stop within their shutdown timeout, in stop order.
-    pub killed_at_shutdown: Vec<&'static str>,
-    /// From publish to ack, for acked messages.
-    pub ack_latency_ms: Percentiles,
-    /// From a caught panic to the restarted actor's next handler call.
-    pub panic_recovery_ms: Percentiles,
-    /// How late the event loop ran the lag monitor's timer.
-    pub loop_lag_ms: Percentiles,
-}
-
-impl Report {
-    /// Exports every report field: the counts as counters, the rest as gauges.
-    pub fn export(&self) {
-        self.counts.export();
-        metrics::gauge!("mandrill_pending_at_exit").set(self.pending_at_exit as f64);
-        metrics::gauge!("mandrill_elapsed_seconds").set(self.elapsed_s);
-        metrics::gauge!("mandrill_msgs_per_second").set(self.msgs_per_s);
-        metrics::gauge!("mandrill_shutdown_seconds").set(self.shutdown_s);
-        metrics::gauge!("mandrill_exit_code").set(self.exit_code as f64);
-        metrics::gauge!("mandrill_killed_at_shutdown").set(self.killed_at_shutdown.len() as f64);
-        for (&child, s) in &self.supervision {
-            metrics::counter!("mandrill_child_restarts_total", "child" => child)
-                .absolute(s.restarts);
-            metrics::counter!("mandrill_child_escalations_total", "child" => child)
-                .absolute(s.escalations);
-            metrics::gauge!("mandrill_child_backoff_seconds", "child" => child).set(s.backoff_s);
-            metrics::gauge!("mandrill_child_stopped", "child" => child).set(if s.stopped {
-                1.0
-            } else {
-                0.0
-            });
-            for (&kind, &n) in &s.failures {
-                metrics::counter!("mandrill_child_failures_total", "child" => child, "kind" => kind)
-                    .absolute(n);
-            }
-        }
-    }
-
-    /// The conservation law every run must keep.
-    pub fn conserved(&self) -> bool {
-        self.counts.published
-            == self.counts.acked + self.counts.dead_lettered + self.pending_at_exit
-    }
 }

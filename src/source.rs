@@ -11,9 +11,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{error, info};
 
+use crate::broker::memory::{InputClosed, Publish};
 use crate::message::{parse_line, WireError, MAX_LINE};
 use crate::metrics::Metrics;
-use crate::subscription::memory::{InputClosed, Publish};
 
 /// Accepted messages are handed over in batches of at most this many, and sooner whenever
 /// the reader has nothing buffered, so that an interactive producer is not kept waiting.

@@ -11,11 +11,11 @@ use crate::actors::acker::Outcomes;
 use crate::actors::protocol::StepError;
 use crate::message::{Delivery, DeliveryTag, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
-use crate::policy::{ChildPolicy, RestartType};
 use crate::store::{
     memory::MemoryStore, CloseStore, LoadRestarts, RecordRestarts, RestartRow, SaveBatch, Store,
     StoreError,
 };
+use crate::supervision::policy::{ChildPolicy, RestartType};
 use crate::supervision::{BackoffFor, ChildExited, ChildFailed, Link};
 
 /// Records every `M` it receives.
@@ -189,9 +189,9 @@ pub fn start_saver(
     acker: Recipient<Outcomes>,
     store: Addr<FakeStore>,
     config: crate::actors::saver::SaverConfig,
-    injector: crate::config::Injector,
+    injector: crate::faults::Injector,
 ) -> Addr<crate::actors::saver::Saver> {
-    let rng = crate::config::rng_for(Some(1), "saver-io");
+    let rng = crate::faults::rng_for(Some(1), crate::faults::Purpose::SaveIo);
     actix::Supervisor::start(move |_| {
         crate::actors::saver::Saver::new(
             link,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mandrill::app;
 use mandrill::config::{Config, StoreKind, Strategy};
-use mandrill::metrics::Report;
+use mandrill::report::Report;
 
 /// A fast in-process run of 5,000 messages, with no restart failures, no escalation,
 /// and small pulls: many handler calls, and so many chances to panic.

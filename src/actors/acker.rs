@@ -13,10 +13,12 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::actors::protocol::{Batch, Outcome, Probe, Probed, Shutdown, Step, StepResult};
-use crate::config::Injector;
+use crate::actors::protocol::{Batch, Outcome, Step, StepResult};
+use crate::broker::{Extend, Settle, Settlement, Verdict};
+use crate::faults::Injector;
 use crate::message::{Delivery, DeliveryTag};
-use crate::subscription::{Extend, Settle, Settlement, Verdict};
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{guard, note_restart, Child, Link};
 use crate::{FastMap, FLOW};
 
@@ -201,7 +203,7 @@ impl Actor for Acker {
 }
 
 impl Child for Acker {
-    const NAME: &'static str = "acker";
+    const NAME: ChildName = ChildName::Acker;
     fn link(&self) -> &Link {
         &self.link
     }
@@ -425,7 +427,7 @@ impl Handler<Probe> for Acker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::restarter::RestartError;
+    use crate::action::RestartError;
     use crate::testkit::{delivery, link, settle, sink, Got};
 
     struct Rig {
@@ -439,13 +441,13 @@ mod tests {
         let (link, failed, _) = link();
         let (settle, settled) = sink();
         let (extend, extended) = sink();
-        let faults: crate::config::Faults = panic_rate.parse().unwrap();
+        let faults: crate::faults::Faults = panic_rate.parse().unwrap();
         let config = AckerConfig {
             message_timeout: Duration::from_secs(30),
             ack_deadline: Duration::from_secs(10),
             redelivery_delay: Duration::from_secs(2),
         };
-        let injector = faults.injector("acker", Some(1));
+        let injector = faults.injector(ChildName::Acker, Some(1));
         let acker =
             actix::Supervisor::start(move |_| Acker::new(link, settle, extend, config, injector));
         Rig {
@@ -603,7 +605,9 @@ mod tests {
             .await
             .unwrap();
         r.acker
-            .send(crate::supervision::RestartChild { because: "saver" })
+            .send(crate::supervision::RestartChild {
+                because: ChildName::Saver,
+            })
             .await
             .unwrap();
         settle().await;
@@ -624,7 +628,7 @@ mod tests {
         assert_eq!(v, vec![(DeliveryTag(1), NACK), (DeliveryTag(2), NACK)]);
         let failed = r.failed.take();
         assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].child, "acker");
+        assert_eq!(failed[0].child, ChildName::Acker);
         // The same address answers after the restart.
         assert_eq!(r.acker.send(InFlight).await.unwrap(), 0);
     }

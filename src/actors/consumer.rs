@@ -11,13 +11,15 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use crate::actors::acker::{Abandon, Track};
-use crate::actors::protocol::{Batch, Probe, Probed, Shutdown};
+use crate::actors::protocol::Batch;
 use crate::actors::restarter::Restart;
 use crate::actors::saver::Save;
-use crate::config::Injector;
+use crate::broker::{BrokerError, Pull};
+use crate::faults::Injector;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
-use crate::subscription::{Pull, SubscriptionError};
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{guard, note_restart, report_error, Child, Link};
 use crate::FLOW;
 
@@ -97,7 +99,7 @@ impl Consumer {
         actix_rt::spawn(async move {
             let res = request
                 .await
-                .unwrap_or_else(|e| Err(SubscriptionError::Unavailable(e.to_string())));
+                .unwrap_or_else(|e| Err(BrokerError::Unavailable(e.to_string())));
             me.do_send(Pulled(res));
         });
     }
@@ -147,7 +149,7 @@ impl Actor for Consumer {
 }
 
 impl Child for Consumer {
-    const NAME: &'static str = "consumer";
+    const NAME: ChildName = ChildName::Consumer;
     fn link(&self) -> &Link {
         &self.link
     }
@@ -180,7 +182,7 @@ impl Supervised for Consumer {
 /// The subscription's answer to the Consumer's last pull.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Pulled(pub Result<Vec<Delivery>, SubscriptionError>);
+pub struct Pulled(pub Result<Vec<Delivery>, BrokerError>);
 
 impl Handler<Pulled> for Consumer {
     type Result = ();
@@ -195,7 +197,7 @@ impl Handler<Pulled> for Consumer {
                 }
             }
             Err(e) => {
-                report_error(&self.link.metrics, Self::NAME, false, &e);
+                report_error(&self.link.metrics, Self::NAME.as_str(), false, &e);
                 ctx.run_later(RETRY, |act, ctx| act.pull_next(ctx));
             }
         }
@@ -225,13 +227,13 @@ impl Handler<Probe> for Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig, Publish};
     use crate::message::{InstanceName, Message};
-    use crate::subscription::memory::{MemoryConfig, MemorySubscription, Publish};
     use crate::testkit::{link, settle, sink, Got};
     use std::sync::Arc;
 
     struct Rig {
-        sub: Addr<MemorySubscription>,
+        sub: Addr<MemoryBroker>,
         consumer: Addr<Consumer>,
         tracked: Got<Track>,
         saved: Got<Save>,
@@ -240,8 +242,8 @@ mod tests {
 
     fn rig(max_in_flight: usize) -> Rig {
         let (link, _, _) = link();
-        let sub = MemorySubscription::new(
-            MemoryConfig {
+        let sub = MemoryBroker::new(
+            MemoryBrokerConfig {
                 max_in_flight,
                 max_deliveries: 5,
                 ack_deadline: Duration::from_secs(10),
@@ -260,7 +262,7 @@ mod tests {
             restart,
         };
         let pull = sub.clone().recipient();
-        let injector = crate::config::Faults::default().injector("consumer", None);
+        let injector = crate::faults::Faults::default().injector(ChildName::Consumer, None);
         let consumer =
             actix::Supervisor::start(move |_| Consumer::new(link, pull, downstream, 100, injector));
         Rig {

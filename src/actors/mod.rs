@@ -1,5 +1,7 @@
-//! The actors, one file each. `supervisor` holds the supervision tree and `signal` the
-//! shutdown phases; `protocol` holds the messages several actors share.
+//! The actors, one file each: the pipeline (`publisher`, `consumer`, `saver`, `restarter`,
+//! `acker`), and the two that look after it as a whole: `signal`, which owns the
+//! shutdown, and `monitor`, which reports on it. `protocol` holds what several of them
+//! share.
 
 pub mod acker;
 pub mod consumer;
@@ -9,4 +11,25 @@ pub mod publisher;
 pub mod restarter;
 pub mod saver;
 pub mod signal;
-pub mod supervisor;
+
+use actix::Addr;
+
+use crate::broker::memory::MemoryBroker;
+use crate::supervision::supervisor::Supervisor;
+use crate::supervision::tree::Tree;
+
+/// The addresses of the running pipeline, for the actors that look after it as a whole
+/// and for extensions that hook into it. `crate::app` builds it.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub supervisor: Addr<Supervisor>,
+    pub broker: Addr<MemoryBroker>,
+    pub acker: Addr<acker::Acker>,
+    pub saver: Addr<saver::Saver>,
+    pub restarter: Addr<restarter::Restarter>,
+    pub consumer: Addr<consumer::Consumer>,
+    /// Absent when messages come from standard input.
+    pub publisher: Option<Addr<publisher::Publisher>>,
+    /// Every child, in start order, as the Supervisor and the shutdown see them.
+    pub tree: Tree,
+}

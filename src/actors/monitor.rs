@@ -13,10 +13,10 @@ use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
 
 use crate::actors::acker::InFlight;
-use crate::actors::protocol::{Probe, Probed};
-use crate::actors::supervisor::{SupervisionStats, Tree};
-use crate::config::Config;
+use crate::actors::Pipeline;
 use crate::metrics::Metrics;
+use crate::protocol::{Probe, Probed};
+use crate::supervision::supervisor::SupervisionStats;
 
 /// How often the lag timer is due. Short enough to see a stall of a tenth of a second,
 /// long enough to cost nothing.
@@ -26,8 +26,17 @@ const EXPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long the dump waits for each actor's answer.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
 
+/// What the Monitor watches for and how often it reports.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorConfig {
+    /// A loop lag of this much or more logs a warning.
+    pub lag_warn: Duration,
+    /// How often to print the status line, if at all.
+    pub status_every: Option<Duration>,
+}
+
 pub struct Monitor {
-    tree: Tree,
+    tree: Pipeline,
     metrics: Arc<Metrics>,
     lag_warn: Duration,
     status_every: Option<Duration>,
@@ -39,7 +48,7 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(tree: Tree, config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(tree: Pipeline, config: MonitorConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             tree,
             metrics,
@@ -166,7 +175,7 @@ impl Handler<Dump> for Monitor {
                 if let Some(p) = &tree.publisher {
                     lines.push(probe("publisher", p.clone()).await.0);
                 }
-                lines.push(probe("subscription", tree.subscription.clone()).await.0);
+                lines.push(probe("subscription", tree.broker.clone()).await.0);
                 lines.push(probe("consumer", tree.consumer.clone()).await.0);
                 lines.push(probe("saver", tree.saver.clone()).await.0);
                 lines.push(probe("restarter", tree.restarter.clone()).await.0);

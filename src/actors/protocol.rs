@@ -1,50 +1,15 @@
-//! Messages and data shared by several actors. Messages that only one actor handles sit
-//! in that actor's file, right before their `impl Handler`.
+//! What the pipeline's actors share: the batch the Consumer dispatches, the outcome of a
+//! step, and what the Restarter tells its watchers. Messages that only one actor handles
+//! sit in that actor's file, right before their `impl Handler`.
 
 use actix::Message;
 use thiserror::Error;
 
-use crate::actors::restarter::RestartError;
-use crate::message::{Delivery, InstanceName, Message as PubSubMessage};
+use crate::action::RestartError;
+use crate::message::{Delivery, InstanceName};
 use crate::store::StoreError;
 
-/// Stops a child at shutdown, answered once it has stopped: the Publisher stops
-/// publishing, the Consumer stops pulling, the Restarter fails what is still running, the
-/// Saver commits its last batch and closes the store, the Acker nacks what is left. Every
-/// child handles it, and the SignalActor sends it in reverse start order.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
 /// The two steps every message goes through, at the same time.
-/// Asks an actor to describe itself, for the live dump on SIGUSR1. Every core actor
-/// handles it. It waits in the mailbox behind everything sent before it, so how long the
-/// answer takes shows how far behind the actor is; actix does not expose mailbox depth.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Probed")]
-pub struct Probe;
-
-/// What an actor says about itself.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Probed {
-    /// Its state: running, retired, stopped, closing and so on.
-    pub state: &'static str,
-    /// The sizes of its own queues and tables, by name.
-    pub holds: Vec<(&'static str, usize)>,
-    /// The age of the oldest message it holds, where it keeps ages.
-    pub oldest: Option<std::time::Duration>,
-}
-
-impl Probed {
-    pub fn new(state: &'static str, holds: &[(&'static str, usize)]) -> Self {
-        Self {
-            state,
-            holds: holds.to_vec(),
-            oldest: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Save,
@@ -59,14 +24,13 @@ pub enum StepError {
     #[error(transparent)]
     Restart(#[from] RestartError),
     #[error("{0} restarted before it finished")]
-    Restarted(&'static str),
+    Restarted(crate::names::ChildName),
     #[error("{0} is closed")]
-    Closed(&'static str),
+    Closed(crate::names::ChildName),
     #[error("{0} is stopped")]
-    Stopped(&'static str),
+    Stopped(crate::names::ChildName),
 }
 
-/// The result of one step for one delivery.
 /// A batch of dispatched deliveries. The Consumer sends one batch to the Acker, the Saver
 /// and the Restarter; sharing it saves two copies of every delivery.
 pub type Batch = std::sync::Arc<[Delivery]>;
@@ -96,16 +60,7 @@ impl Outcome {
             result: Err(Box::new(e.into())),
         }
     }
-
-    pub fn message(&self) -> &PubSubMessage {
-        &self.delivery.message
-    }
 }
-
-/// An alarm the actor armed has rung; see `crate::iowait`.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct Alarm;
 
 /// What became of one host's restart.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,11 +10,13 @@ use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tracing::info;
 
-use crate::actors::protocol::{Alarm, Probe, Probed, Shutdown};
-use crate::config::Injector;
+use crate::broker::memory::{InputClosed, Publish};
+use crate::faults::Injector;
+use crate::iowait::Alarm;
 use crate::iowait::AlarmClock;
 use crate::message::{InstanceName, Message};
-use crate::subscription::memory::{InputClosed, Publish};
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{exited_normally, guard, note_restart, Child, Directive, Link};
 use crate::FLOW;
 
@@ -206,7 +208,7 @@ impl Actor for Publisher {
 }
 
 impl Child for Publisher {
-    const NAME: &'static str = "publisher";
+    const NAME: ChildName = ChildName::Publisher;
     fn link(&self) -> &Link {
         &self.link
     }
@@ -271,7 +273,7 @@ impl Handler<Probe> for Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{ChildPolicy, RestartType};
+    use crate::supervision::policy::{ChildPolicy, RestartType};
     use crate::supervision::{ChildExited, RestartChild};
     use crate::testkit::{link_with, settle, sink, Got};
 
@@ -310,8 +312,8 @@ mod tests {
             rate,
             clock: AlarmClock::Tokio,
         };
-        let rng = crate::config::rng_for(Some(seed), "publisher");
-        let injector = crate::config::Faults::default().injector("publisher", None);
+        let rng = crate::faults::rng_for(Some(seed), crate::faults::Purpose::Publishing);
+        let injector = crate::faults::Faults::default().injector(ChildName::Publisher, None);
         let publisher = actix::Supervisor::start(move |_| {
             Publisher::new(link, publish, input_closed, config, rng, injector)
         });
@@ -334,7 +336,9 @@ mod tests {
         assert_eq!(r.closed.len(), 1);
         // Its supervisor's strategy may still restart it; it stays finished.
         r.publisher
-            .send(RestartChild { because: "acker" })
+            .send(RestartChild {
+                because: ChildName::Acker,
+            })
             .await
             .unwrap();
         settle().await;
@@ -352,7 +356,7 @@ mod tests {
         // The supervisor restarts it, and it publishes a fresh round.
         r.publisher
             .send(RestartChild {
-                because: "publisher",
+                because: ChildName::Publisher,
             })
             .await
             .unwrap();

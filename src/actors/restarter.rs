@@ -2,38 +2,34 @@
 //!
 //! It receives deliveries from the Consumer, skips hosts restarted less than the minimum
 //! interval ago (the talk's "block when needed"), simulates the rest, records successful
-//! restarts in the store's history, and sends outcomes to the Acker. It tells the
-//! SignalActor which restarts are running, so that the shutdown shields them.
+//! restarts in the store's history, and sends outcomes to the Acker. The SignalActor asks
+//! it which restarts are running (`Running`), so that the shutdown shields them.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
-use thiserror::Error;
 use tokio::time::Instant;
 use tracing::info;
 use uuid::Uuid;
 
+use crate::action::RestartError;
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{
-    Alarm, Batch, HostRestart, HostRestarts, Outcome, Probe, Probed, RestartOutcome, Shutdown,
-    Step, StepError,
+    Batch, HostRestart, HostRestarts, Outcome, RestartOutcome, Step, StepError,
 };
-use crate::config::{draw_io, Injector};
+use crate::faults::Injector;
+use crate::iowait::draw_io;
+use crate::iowait::Alarm;
 use crate::iowait::{AlarmClock, IoWait};
-use crate::message::{Delivery, Hostname, InstanceName};
+use crate::message::{Delivery, InstanceName};
 use crate::metrics::Metrics;
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastSet, FLOW};
-
-/// Why a host restart failed.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum RestartError {
-    #[error("Could not restart {0}")]
-    Failed(Hostname),
-}
 
 /// How restarts behave.
 #[derive(Debug, Clone)]
@@ -216,7 +212,7 @@ impl Restarter {
         let failed = self.rng.random::<f64>() < self.config.failure_rate;
         if failed || self.injector.error() {
             let e = RestartError::Failed(host.hostname(&self.config.domain));
-            report_error(&self.link.metrics, Self::NAME, true, &e);
+            report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
             self.notice(host, || RestartOutcome::Failed(e.clone()));
             let kind = (&e).into();
             let directive = fail(self, ctx, kind, &e);
@@ -292,14 +288,14 @@ impl Actor for Restarter {
                 info!("Loaded {} recent restarts from the history", rows.len());
                 act.state.last_restart.extend(rows);
             }
-            Ok(Err(e)) => report_error(&act.link.metrics, Self::NAME, false, &e),
-            Err(e) => report_error(&act.link.metrics, Self::NAME, false, &e),
+            Ok(Err(e)) => report_error(&act.link.metrics, Self::NAME.as_str(), false, &e),
+            Err(e) => report_error(&act.link.metrics, Self::NAME.as_str(), false, &e),
         }));
     }
 }
 
 impl Child for Restarter {
-    const NAME: &'static str = "restarter";
+    const NAME: ChildName = ChildName::Restarter;
     fn link(&self) -> &Link {
         &self.link
     }
@@ -495,8 +491,8 @@ mod tests {
             min_interval,
             domain: "example.net".into(),
         };
-        let injector = crate::config::Faults::default().injector("restarter", Some(1));
-        let rng = crate::config::rng_for(Some(1), "restarter");
+        let injector = crate::faults::Faults::default().injector(ChildName::Restarter, Some(1));
+        let rng = crate::faults::rng_for(Some(1), crate::faults::Purpose::SimulatedRestarts);
         let restarter = actix::Supervisor::start(move |_| {
             Restarter::new(link, acker, load, record, config, rng, injector)
         });

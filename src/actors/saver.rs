@@ -13,11 +13,15 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::actors::acker::Outcomes;
-use crate::actors::protocol::{Alarm, Batch, Outcome, Probe, Probed, Shutdown, Step, StepError};
-use crate::config::{draw_io, Injector};
+use crate::actors::protocol::{Batch, Outcome, Step, StepError};
+use crate::faults::Injector;
+use crate::iowait::draw_io;
+use crate::iowait::Alarm;
 use crate::iowait::{AlarmClock, IoWait};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::FLOW;
@@ -188,7 +192,7 @@ impl Saver {
                 self.report(outcomes);
             }
             Err(e) => {
-                report_error(&self.link.metrics, Self::NAME, false, &e);
+                report_error(&self.link.metrics, Self::NAME.as_str(), false, &e);
                 let outcomes = batch
                     .into_iter()
                     .map(|d| Outcome::err(d, e.clone()))
@@ -222,7 +226,7 @@ impl Saver {
         ctx.spawn(close.into_actor(self).map(|res, act, _| {
             let res = res.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
             if let Err(e) = &res {
-                report_error(&act.link.metrics, Self::NAME, false, e);
+                report_error(&act.link.metrics, Self::NAME.as_str(), false, e);
             }
             if let Some(reply) = act.state.closing.take() {
                 let _ = reply.send(res);
@@ -260,7 +264,7 @@ impl Actor for Saver {
 }
 
 impl Child for Saver {
-    const NAME: &'static str = "saver";
+    const NAME: ChildName = ChildName::Saver;
     fn link(&self) -> &Link {
         &self.link
     }
@@ -444,13 +448,13 @@ mod tests {
             batch_size,
             flush_interval: Duration::from_millis(5),
         };
-        let faults: crate::config::Faults = faults.parse().unwrap();
+        let faults: crate::faults::Faults = faults.parse().unwrap();
         let saver = start_saver(
             link,
             acker,
             store,
             config,
-            faults.injector("saver", Some(1)),
+            faults.injector(ChildName::Saver, Some(1)),
         );
         Rig {
             saver,
@@ -537,7 +541,10 @@ mod tests {
             .await
             .unwrap();
         settle().await;
-        assert_eq!(results(&r.outcomes), vec![Err(StepError::Closed("saver"))]);
+        assert_eq!(
+            results(&r.outcomes),
+            vec![Err(StepError::Closed(ChildName::Saver))]
+        );
     }
 
     #[actix_rt::test]
@@ -549,16 +556,90 @@ mod tests {
             .await
             .unwrap();
         settle().await;
-        let want = Err(StepError::Restarted("saver"));
+        let want = Err(StepError::Restarted(ChildName::Saver));
         assert_eq!(results(&r.outcomes), vec![want.clone(), want]);
         // Restarted in place: the same address takes the close request.
         r.saver.send(Close).await.unwrap().unwrap();
     }
 
+    #[actix_rt::test]
+    async fn backoff_holds_messages_doubles_per_failure_and_resets_when_quiet() {
+        use crate::supervision::strategy::{Backoff, Intensity, Strategy};
+        use crate::supervision::supervisor::{Settings, Supervisor};
+        use crate::supervision::{ChildFailed, Directive, FailureKind, RestartChild};
+        use tokio::time::Instant;
+        tokio::time::pause();
+        let (escalate, _) = sink();
+        let intensity = Intensity {
+            max_restarts: 100,
+            window: Duration::from_secs(60),
+        };
+        let backoff = Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            jitter: 0.0,
+            reset_after: Duration::from_secs(60),
+        };
+        let settings = Settings {
+            strategy: Strategy::OneForOne,
+            intensity,
+            backoff,
+            seed: Some(1),
+        };
+        let sup = Supervisor::new(settings, &Default::default(), escalate).start();
+        let (mut link, _, _) = crate::testkit::link_with(crate::supervision::ChildPolicy {
+            decider: Default::default(),
+            restart: crate::supervision::RestartType::Permanent,
+        });
+        link.supervisor = sup.clone().recipient();
+        link.backoff = sup.clone().recipient();
+        let (acker, outcomes) = sink();
+        let (store, _) = FakeStore::start(None);
+        let config = SaverConfig {
+            io_delay: Duration::ZERO,
+            io_jitter: true,
+            io_clock: crate::iowait::AlarmClock::Tokio,
+            batch_size: 1,
+            flush_interval: Duration::from_millis(5),
+        };
+        let injector = crate::faults::Injector::none(ChildName::Saver);
+        let saver = start_saver(link, acker, store, config, injector);
+        settle().await;
+        // Two failures in a row double the delay; after a quiet minute it starts over.
+        for (tag, backoff, quiet) in [(1, 1000, 0), (2, 2000, 0), (3, 1000, 61)] {
+            tokio::time::sleep(Duration::from_secs(quiet)).await;
+            // The saver fails (as its guard would report it) and restarts.
+            sup.send(ChildFailed {
+                child: ChildName::Saver,
+                kind: FailureKind::Panic,
+                reason: "boom".into(),
+                directive: Directive::RestartWithBackoff,
+            })
+            .await
+            .unwrap();
+            saver
+                .send(RestartChild {
+                    because: ChildName::Saver,
+                })
+                .await
+                .unwrap();
+            let start = Instant::now();
+            saver.do_send(Save(vec![delivery(tag, "cattle-a")].into()));
+            tokio::time::sleep(Duration::from_millis(backoff - 50)).await;
+            assert!(results(&outcomes).is_empty(), "handled during the backoff");
+            while results(&outcomes).is_empty() {
+                assert!(start.elapsed() < Duration::from_millis(backoff + 100));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let took = start.elapsed().as_millis() as u64;
+            assert!((backoff..backoff + 100).contains(&took), "took {took} ms");
+        }
+    }
+
     /// One test per directive of the decider, each through a real failure of the Saver.
     mod directives {
         use super::*;
-        use crate::policy::{ChildPolicy, Decider, RestartType};
+        use crate::supervision::policy::{ChildPolicy, Decider, RestartType};
         use crate::supervision::{ChildFailed, Directive, FailureKind};
         use crate::testkit::{link_with, start_saver};
         use std::sync::atomic::Ordering::Relaxed;
@@ -588,9 +669,9 @@ mod tests {
                 batch_size: 1,
                 flush_interval: Duration::from_millis(5),
             };
-            let faults: crate::config::Faults = faults.parse().unwrap();
+            let faults: crate::faults::Faults = faults.parse().unwrap();
             let injector = faults
-                .injector("saver", Some(1))
+                .injector(ChildName::Saver, Some(1))
                 .stalling_for(Duration::from_millis(40));
             let saver = start_saver(link.clone(), acker, store, config, injector);
             Rig {
@@ -645,7 +726,10 @@ mod tests {
         #[actix_rt::test]
         async fn restart_is_the_default_for_a_panic() {
             let r = rig("", PERMANENT, None, "panic:saver=1");
-            assert_eq!(r.save(1).await, vec![Err(StepError::Restarted("saver"))]);
+            assert_eq!(
+                r.save(1).await,
+                vec![Err(StepError::Restarted(ChildName::Saver))]
+            );
             assert_eq!(r.reports(), [(FailureKind::Panic, Directive::Restart)]);
             assert_eq!(r.restarts(), 1);
         }
@@ -671,16 +755,25 @@ mod tests {
                 r.reports(),
                 [(FailureKind::StoreCorrupt, Directive::Escalate)]
             );
-            assert_eq!(r.save(2).await, vec![Err(StepError::Stopped("saver"))]);
+            assert_eq!(
+                r.save(2).await,
+                vec![Err(StepError::Stopped(ChildName::Saver))]
+            );
             assert_eq!(r.restarts(), 0);
         }
 
         #[actix_rt::test]
         async fn stop_refuses_all_later_work_but_still_closes_the_store() {
             let r = rig("panic=stop", PERMANENT, None, "panic:saver=1");
-            assert_eq!(r.save(1).await, vec![Err(StepError::Restarted("saver"))]);
+            assert_eq!(
+                r.save(1).await,
+                vec![Err(StepError::Restarted(ChildName::Saver))]
+            );
             assert_eq!(r.reports(), [(FailureKind::Panic, Directive::Stop)]);
-            assert_eq!(r.save(2).await, vec![Err(StepError::Stopped("saver"))]);
+            assert_eq!(
+                r.save(2).await,
+                vec![Err(StepError::Stopped(ChildName::Saver))]
+            );
             assert_eq!(r.restarts(), 0);
             r.saver.send(Close).await.unwrap().unwrap();
         }
@@ -690,7 +783,10 @@ mod tests {
             let r = rig("", RestartType::Temporary, None, "panic:saver=1");
             r.save(1).await;
             assert_eq!(r.reports(), [(FailureKind::Panic, Directive::Stop)]);
-            assert_eq!(r.save(2).await, vec![Err(StepError::Stopped("saver"))]);
+            assert_eq!(
+                r.save(2).await,
+                vec![Err(StepError::Stopped(ChildName::Saver))]
+            );
             assert_eq!(r.restarts(), 0);
         }
 

@@ -17,15 +17,16 @@ use tokio::time::{timeout, Instant};
 use tracing::{error, info, warn};
 
 use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
-use crate::actors::consumer::Consumer;
-use crate::actors::monitor::{Dump, Monitor};
-use crate::actors::protocol::Shutdown;
+use crate::actors::monitor::{Dump, Monitor, MonitorConfig};
 use crate::actors::restarter::Running;
-use crate::actors::supervisor::{Escalate, StopEntry, SupervisionStats, Tree};
-use crate::config::{Config, Source};
-use crate::metrics::{Metrics, Report};
-use crate::subscription::memory::{Holdings, InputClosed, Inspect, WhenSettled};
-use crate::supervision::Child;
+use crate::actors::Pipeline;
+use crate::broker::memory::{Holdings, InputClosed, Inspect, WhenSettled};
+use crate::metrics::Metrics;
+use crate::names::{ChildName, Signal};
+use crate::protocol::Shutdown;
+use crate::report::Report;
+use crate::supervision::supervisor::{Escalate, SupervisionStats};
+use crate::supervision::tree::Member;
 
 /// Bounds every request the shutdown makes that has no timeout of its own, so that a
 /// wedged actor cannot hang it.
@@ -34,13 +35,13 @@ const ASK: Duration = Duration::from_secs(2);
 /// Why the service is stopping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    Signal(&'static str),
+    Signal(Signal),
     /// The simulated publisher sent its `--messages` and every one is settled.
     Done,
     /// Standard input ended and every message is settled.
     Eof,
     Escalation {
-        child: &'static str,
+        child: ChildName,
         reason: String,
     },
 }
@@ -48,7 +49,7 @@ pub enum Cause {
 impl Cause {
     fn stopped_by(&self) -> String {
         match self {
-            Cause::Signal(name) => (*name).to_string(),
+            Cause::Signal(signal) => signal.name().to_string(),
             Cause::Done => "done".into(),
             Cause::Eof => "eof".into(),
             Cause::Escalation { .. } => "escalation".into(),
@@ -63,22 +64,27 @@ impl Cause {
     }
 }
 
-/// The shutdown's own timeouts; each child's stands in the tree.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+/// How the service stops; each child's own shutdown timeout stands in the tree.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long in-flight messages may finish before the rest are nacked.
     pub drain: Duration,
+    /// How long restarts already running are waited for.
     pub shield: Duration,
+    /// Off in in-process tests, which must not take over the test runner's signals.
+    pub handle_signals: bool,
+    /// What ends a finite run once everything is settled: `Done` when the publisher
+    /// sent its last message, `Eof` at the end of input.
+    pub settled_cause: Cause,
 }
 
 /// Where the report goes once written; `crate::app::run` collects it.
 pub type ReportSlot = Arc<Mutex<Option<Report>>>;
 
 pub struct SignalActor {
-    tree: Tree,
+    pipeline: Pipeline,
     monitor: Addr<Monitor>,
-    timeouts: Timeouts,
-    handle_signals: bool,
-    source: Source,
+    config: ShutdownConfig,
     metrics: Arc<Metrics>,
     started: Instant,
     shutting_down: bool,
@@ -86,17 +92,20 @@ pub struct SignalActor {
 }
 
 impl SignalActor {
-    pub fn new(tree: Tree, config: &Config, metrics: Arc<Metrics>, report: ReportSlot) -> Self {
-        let monitor = Monitor::new(tree.clone(), config, metrics.clone()).start();
+    pub fn new(
+        pipeline: Pipeline,
+        config: ShutdownConfig,
+        monitor: MonitorConfig,
+        metrics: Arc<Metrics>,
+        report: ReportSlot,
+    ) -> Self {
+        // Started plainly, not supervised: it only reads, and nothing it does can fail
+        // the service.
+        let monitor = Monitor::new(pipeline.clone(), monitor, metrics.clone()).start();
         Self {
-            tree,
+            pipeline,
             monitor,
-            timeouts: Timeouts {
-                drain: config.drain_timeout,
-                shield: config.shield_timeout,
-            },
-            handle_signals: config.handle_signals,
-            source: config.source,
+            config,
             metrics,
             started: Instant::now(),
             shutting_down: false,
@@ -111,9 +120,9 @@ impl SignalActor {
         self.shutting_down = true;
         let stopping_at = Instant::now();
         let run = shutdown(
-            self.tree.clone(),
+            self.pipeline.clone(),
             cause,
-            self.timeouts,
+            self.config.clone(),
             self.metrics.clone(),
             self.started,
             stopping_at,
@@ -128,24 +137,24 @@ impl SignalActor {
     #[cfg(unix)]
     fn listen(&self, ctx: &mut Context<Self>) {
         use actix_rt::signal::unix::{signal, SignalKind};
-        let kinds = [
-            (SignalKind::interrupt(), "SIGINT"),
-            (SignalKind::terminate(), "SIGTERM"),
-            (SignalKind::hangup(), "SIGHUP"),
-            (SignalKind::user_defined1(), "SIGUSR1"),
-            (SignalKind::quit(), "SIGQUIT"),
-        ];
-        for (kind, name) in kinds {
+        for sig in Signal::ALL {
+            let kind = match sig {
+                Signal::Int => SignalKind::interrupt(),
+                Signal::Term => SignalKind::terminate(),
+                Signal::Hup => SignalKind::hangup(),
+                Signal::Usr1 => SignalKind::user_defined1(),
+                Signal::Quit => SignalKind::quit(),
+            };
             match signal(kind) {
                 Ok(mut stream) => {
                     let me = ctx.address();
                     actix_rt::spawn(async move {
                         while stream.recv().await.is_some() {
-                            me.do_send(OsSignal(name));
+                            me.do_send(OsSignal(sig));
                         }
                     });
                 }
-                Err(e) => error!("Cannot listen for {name}: {e}"),
+                Err(e) => error!("Cannot listen for {sig}: {e}"),
             }
         }
     }
@@ -154,7 +163,7 @@ impl SignalActor {
     #[cfg(not(unix))]
     fn listen(&self, ctx: &mut Context<Self>) {
         let me = ctx.address();
-        if let Err(e) = ctrlc::set_handler(move || me.do_send(OsSignal("SIGINT"))) {
+        if let Err(e) = ctrlc::set_handler(move || me.do_send(OsSignal(Signal::Int))) {
             error!("Cannot listen for Ctrl-C: {e}");
         }
     }
@@ -164,15 +173,12 @@ impl Actor for SignalActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.handle_signals {
+        if self.config.handle_signals {
             self.listen(ctx);
         }
-        let cause = match self.source {
-            Source::Simulated => Cause::Done,
-            Source::Stdin => Cause::Eof,
-        };
+        let cause = self.config.settled_cause.clone();
         // A finite run (--messages or stdin) ends once everything it published is settled.
-        let settled = self.tree.subscription.send(WhenSettled);
+        let settled = self.pipeline.broker.send(WhenSettled);
         let me = ctx.address();
         actix_rt::spawn(async move {
             if let Ok(rx) = settled.await {
@@ -187,24 +193,24 @@ impl Actor for SignalActor {
 /// A named OS signal arrived.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct OsSignal(pub &'static str);
+pub struct OsSignal(pub Signal);
 
 impl Handler<OsSignal> for SignalActor {
     type Result = ();
-    fn handle(&mut self, OsSignal(name): OsSignal, ctx: &mut Context<Self>) {
-        match name {
-            "SIGUSR1" => {
+    fn handle(&mut self, OsSignal(sig): OsSignal, ctx: &mut Context<Self>) {
+        match sig {
+            Signal::Usr1 => {
                 info!("Received SIGUSR1; dumping the service's state, which does not stop it");
                 self.monitor.do_send(Dump);
             }
-            "SIGQUIT" => info!("Received {name}; it does not stop the service"),
-            "SIGINT" | "SIGTERM" if self.shutting_down => {
-                let code = if name == "SIGINT" { 130 } else { 143 };
-                error!("Received {name} again during shutdown; exiting now with status {code}");
+            Signal::Quit => info!("Received {sig}; it does not stop the service"),
+            Signal::Int | Signal::Term if self.shutting_down => {
+                let code = sig.exit_status();
+                error!("Received {sig} again during shutdown; exiting now with status {code}");
                 crate::logging::flush();
                 std::process::exit(code);
             }
-            _ => self.begin(Cause::Signal(name), ctx),
+            Signal::Int | Signal::Term | Signal::Hup => self.begin(Cause::Signal(sig), ctx),
         }
     }
 }
@@ -248,34 +254,34 @@ async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) ->
 /// Stops one child, waiting for it up to its shutdown timeout. A child that does not
 /// answer in time is left behind, as OTP's `brutal_kill` after a timeout leaves a child
 /// that would not stop: the shutdown goes on, and the process exit ends it.
-async fn stop_child(child: StopEntry, killed: &mut Vec<&'static str>) {
+async fn stop_child(child: &Member, killed: &mut Vec<&'static str>) {
     let what = format!("{} to stop", child.name);
     if within(child.timeout, &what, child.shutdown.send(Shutdown))
         .await
         .is_none()
     {
         error!(
-            child = child.name,
+            child = child.name.as_str(),
             "Supervision: {} did not stop within {:?}; going on without it",
             child.name,
             child.timeout
         );
-        killed.push(child.name);
+        killed.push(child.name.as_str());
     }
 }
 
 /// The ordered shutdown. Each phase logs one line and is bounded by a timeout.
 async fn shutdown(
-    tree: Tree,
+    pipeline: Pipeline,
     cause: Cause,
-    timeouts: Timeouts,
+    timeouts: ShutdownConfig,
     metrics: Arc<Metrics>,
     run_started: Instant,
     stopping_at: Instant,
 ) -> Report {
     // 1. Stop intake.
     match &cause {
-        Cause::Signal(name) => info!("Received exit signal {name}..."),
+        Cause::Signal(sig) => info!("Received exit signal {sig}..."),
         Cause::Done => info!("Published every message and all are settled; shutting down..."),
         Cause::Eof => info!("Input ended and all messages are settled; shutting down..."),
         Cause::Escalation { child, reason } => {
@@ -285,25 +291,25 @@ async fn shutdown(
     //    The children stop in reverse start order, those that take work in first, up to
     //    and including the Consumer.
     let mut killed = Vec::new();
-    let mut order = tree.stop_order().into_iter();
+    let order: Vec<Member> = pipeline.tree.stop_order().cloned().collect();
+    let mut order = order.iter();
     for child in order.by_ref() {
-        let name = child.name;
         stop_child(child, &mut killed).await;
-        if name == Consumer::NAME {
+        if child.name == ChildName::Consumer {
             break;
         }
     }
-    tree.subscription.do_send(InputClosed);
+    pipeline.broker.do_send(InputClosed);
 
     // 2. Drain: let in-flight messages finish normally.
-    let n = within(ASK, "the in-flight count", tree.acker.send(InFlight)).await;
+    let n = within(ASK, "the in-flight count", pipeline.acker.send(InFlight)).await;
     info!(
         "Draining {} in-flight messages for up to {:?}",
         n.and_then(Result::ok).unwrap_or(0),
         timeouts.drain
     );
     if !timeouts.drain.is_zero() {
-        if let Some(Ok(idle)) = within(ASK, "the acker", tree.acker.send(WhenIdle)).await {
+        if let Some(Ok(idle)) = within(ASK, "the acker", pipeline.acker.send(WhenIdle)).await {
             within(timeouts.drain, "the drain", idle).await;
         }
     }
@@ -314,12 +320,14 @@ async fn shutdown(
     let keep = if timeouts.shield.is_zero() {
         Default::default()
     } else {
-        within(ASK, "the restarter", tree.restarter.send(Running))
+        within(ASK, "the restarter", pipeline.restarter.send(Running))
             .await
             .and_then(Result::ok)
             .unwrap_or_default()
     };
-    let release = tree.acker.send(ReleaseOutstanding { keep: keep.clone() });
+    let release = pipeline
+        .acker
+        .send(ReleaseOutstanding { keep: keep.clone() });
     let n = within(ASK, "the acker", release).await.and_then(Result::ok);
     info!("Nacking {} outstanding messages", n.unwrap_or(0));
     if !keep.is_empty() {
@@ -328,10 +336,10 @@ async fn shutdown(
             timeouts.shield,
             keep.len()
         );
-        if let Some(Ok(idle)) = within(ASK, "the acker", tree.acker.send(WhenIdle)).await {
+        if let Some(Ok(idle)) = within(ASK, "the acker", pipeline.acker.send(WhenIdle)).await {
             within(timeouts.shield, "shielded restarts", idle).await;
         }
-        let release = tree.acker.send(ReleaseOutstanding {
+        let release = pipeline.acker.send(ReleaseOutstanding {
             keep: Default::default(),
         });
         if let Some(Ok(late)) = within(ASK, "the acker", release).await {
@@ -351,7 +359,7 @@ async fn shutdown(
     info!("Flushing metrics");
     // The subscription snapshots every counter inside its own handler, so the conservation
     // law is checked against one consistent moment; without an answer, take them here.
-    let holdings = within(ASK, "the subscription", tree.subscription.send(Inspect))
+    let holdings = within(ASK, "the broker", pipeline.broker.send(Inspect))
         .await
         .and_then(Result::ok)
         .unwrap_or_else(|| Holdings {
@@ -361,7 +369,7 @@ async fn shutdown(
     let supervision = within(
         ASK,
         "the supervisor",
-        tree.supervisor.send(SupervisionStats),
+        pipeline.supervisor.send(SupervisionStats),
     )
     .await
     .and_then(Result::ok)
@@ -432,11 +440,20 @@ mod tests {
         }
     }
 
-    fn entry(name: &'static str, takes: Option<Duration>) -> StopEntry {
-        StopEntry {
-            name,
-            shutdown: Slow { takes }.start().recipient(),
+    /// Stands in for the restart request, which the shutdown never sends.
+    impl Handler<crate::supervision::RestartChild> for Slow {
+        type Result = ();
+        fn handle(&mut self, _: crate::supervision::RestartChild, _: &mut Context<Self>) {}
+    }
+
+    fn entry(name: &'static str, takes: Option<Duration>) -> Member {
+        let slow = Slow { takes }.start();
+        Member {
+            name: ChildName::Extension(name),
+            restart: slow.clone().recipient(),
+            shutdown: slow.recipient(),
             timeout: Duration::from_secs(5),
+            failures: Default::default(),
         }
     }
 
@@ -445,10 +462,10 @@ mod tests {
         tokio::time::pause();
         let mut killed = Vec::new();
         let start = Instant::now();
-        stop_child(entry("prompt", Some(Duration::from_secs(4))), &mut killed).await;
+        stop_child(&entry("prompt", Some(Duration::from_secs(4))), &mut killed).await;
         assert!(killed.is_empty());
         assert_eq!(start.elapsed().as_secs(), 4, "waited for the prompt child");
-        stop_child(entry("wedged", None), &mut killed).await;
+        stop_child(&entry("wedged", None), &mut killed).await;
         assert_eq!(killed, ["wedged"]);
         assert_eq!(start.elapsed().as_secs(), 9, "gave up after the timeout");
     }

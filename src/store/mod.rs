@@ -79,7 +79,7 @@ impl StoreWriter {
     ) -> Result<R, StoreError> {
         let store = self.store.as_deref_mut().ok_or(StoreError::Closed)?;
         catch_unwind(AssertUnwindSafe(|| f(store)))
-            .unwrap_or_else(|p| Err(StoreError::Panicked(crate::supervision::panic_text(&p))))
+            .unwrap_or_else(|p| Err(StoreError::Panicked(crate::units::panic_text(p.as_ref()))))
     }
 }
 

@@ -3,7 +3,7 @@
 //! The contract is a set of actix messages, and the pipeline holds only `Recipient`s of
 //! them: the Consumer a `Recipient<Pull>`, the Acker `Recipient<Settle>` and
 //! `Recipient<Extend>`. Any actor that handles these messages can stand in for the broker;
-//! [`memory::MemorySubscription`] is the embedded one, and a NATS JetStream pull consumer
+//! [`memory::MemoryBroker`] is the embedded one, and a NATS JetStream pull consumer
 //! fits the same shape (fetch with expiry, ack, nak with delay, in-progress, max deliver).
 
 pub mod memory;
@@ -17,7 +17,7 @@ use crate::message::{Delivery, DeliveryTag};
 
 /// Why the subscription could not serve a request.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum SubscriptionError {
+pub enum BrokerError {
     #[error("subscription is closed")]
     Closed,
     #[error("subscription is unavailable: {0}")]
@@ -30,7 +30,7 @@ pub enum SubscriptionError {
 /// pull waits for credit, which acks and nacks return. That wait is the only way anything
 /// flows back up the pipeline.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<Delivery>, SubscriptionError>")]
+#[rtype(result = "Result<Vec<Delivery>, BrokerError>")]
 pub struct Pull {
     pub max: usize,
     pub wait: Duration,

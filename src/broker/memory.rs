@@ -1,4 +1,4 @@
-//! `MemorySubscription`: an in-memory broker with real lease, ack and nack semantics.
+//! `MemoryBroker`: an in-memory broker with real lease, ack and nack semantics.
 //!
 //! It owns every message from publish to ack or dead letter. The Publisher (or the stdin
 //! source) publishes into it, the Consumer pulls from it, the Acker settles with it, and
@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{debug, warn};
 
-use super::{Extend, Pull, Settle, SubscriptionError, Verdict};
+use super::{BrokerError, Extend, Pull, Settle, Verdict};
 use crate::message::{Delivery, DeliveryTag, Message};
 use crate::metrics::{Counts, Metrics};
 use crate::FastMap;
@@ -38,21 +38,21 @@ struct Lease {
 /// A parked pull, answered as soon as a delivery can be made or its wait runs out.
 struct Waiter {
     max: usize,
-    reply: oneshot::Sender<Result<Vec<Delivery>, SubscriptionError>>,
+    reply: oneshot::Sender<Result<Vec<Delivery>, BrokerError>>,
     until: Instant,
 }
 
 /// How the in-memory broker behaves.
 #[derive(Debug, Clone)]
-pub struct MemoryConfig {
+pub struct MemoryBrokerConfig {
     pub max_in_flight: usize,
     pub max_deliveries: u32,
     pub ack_deadline: Duration,
 }
 
 /// The in-memory broker.
-pub struct MemorySubscription {
-    config: MemoryConfig,
+pub struct MemoryBroker {
+    config: MemoryBrokerConfig,
     metrics: Arc<Metrics>,
     started: Instant,
     ready: VecDeque<Held>,
@@ -76,8 +76,8 @@ pub struct MemorySubscription {
     ack_latency_export: metrics::Histogram,
 }
 
-impl MemorySubscription {
-    pub fn new(config: MemoryConfig, metrics: Arc<Metrics>) -> Self {
+impl MemoryBroker {
+    pub fn new(config: MemoryBrokerConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
             metrics,
@@ -235,7 +235,7 @@ impl MemorySubscription {
     }
 }
 
-impl Actor for MemorySubscription {
+impl Actor for MemoryBroker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -248,7 +248,7 @@ impl Actor for MemorySubscription {
 #[rtype(result = "()")]
 pub struct Publish(pub Vec<Message>);
 
-impl Handler<Publish> for MemorySubscription {
+impl Handler<Publish> for MemoryBroker {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         if self.input_closed {
@@ -269,8 +269,8 @@ impl Handler<Publish> for MemorySubscription {
     }
 }
 
-impl Handler<Pull> for MemorySubscription {
-    type Result = Response<Result<Vec<Delivery>, SubscriptionError>>;
+impl Handler<Pull> for MemoryBroker {
+    type Result = Response<Result<Vec<Delivery>, BrokerError>>;
     fn handle(&mut self, pull: Pull, _: &mut Context<Self>) -> Self::Result {
         let batch = self.lease(pull.max);
         if !batch.is_empty() || pull.wait.is_zero() {
@@ -286,11 +286,11 @@ impl Handler<Pull> for MemorySubscription {
             reply,
             until: Instant::now() + pull.wait,
         });
-        Response::fut(async move { rx.await.unwrap_or(Err(SubscriptionError::Closed)) })
+        Response::fut(async move { rx.await.unwrap_or(Err(BrokerError::Closed)) })
     }
 }
 
-impl Handler<Settle> for MemorySubscription {
+impl Handler<Settle> for MemoryBroker {
     type Result = ();
     fn handle(&mut self, settle: Settle, _: &mut Context<Self>) {
         // Counted here and added once: shared counters are cheap, but not free per message.
@@ -332,7 +332,7 @@ impl Handler<Settle> for MemorySubscription {
     }
 }
 
-impl Handler<Extend> for MemorySubscription {
+impl Handler<Extend> for MemoryBroker {
     type Result = ();
     fn handle(&mut self, ext: Extend, _: &mut Context<Self>) {
         let deadline = Instant::now() + ext.by;
@@ -352,7 +352,7 @@ impl Handler<Extend> for MemorySubscription {
 #[rtype(result = "()")]
 pub struct InputClosed;
 
-impl Handler<InputClosed> for MemorySubscription {
+impl Handler<InputClosed> for MemoryBroker {
     type Result = ();
     fn handle(&mut self, _: InputClosed, _: &mut Context<Self>) {
         self.input_closed = true;
@@ -365,7 +365,7 @@ impl Handler<InputClosed> for MemorySubscription {
 #[rtype(result = "oneshot::Receiver<()>")]
 pub struct WhenSettled;
 
-impl Handler<WhenSettled> for MemorySubscription {
+impl Handler<WhenSettled> for MemoryBroker {
     type Result = MessageResult<WhenSettled>;
     fn handle(&mut self, _: WhenSettled, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -393,7 +393,7 @@ pub struct Holdings {
 #[rtype(result = "Holdings")]
 pub struct Inspect;
 
-impl Handler<Inspect> for MemorySubscription {
+impl Handler<Inspect> for MemoryBroker {
     type Result = MessageResult<Inspect>;
     fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Holdings {
@@ -406,15 +406,15 @@ impl Handler<Inspect> for MemorySubscription {
 }
 
 /// Describes the broker for the live dump: what waits, what is leased, what is delayed.
-impl Handler<crate::actors::protocol::Probe> for MemorySubscription {
-    type Result = MessageResult<crate::actors::protocol::Probe>;
-    fn handle(&mut self, _: crate::actors::protocol::Probe, _: &mut Context<Self>) -> Self::Result {
+impl Handler<crate::protocol::Probe> for MemoryBroker {
+    type Result = MessageResult<crate::protocol::Probe>;
+    fn handle(&mut self, _: crate::protocol::Probe, _: &mut Context<Self>) -> Self::Result {
         let state = if self.input_closed {
             "input closed"
         } else {
             "open"
         };
-        let mut p = crate::actors::protocol::Probed::new(
+        let mut p = crate::protocol::Probed::new(
             state,
             &[
                 ("ready", self.ready.len()),
@@ -431,8 +431,8 @@ impl Handler<crate::actors::protocol::Probe> for MemorySubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Settlement;
     use crate::message::InstanceName;
-    use crate::subscription::Settlement;
     use std::sync::atomic::Ordering::Relaxed;
 
     fn msgs(n: usize) -> Vec<Message> {
@@ -441,20 +441,14 @@ mod tests {
             .collect()
     }
 
-    fn start(
-        max_in_flight: usize,
-        max_deliveries: u32,
-    ) -> (Addr<MemorySubscription>, Arc<Metrics>) {
+    fn start(max_in_flight: usize, max_deliveries: u32) -> (Addr<MemoryBroker>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        let cfg = MemoryConfig {
+        let cfg = MemoryBrokerConfig {
             max_in_flight,
             max_deliveries,
             ack_deadline: Duration::from_secs(10),
         };
-        (
-            MemorySubscription::new(cfg, metrics.clone()).start(),
-            metrics,
-        )
+        (MemoryBroker::new(cfg, metrics.clone()).start(), metrics)
     }
 
     fn pull(max: usize) -> Pull {

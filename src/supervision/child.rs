@@ -6,13 +6,11 @@
 //! escapes a handler closes the mailbox for good. So the panic must never escape: `guard`
 //! catches it and hands it to `fail`, as it does a handler that overran its deadline, and
 //! as the Saver and the Restarter do their errors. `fail` asks the child's `ChildPolicy`
-//! (`crate::policy`) for a directive and acts on it; to restart, it stops the context,
+//! (`super::policy`) for a directive and acts on it; to restart, it stops the context,
 //! which actix's `Supervisor` then restarts in place through `Supervised::restarting`. The
 //! mailbox and every `Addr` stay valid, and messages queued behind the failed one are
 //! handled by the fresh incarnation.
 
-use std::any::Any;
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +20,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, error, info, warn};
 
+use super::policy::{ChildPolicy, Directive, FailureKind};
 use crate::metrics::Metrics;
-pub use crate::policy::{ChildPolicy, Directive, FailureKind, RestartType};
+use crate::names::ChildName;
 
 /// Tells the supervisor that a child failed, and which directive its policy chose. A
 /// resumed failure is not sent: it is counted in the child's `FailureCounts` instead, so
@@ -31,7 +30,7 @@ pub use crate::policy::{ChildPolicy, Directive, FailureKind, RestartType};
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ChildFailed {
-    pub child: &'static str,
+    pub child: ChildName,
     pub kind: FailureKind,
     pub reason: String,
     pub directive: Directive,
@@ -42,7 +41,7 @@ pub struct ChildFailed {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ChildExited {
-    pub child: &'static str,
+    pub child: ChildName,
     pub directive: Directive,
 }
 
@@ -71,7 +70,7 @@ impl FailureCounts {
 #[rtype(result = "()")]
 pub struct RestartChild {
     /// The sibling whose failure caused this restart.
-    pub because: &'static str,
+    pub because: ChildName,
 }
 
 /// Implements `Handler<RestartChild>` for a child: stopping its context makes actix's
@@ -88,7 +87,7 @@ macro_rules! restart_on_request {
                 ctx: &mut actix::Context<Self>,
             ) {
                 tracing::warn!(
-                    actor = <$child as $crate::supervision::Child>::NAME,
+                    actor = <$child as $crate::supervision::Child>::NAME.as_str(),
                     "Restarting {} because {} failed",
                     <$child as $crate::supervision::Child>::NAME,
                     msg.because
@@ -104,7 +103,7 @@ macro_rules! restart_on_request {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "std::time::Duration")]
 pub struct BackoffFor {
-    pub child: &'static str,
+    pub child: ChildName,
 }
 
 /// What a child holds to apply its policy, report to its supervisor and learn its
@@ -139,7 +138,7 @@ pub fn hold_for_backoff<A: Child>(act: &A, ctx: &mut Context<A>) {
         let delay = delay.unwrap_or_default();
         if !delay.is_zero() {
             warn!(
-                actor = A::NAME,
+                actor = A::NAME.as_str(),
                 "Backing off for {delay:?} before taking messages"
             );
         }
@@ -160,7 +159,7 @@ pub fn hold_for_backoff<A: Child>(act: &A, ctx: &mut Context<A>) {
 /// `Supervised::restarting` calls `release` and then replaces the state with a fresh one.
 pub trait Child: Actor<Context = Context<Self>> + Supervised {
     /// The name used in logs, counters and `--inject`.
-    const NAME: &'static str;
+    const NAME: ChildName;
 
     fn link(&self) -> &Link;
 
@@ -202,17 +201,15 @@ pub fn guard<A: Child, R>(
     if let Some(at) = act.link().panicked_at.take() {
         act.link().metrics.panic_recovery.record(started - at);
     }
-    let outer = GUARDED.replace(true);
     let result = catch_unwind(AssertUnwindSafe(|| body(act, ctx)));
-    GUARDED.set(outer);
     match result {
         Ok(r) => {
             let took = started.elapsed();
-            metrics::histogram!("mandrill_handler_seconds", "actor" => A::NAME, "message" => what)
+            metrics::histogram!("mandrill_handler_seconds", "actor" => A::NAME.as_str(), "message" => what)
                 .record(took.as_secs_f64());
             if took > act.link().slow {
                 warn!(
-                    actor = A::NAME,
+                    actor = A::NAME.as_str(),
                     message = what,
                     ms = took.as_secs_f64() * 1000.0,
                     "Slow handler: {} took {:.1} ms to handle {what}",
@@ -224,14 +221,14 @@ pub fn guard<A: Child, R>(
             if took > deadline && ctx.state() == ActorState::Running {
                 let reason =
                     format!("a handler ran for {took:?}, past its deadline of {deadline:?}");
-                error!(actor = A::NAME, "Caught exception: {reason}");
+                error!(actor = A::NAME.as_str(), "Caught exception: {reason}");
                 fail(act, ctx, FailureKind::Stall, &reason);
             }
             Some(r)
         }
         Err(payload) => {
-            let reason = panic_text(&payload);
-            error!(actor = A::NAME, "Caught exception: {reason}");
+            let reason = crate::units::panic_text(payload.as_ref());
+            error!(actor = A::NAME.as_str(), "Caught exception: {reason}");
             Metrics::inc(&act.link().metrics.panics);
             act.link().panicked_at.set(Some(std::time::Instant::now()));
             fail(act, ctx, FailureKind::Panic, &reason);
@@ -263,7 +260,7 @@ pub fn fail<A: Child>(
     let directive = link.policy.on_failure(kind);
     if directive == Directive::Resume {
         debug!(
-            actor = A::NAME,
+            actor = A::NAME.as_str(),
             kind = kind.as_str(),
             directive = "resume",
             "Supervision: resuming after {reason}"
@@ -271,7 +268,7 @@ pub fn fail<A: Child>(
         return directive;
     }
     warn!(
-        actor = A::NAME,
+        actor = A::NAME.as_str(),
         kind = kind.as_str(),
         directive = directive.as_str(),
         reason = %reason,
@@ -297,7 +294,7 @@ pub fn fail<A: Child>(
 pub fn exited_normally<A: Child>(act: &A) -> Directive {
     let directive = act.link().policy.on_normal_exit();
     info!(
-        actor = A::NAME,
+        actor = A::NAME.as_str(),
         directive = directive.as_str(),
         restart_type = act.link().policy.restart.as_str(),
         "Supervision: {} finished normally",
@@ -310,39 +307,23 @@ pub fn exited_normally<A: Child>(act: &A) -> Directive {
     directive
 }
 
-thread_local! {
-    /// Whether the running code is inside `guard`, which reports panics itself.
-    static GUARDED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Routes panic reports into the log. A panic inside `guard` is reported there as
-/// `Caught exception`, so the hook only notes where it happened, at debug level; any other
-/// panic is a bug outside supervision and is logged as an error.
-pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let place = info.location().map_or("?".into(), |l| l.to_string());
-        let text = panic_text_of(info.payload());
-        if GUARDED.get() {
-            tracing::debug!("panic at {place}: {text}");
-        } else {
-            error!("Unsupervised panic at {place}: {text}");
-        }
-    }));
-}
-
 /// Logs and counts a restart; called from each child's `Supervised::restarting`. A
 /// retired child's last "restart" only swaps its failed state for an idle one, and is
 /// not counted.
 pub fn note_restart<A: Child>(act: &A) {
     if act.is_retired() {
         warn!(
-            actor = A::NAME,
+            actor = A::NAME.as_str(),
             "Stopped {}; it takes no more work",
             A::NAME
         );
         return;
     }
-    warn!(actor = A::NAME, "Restarting {} with fresh state", A::NAME);
+    warn!(
+        actor = A::NAME.as_str(),
+        "Restarting {} with fresh state",
+        A::NAME
+    );
     Metrics::inc(&act.link().metrics.actor_restarts);
 }
 
@@ -363,20 +344,5 @@ pub fn report_error(
         error!(target: crate::FLOW, actor, "Caught exception: {err}");
     } else {
         error!(actor, "Caught exception: {err}");
-    }
-}
-
-/// The message a panic was raised with.
-pub fn panic_text(payload: &Box<dyn Any + Send>) -> String {
-    panic_text_of(payload.as_ref())
-}
-
-fn panic_text_of(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
     }
 }

@@ -1,9 +1,9 @@
 //! The supervision policy, as data: the kinds of failure, the directives a decider maps
 //! them to, each child's restart type and shutdown timeout.
 //!
-//! Nothing here runs an actor. The Supervisor builds a `ChildPolicy` for each child from
-//! the `Config`, and the child's `guard` consults it the moment a failure happens, because
-//! the child must act on it before it takes its next message (see `crate::supervision`).
+//! Nothing here runs an actor. The wiring builds a `ChildPolicy` for each child, and the
+//! child's `guard` consults it the moment a failure happens, because the child must act on
+//! it before it takes its next message (see `super::child`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::actors::restarter::RestartError;
-use crate::config::{parse_duration, ACTORS};
+use crate::action::RestartError;
+use crate::names::ChildName;
 use crate::store::StoreError;
+use crate::units::parse_duration;
 
 /// The kinds of failure a supervisor tells apart: a panic, a stall, and each variant of
 /// the error enums the Saver and the Restarter meet.
@@ -192,8 +193,10 @@ pub enum PolicyError {
     Directive(String),
     #[error("unknown restart type {0:?}; known types: permanent, transient, temporary")]
     RestartType(String),
-    #[error("unknown actor {0:?}; known actors: publisher, consumer, saver, restarter, acker")]
-    Actor(String),
+    #[error(
+        "unknown child {0:?}; known children: broker, acker, saver, restarter, consumer, publisher"
+    )]
+    Child(String),
     #[error("{0}")]
     Duration(String),
 }
@@ -262,28 +265,24 @@ fn pairs(s: &str) -> Result<Vec<(&str, &str)>, PolicyError> {
         .collect()
 }
 
-fn actor(name: &str) -> Result<&'static str, PolicyError> {
-    ACTORS
-        .iter()
-        .copied()
-        .find(|a| *a == name)
-        .ok_or_else(|| PolicyError::Actor(name.to_string()))
+fn child(name: &str) -> Result<ChildName, PolicyError> {
+    ChildName::parse(name).ok_or_else(|| PolicyError::Child(name.to_string()))
 }
 
 /// Each core child's restart type: `CHILD=TYPE[,...]` over the defaults, which are
 /// permanent for every child but the Publisher. The Publisher is transient: when it has
 /// sent its `--messages`, it is done, and restarting it would only finish again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartTypes(Vec<(&'static str, RestartType)>);
+pub struct RestartTypes(Vec<(ChildName, RestartType)>);
 
 impl Default for RestartTypes {
     fn default() -> Self {
-        RestartTypes(vec![("publisher", RestartType::Transient)])
+        RestartTypes(vec![(ChildName::Publisher, RestartType::Transient)])
     }
 }
 
 impl RestartTypes {
-    pub fn of(&self, child: &str) -> RestartType {
+    pub fn of(&self, child: ChildName) -> RestartType {
         self.0
             .iter()
             .rev()
@@ -296,8 +295,8 @@ impl FromStr for RestartTypes {
     type Err = PolicyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut types = RestartTypes::default();
-        for (child, t) in pairs(s)? {
-            types.0.push((actor(child)?, t.parse()?));
+        for (name, t) in pairs(s)? {
+            types.0.push((child(name)?, t.parse()?));
         }
         Ok(types)
     }
@@ -311,7 +310,7 @@ pub const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownTimeouts {
     all: Duration,
-    by_child: Vec<(&'static str, Duration)>,
+    by_child: Vec<(ChildName, Duration)>,
 }
 
 impl Default for ShutdownTimeouts {
@@ -324,7 +323,7 @@ impl Default for ShutdownTimeouts {
 }
 
 impl ShutdownTimeouts {
-    pub fn of(&self, child: &str) -> Duration {
+    pub fn of(&self, child: ChildName) -> Duration {
         self.by_child
             .iter()
             .rev()
@@ -339,8 +338,8 @@ impl FromStr for ShutdownTimeouts {
         let mut out = ShutdownTimeouts::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item.split_once('=') {
-                Some((child, d)) => out.by_child.push((
-                    actor(child.trim())?,
+                Some((name, d)) => out.by_child.push((
+                    child(name.trim())?,
                     parse_duration(d.trim()).map_err(PolicyError::Duration)?,
                 )),
                 None => {
@@ -429,23 +428,26 @@ mod tests {
     #[test]
     fn restart_types_default_to_permanent_but_the_publisher() {
         let t = RestartTypes::default();
-        assert_eq!(t.of("saver"), RestartType::Permanent);
-        assert_eq!(t.of("publisher"), RestartType::Transient);
+        assert_eq!(t.of(ChildName::Saver), RestartType::Permanent);
+        assert_eq!(t.of(ChildName::Publisher), RestartType::Transient);
         let t: RestartTypes = "publisher=permanent,acker=temporary".parse().unwrap();
-        assert_eq!(t.of("publisher"), RestartType::Permanent);
-        assert_eq!(t.of("acker"), RestartType::Temporary);
+        assert_eq!(t.of(ChildName::Publisher), RestartType::Permanent);
+        assert_eq!(t.of(ChildName::Acker), RestartType::Temporary);
         assert_eq!(
             "db=temporary".parse::<RestartTypes>(),
-            Err(PolicyError::Actor("db".into()))
+            Err(PolicyError::Child("db".into()))
         );
     }
 
     #[test]
     fn shutdown_timeouts_take_a_default_and_overrides() {
         let t: ShutdownTimeouts = "2s, saver=10s".parse().unwrap();
-        assert_eq!(t.of("acker"), Duration::from_secs(2));
-        assert_eq!(t.of("saver"), Duration::from_secs(10));
-        assert_eq!(ShutdownTimeouts::default().of("saver"), DEFAULT_SHUTDOWN);
+        assert_eq!(t.of(ChildName::Acker), Duration::from_secs(2));
+        assert_eq!(t.of(ChildName::Saver), Duration::from_secs(10));
+        assert_eq!(
+            ShutdownTimeouts::default().of(ChildName::Saver),
+            DEFAULT_SHUTDOWN
+        );
         assert!("saver=soon".parse::<ShutdownTimeouts>().is_err());
     }
 

@@ -1,0 +1,62 @@
+//! Units as the service reads them: durations given as seconds or in human form, and
+//! probabilities. Plain functions over text, shared by the flags, the config file and the
+//! policy specs.
+
+use std::time::Duration;
+
+/// Parses a duration given as seconds (`0.5`) or in human form (`30s`, `7d`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a non-negative number of seconds"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is neither seconds nor a duration like 30s or 7d: {e}"))
+}
+
+/// Parses a probability in `[0, 1]`.
+pub fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a number between 0 and 1")),
+    }
+}
+
+/// The message a panic was raised with.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_units() {
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 24 * 3600)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn probabilities_stay_within_zero_and_one() {
+        assert_eq!(parse_probability("0.25"), Ok(0.25));
+        assert!(parse_probability("1.5").is_err());
+        assert!(parse_probability("x").is_err());
+    }
+
+    #[test]
+    fn panic_text_reads_both_string_payloads() {
+        let p = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_text(p.as_ref()), "boom 1");
+        let p = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_text(p.as_ref()), "static");
+    }
+}
