@@ -17,23 +17,51 @@ use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::actors::signal::{Cause, ShutdownConfig, SignalActor};
 use crate::actors::Pipeline;
-use crate::broker::memory::{InputClosed, MemoryBroker, MemoryBrokerConfig};
+use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
+use crate::broker::{Broker, Extend, Pending, Publish, Pull, Settle};
 use crate::config::{Config, Source, StoreKind};
 use crate::faults::{rng_for, Injector, Purpose};
 use crate::iowait::AlarmClock;
 use crate::metrics::Metrics;
 use crate::names::ChildName;
-use crate::protocol::Shutdown;
+use crate::protocol::{InputClosed, Probe, Shutdown};
 use crate::report::Report;
 use crate::store::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError, StoreWriter};
 use crate::supervision::strategy::Intensity;
 use crate::supervision::supervisor::{Escalate, Settings, Supervisor};
 use crate::supervision::tree::{Member, Tree};
-use crate::supervision::{ChildPolicy, FailureCounts, Link, RestartChild, RestartType};
+use crate::supervision::{Child, ChildPolicy, FailureCounts, Link, RestartChild, RestartType};
 use crate::{source, supervision};
 
 /// How many deliveries one pull asks for.
 const PULL_BATCH: usize = 1024;
+
+/// What a broker adapter handles: the broker contract, and what every child handles.
+pub trait BrokerAdapter:
+    Child
+    + Handler<Pull>
+    + Handler<Settle>
+    + Handler<Extend>
+    + Handler<Publish>
+    + Handler<Pending>
+    + Handler<Probe>
+    + Handler<Shutdown>
+    + Handler<RestartChild>
+{
+}
+
+impl<A> BrokerAdapter for A where
+    A: Child
+        + Handler<Pull>
+        + Handler<Settle>
+        + Handler<Extend>
+        + Handler<Publish>
+        + Handler<Pending>
+        + Handler<Probe>
+        + Handler<Shutdown>
+        + Handler<RestartChild>
+{
+}
 
 /// Why the service could not run.
 #[derive(Debug, Error)]
@@ -106,12 +134,13 @@ pub fn run_extended(
         let cfg = &config;
         SignalActor::create(move |ctx| {
             let escalate = ctx.address().recipient();
-            let pipeline = start_pipeline(cfg, &m, store, escalate, extensions);
+            let closed: Recipient<InputClosed> = ctx.address().recipient();
+            let pipeline = start_pipeline(cfg, &m, store, escalate, closed.clone(), extensions);
             let input = (cfg.source == Source::Stdin).then(|| {
                 source::spawn(
                     input,
-                    pipeline.broker.clone().recipient(),
-                    pipeline.broker.clone().recipient(),
+                    pipeline.broker.publish.clone(),
+                    closed.clone(),
                     m.clone(),
                 )
             });
@@ -119,7 +148,7 @@ pub fn run_extended(
                 // Without a reader nothing will ever be published: end the input now,
                 // so the run shuts down instead of waiting forever.
                 supervision::report_error(&m, "source", false, &e);
-                pipeline.broker.do_send(InputClosed);
+                closed.do_send(InputClosed);
             }
             let settings = ShutdownConfig {
                 drain: cfg.drain_timeout,
@@ -184,7 +213,28 @@ impl Wiring<'_> {
             .stalling_for(self.config.handler_deadline * 2)
     }
 
-    /// Adds a started child to the tree: it stops before every child added earlier.
+    /// Starts a broker adapter under the Supervisor, made by `make` from its link and its
+    /// faults, and adds it to the tree.
+    fn start_broker<A: BrokerAdapter>(
+        &mut self,
+        make: impl FnOnce(Link, Injector) -> A + 'static,
+    ) -> Broker {
+        let link = self.core_link(ChildName::Broker);
+        let adapter = {
+            let (link, injector) = (link.clone(), self.injector(ChildName::Broker));
+            actix::Supervisor::start(move |_| make(link, injector))
+        };
+        self.adopt(
+            ChildName::Broker,
+            &link,
+            adapter.clone().recipient(),
+            adapter.clone().recipient(),
+        );
+        Broker::of(&adapter)
+    }
+
+    /// Adds a started child to the tree: it stops before every child added earlier. Every
+    /// child but the broker adapter is restarted with its siblings by the strategy.
     fn adopt(
         &mut self,
         name: ChildName,
@@ -198,6 +248,7 @@ impl Wiring<'_> {
             shutdown,
             timeout: self.config.shutdown_timeouts.of(name),
             failures: link.failures.clone(),
+            in_strategy: name != ChildName::Broker,
         });
     }
 }
@@ -210,6 +261,7 @@ fn start_pipeline(
     metrics: &Arc<Metrics>,
     store: Box<dyn Store>,
     escalate: Recipient<Escalate>,
+    input_closed: Recipient<InputClosed>,
     extensions: Vec<Box<dyn Extension>>,
 ) -> Pipeline {
     // The children report to the Supervisor, and the Supervisor must know them to apply
@@ -230,36 +282,26 @@ fn start_pipeline(
         StoreWriter::new(store.expect("the store writer runs on exactly one thread"))
     });
 
-    // 2. The broker.
-    let broker = MemoryBroker::new(
-        MemoryBrokerConfig {
-            max_in_flight: config.max_in_flight,
-            max_deliveries: config.max_deliveries,
-            ack_deadline: config.ack_deadline,
-        },
-        metrics.clone(),
-    )
-    .start();
+    // 2. The broker adapter, which everything else talks to.
+    let memory = MemoryBrokerConfig {
+        max_in_flight: config.max_in_flight,
+        max_deliveries: config.max_deliveries,
+        ack_deadline: config.ack_deadline,
+    };
+    let broker = w.start_broker(|link, injector| MemoryBroker::new(link, memory, injector));
 
     // 3. The Acker, which settles with the broker.
     let link = w.core_link(ChildName::Acker);
     let acker = {
-        let (link, broker) = (link.clone(), broker.clone());
+        let (link, settle, extend) = (link.clone(), broker.settle.clone(), broker.extend.clone());
         let cfg = AckerConfig {
             message_timeout: config.message_timeout,
             ack_deadline: config.ack_deadline,
             redelivery_delay: config.redelivery_delay,
+            max_deliveries: config.max_deliveries,
         };
         let injector = w.injector(ChildName::Acker);
-        actix::Supervisor::start(move |_| {
-            Acker::new(
-                link,
-                broker.clone().recipient(),
-                broker.recipient(),
-                cfg,
-                injector,
-            )
-        })
+        actix::Supervisor::start(move |_| Acker::new(link, settle, extend, cfg, injector))
     };
     w.adopt(
         ChildName::Acker,
@@ -341,7 +383,7 @@ fn start_pipeline(
             save: saver.clone().recipient(),
             restart: restarter.clone().recipient(),
         };
-        let (link, pull) = (link.clone(), broker.clone().recipient());
+        let (link, pull) = (link.clone(), broker.pull.clone());
         let batch = PULL_BATCH.min(config.max_in_flight);
         let injector = w.injector(ChildName::Consumer);
         actix::Supervisor::start(move |_| Consumer::new(link, pull, downstream, batch, injector))
@@ -357,7 +399,7 @@ fn start_pipeline(
     let publisher = (config.source == Source::Simulated).then(|| {
         let link = w.core_link(ChildName::Publisher);
         let publisher = {
-            let (link, broker) = (link.clone(), broker.clone());
+            let (link, publish) = (link.clone(), broker.publish.clone());
             let cfg = PublisherConfig {
                 delay: config.publish_delay,
                 jitter: config.publish_jitter,
@@ -370,8 +412,8 @@ fn start_pipeline(
             actix::Supervisor::start(move |_| {
                 Publisher::new(
                     link,
-                    broker.clone().recipient(),
-                    broker.recipient(),
+                    publish.clone(),
+                    input_closed.clone(),
                     cfg,
                     rng,
                     injector,
@@ -448,11 +490,13 @@ mod tests {
             handle_signals: false,
             ..Config::default()
         };
+        let (closed, _) = sink();
         let pipeline = start_pipeline(
             &config,
             &Arc::new(Metrics::default()),
             Box::new(MemoryStore::default()),
             escalate,
+            closed,
             vec![Box::new(Extra)],
         );
         let order: Vec<_> = pipeline
@@ -468,13 +512,15 @@ mod tests {
                 (ChildName::Consumer, 1),
                 (ChildName::Restarter, 1),
                 (ChildName::Saver, 9),
-                (ChildName::Acker, 1)
+                (ChildName::Acker, 1),
+                (ChildName::Broker, 1)
             ]
         );
         let started: Vec<_> = pipeline.tree.members().iter().map(|c| c.name).collect();
         assert_eq!(
             started,
             [
+                ChildName::Broker,
                 ChildName::Acker,
                 ChildName::Saver,
                 ChildName::Restarter,

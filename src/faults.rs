@@ -11,7 +11,8 @@ use crate::names::ChildName;
 use crate::units::parse_probability;
 
 /// The children that faults can be injected into.
-const INJECTABLE: [ChildName; 5] = [
+const INJECTABLE: [ChildName; 6] = [
+    ChildName::Broker,
     ChildName::Publisher,
     ChildName::Consumer,
     ChildName::Saver,
@@ -31,7 +32,9 @@ pub enum FaultSpecError {
     Kind(String),
     #[error("{0} has no error to inject; it takes panic and stall")]
     NoError(ChildName),
-    #[error("unknown actor {0:?}; known actors: publisher, consumer, saver, restarter, acker")]
+    #[error(
+        "unknown actor {0:?}; known actors: broker, publisher, consumer, saver, restarter, acker"
+    )]
     Actor(String),
     #[error("rate {0:?} is not a number between 0 and 1")]
     Rate(String),
@@ -218,10 +221,6 @@ mod tests {
         assert_eq!(
             "panic:db=0.1".parse::<Faults>(),
             Err(FaultSpecError::Actor("db".into()))
-        );
-        assert_eq!(
-            "panic:broker=0.1".parse::<Faults>(),
-            Err(FaultSpecError::Actor("broker".into()))
         );
         assert_eq!(
             "panic:saver=2".parse::<Faults>(),

@@ -242,25 +242,19 @@ impl<T> IoWait<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::DeliveryTag;
+    use crate::message::AckId;
 
     #[tokio::test]
     async fn deliveries_come_due_in_order_with_one_timer_for_the_earliest() {
         tokio::time::pause();
         let mut w = IoWait::default();
         let ms = Duration::from_millis;
-        let first = w.add(ms(30), DeliveryTag(1)).expect("arm for the first");
-        assert_eq!(
-            w.add(ms(50), DeliveryTag(2)),
-            None,
-            "a later one needs no timer"
-        );
-        let earlier = w
-            .add(ms(10), DeliveryTag(3))
-            .expect("an earlier one re-arms");
+        let first = w.add(ms(30), AckId(1)).expect("arm for the first");
+        assert_eq!(w.add(ms(50), AckId(2)), None, "a later one needs no timer");
+        let earlier = w.add(ms(10), AckId(3)).expect("an earlier one re-arms");
         assert!(earlier < first);
         assert_eq!(
-            w.add(ms(10), DeliveryTag(4)),
+            w.add(ms(10), AckId(4)),
             None,
             "same millisecond, same bucket"
         );
@@ -270,12 +264,12 @@ mod tests {
         assert_eq!(w.take_due().0, vec![], "nothing due yet");
         tokio::time::sleep(ms(6)).await;
         let (due, next) = w.take_due();
-        assert_eq!(due, vec![DeliveryTag(3), DeliveryTag(4)]);
+        assert_eq!(due, vec![AckId(3), AckId(4)]);
         // The timer armed for 30 ms is still pending, so no new one is needed.
         assert_eq!(next, None);
         tokio::time::sleep(ms(40)).await;
         let (due, next) = w.take_due();
-        assert_eq!(due, vec![DeliveryTag(1), DeliveryTag(2)]);
+        assert_eq!(due, vec![AckId(1), AckId(2)]);
         assert_eq!(next, None);
         assert!(w.is_empty());
     }
@@ -285,11 +279,11 @@ mod tests {
         tokio::time::pause();
         let mut w = IoWait::default();
         let ms = Duration::from_millis;
-        w.add(ms(10), DeliveryTag(1)).expect("armed");
-        w.add(ms(20), DeliveryTag(2));
+        w.add(ms(10), AckId(1)).expect("armed");
+        w.add(ms(20), AckId(2));
         tokio::time::sleep(ms(11)).await;
         let (due, next) = w.take_due();
-        assert_eq!(due, vec![DeliveryTag(1)]);
+        assert_eq!(due, vec![AckId(1)]);
         assert!(next.is_some(), "the 20 ms bucket needs a timer of its own");
     }
 

@@ -298,18 +298,22 @@ pub fn parse_line(line: &[u8]) -> Result<Message, WireError> {
     })
 }
 
-/// A broker's handle on one delivery of a message, used to ack or nack exactly that delivery.
+/// A broker's handle on one delivery of a message, used to ack or nack exactly that
+/// delivery: two deliveries of one message have two. The adapter hands it out and maps it
+/// to its own wire handle (a Pub/Sub ack id, a JetStream reply subject), which keeps a
+/// delivery `Copy` and small whatever the broker.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub struct DeliveryTag(pub u64);
+pub struct AckId(pub u64);
 
 /// A message as delivered by the subscription: the message plus delivery metadata.
 #[derive(Clone, Copy, Debug)]
 pub struct Delivery {
-    pub tag: DeliveryTag,
+    pub tag: AckId,
     pub message: Message,
     /// 1 on first delivery, then one more on each redelivery.
     pub attempt: u32,
-    pub published_at: tokio::time::Instant,
+    /// When the broker accepted the message, by the wall clock, as real brokers give it.
+    pub published_at: std::time::SystemTime,
 }
 
 impl Delivery {

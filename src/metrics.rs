@@ -15,15 +15,32 @@ use serde::Serialize;
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// The counters every actor reports into.
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         pub struct Metrics {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// When the run started.
+            pub started: std::time::Instant,
             /// Nanoseconds from the start of the run to the last ack, nack or dead letter.
             pub last_outcome_ns: AtomicU64,
+            /// From publish to ack, for acked messages.
+            pub ack_latency: Timings,
             /// From a caught panic to the restarted actor's next handler call.
             pub panic_recovery: Timings,
             /// How late the event loop ran the lag monitor's timer.
             pub loop_lag: Timings,
+        }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                Self {
+                    $($name: AtomicU64::new(0),)*
+                    started: std::time::Instant::now(),
+                    last_outcome_ns: AtomicU64::new(0),
+                    ack_latency: Timings::default(),
+                    panic_recovery: Timings::default(),
+                    loop_lag: Timings::default(),
+                }
+            }
         }
 
         /// A point-in-time copy of the counters.
@@ -49,7 +66,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Messages accepted by the subscription.
+    /// Messages published to the broker: by the simulated publisher, or read from stdin.
     published,
     /// Deliveries the Consumer dispatched.
     consumed,
@@ -59,12 +76,17 @@ counters! {
     restarted,
     /// Restarts skipped because the host was restarted recently.
     restart_skipped,
+    /// Acks the broker took.
     acked,
-    /// Nacks for failed handling, not those at shutdown.
+    /// Nacks for failed handling that the broker took, the last one of a message, which
+    /// dead-letters it, included; releases at shutdown are not nacks.
     nacked,
     /// Deliveries beyond the first.
     redelivered,
+    /// Messages given up on: failed on their last allowed delivery, or whose lease ran
+    /// out on it.
     dead_lettered,
+    /// Messages in flight that the shutdown gave back to the broker.
     nacked_on_shutdown,
     /// Leases that ran out before an ack or nack.
     lease_expired,
@@ -85,6 +107,12 @@ impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
+
+    /// Notes that an outcome (an ack, a nack or a dead letter) happened now.
+    pub fn mark_outcome(&self) {
+        let ns = self.started.elapsed().as_nanos() as u64;
+        self.last_outcome_ns.fetch_max(ns, Relaxed);
+    }
 }
 
 /// A histogram of rare timings (panics, lag samples), shared behind a lock: these come
@@ -103,8 +131,15 @@ impl Default for Timings {
 
 impl Timings {
     pub fn record(&self, d: std::time::Duration) {
-        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
-        self.0.lock().expect("timings lock").saturating_record(ns);
+        self.record_all(&[d]);
+    }
+
+    /// Records a batch of timings under one lock.
+    pub fn record_all(&self, ds: &[std::time::Duration]) {
+        let mut h = self.0.lock().expect("timings lock");
+        for d in ds {
+            h.saturating_record(d.as_nanos().min(u64::MAX as u128) as u64);
+        }
     }
 
     pub fn percentiles(&self) -> Percentiles {
@@ -124,11 +159,6 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// From a histogram of microseconds.
-    pub fn of_us(h: &hdrhistogram::Histogram<u64>) -> Self {
-        Self::scaled(h, 1e-3)
-    }
-
     /// From a histogram of nanoseconds.
     pub fn of_ns(h: &hdrhistogram::Histogram<u64>) -> Self {
         Self::scaled(h, 1e-6)
@@ -145,12 +175,6 @@ impl Percentiles {
             max: ms(h.max()),
         }
     }
-}
-
-/// A histogram of microseconds from 1 µs to an hour, to 3 significant figures; longer
-/// values are recorded as an hour.
-pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
 /// Starts the Prometheus exporter on its own thread, serving `/metrics` at `addr`, and

@@ -39,3 +39,9 @@ impl Probed {
         }
     }
 }
+
+/// Says that no more messages will be published: the simulated publisher sent its last,
+/// or standard input ended. A finite run ends once everything published is settled.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct InputClosed;

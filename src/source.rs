@@ -1,7 +1,7 @@
 //! The stdin source: newline-delimited JSON messages read on a dedicated blocking thread.
 //!
 //! Reading stdin blocks, so it never happens on the event loop. The thread hands accepted
-//! messages to the subscription through its `Addr`, which is safe to use from any thread;
+//! messages to the broker through a `Recipient`, which is safe to use from any thread;
 //! that hand-off is the talk's section on threads. A bad line is logged with its number
 //! and reason, counted as rejected, and skipped.
 
@@ -11,9 +11,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{error, info};
 
-use crate::broker::memory::{InputClosed, Publish};
+use crate::broker::Publish;
 use crate::message::{parse_line, WireError, MAX_LINE};
 use crate::metrics::Metrics;
+use crate::protocol::InputClosed;
 
 /// Accepted messages are handed over in batches of at most this many, and sooner whenever
 /// the reader has nothing buffered, so that an interactive producer is not kept waiting.
@@ -102,13 +103,13 @@ fn read_all(
             }
         }
         if batch.len() >= BATCH || (!batch.is_empty() && input.buffer().is_empty()) {
-            publish.do_send(Publish(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(BATCH),
-            )));
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            Metrics::add(&metrics.published, full.len() as u64);
+            publish.do_send(Publish(full));
         }
     }
     if !batch.is_empty() {
+        Metrics::add(&metrics.published, batch.len() as u64);
         publish.do_send(Publish(batch));
     }
     info!("End of input after {number} lines: {accepted} accepted, {rejected} rejected");

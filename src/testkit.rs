@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::StepError;
-use crate::message::{Delivery, DeliveryTag, InstanceName, Message as PubSubMessage};
+use crate::message::{AckId, Delivery, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
 use crate::store::{
     memory::MemoryStore, CloseStore, LoadRestarts, RecordRestarts, RestartRow, SaveBatch, Store,
@@ -27,13 +27,16 @@ impl<M: Unpin + 'static> Actor for Sink<M> {
     type Context = Context<Self>;
 }
 
+/// Records the message and answers with the default answer, `()` for most.
 impl<M> Handler<M> for Sink<M>
 where
-    M: Message<Result = ()> + Send + Unpin + 'static,
+    M: Message + Send + Unpin + 'static,
+    M::Result: Default + Send,
 {
-    type Result = ();
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
+    type Result = MessageResult<M>;
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
         self.got.lock().unwrap().push(msg);
+        MessageResult(M::Result::default())
     }
 }
 
@@ -52,7 +55,8 @@ impl<M> Got<M> {
 
 pub fn sink<M>() -> (Recipient<M>, Got<M>)
 where
-    M: Message<Result = ()> + Send + Unpin + 'static,
+    M: Message + Send + Unpin + 'static,
+    M::Result: Default + Send,
 {
     let got = Arc::new(Mutex::new(Vec::new()));
     let addr = Sink { got: got.clone() }.start();
@@ -109,10 +113,10 @@ pub fn name(s: &str) -> InstanceName {
 /// A first delivery of a fresh message for `host`, with tag `tag`.
 pub fn delivery(tag: u64, host: &str) -> Delivery {
     Delivery {
-        tag: DeliveryTag(tag),
+        tag: AckId(tag),
         message: PubSubMessage::new(name(host)),
         attempt: 1,
-        published_at: tokio::time::Instant::now(),
+        published_at: std::time::SystemTime::now(),
     }
 }
 

@@ -17,15 +17,6 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["faults", "iowait", "logging", "metrics"],
     ),
     (
-        "adapters",
-        &[
-            "action::simulated",
-            "broker::memory",
-            "store::memory",
-            "store::sqlite",
-        ],
-    ),
-    (
         "supervision policy",
         &["supervision::policy", "supervision::strategy"],
     ),
@@ -37,6 +28,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "supervision::tree",
             "supervision::supervisor",
             "report",
+        ],
+    ),
+    (
+        "adapters",
+        &[
+            "action::simulated",
+            "broker::memory",
+            "store::memory",
+            "store::sqlite",
         ],
     ),
     (

@@ -42,7 +42,8 @@ fn run(strategy: &str) -> Finished {
     };
     assert_eq!(sum("panic"), f.n("panics"), "{}", f.report);
     assert_eq!(sum("restarts"), f.n("actor_restarts"), "{}", f.report);
-    assert_eq!(sup.len(), 5, "{}", f.report);
+    // The five pipeline actors and the broker adapter.
+    assert_eq!(sup.len(), 6, "{}", f.report);
     f
 }
 

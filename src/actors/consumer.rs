@@ -126,7 +126,12 @@ impl Consumer {
         }
         self.injector.maybe_fail();
         let batch = std::mem::take(&mut self.state.in_hand);
-        Metrics::add(&self.link.metrics.consumed, batch.len() as u64);
+        let m = &self.link.metrics;
+        Metrics::add(&m.consumed, batch.len() as u64);
+        Metrics::add(
+            &m.redelivered,
+            batch.iter().filter(|d| d.attempt > 1).count() as u64,
+        );
         for d in &batch {
             info!(target: FLOW, "Pulled {}", d.message);
         }
@@ -227,10 +232,10 @@ impl Handler<Probe> for Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig, Publish};
+    use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
+    use crate::broker::Publish;
     use crate::message::{InstanceName, Message};
     use crate::testkit::{link, settle, sink, Got};
-    use std::sync::Arc;
 
     struct Rig {
         sub: Addr<MemoryBroker>,
@@ -242,13 +247,15 @@ mod tests {
 
     fn rig(max_in_flight: usize) -> Rig {
         let (link, _, _) = link();
+        let broker_link = link.clone();
         let sub = MemoryBroker::new(
+            broker_link,
             MemoryBrokerConfig {
                 max_in_flight,
                 max_deliveries: 5,
                 ack_deadline: Duration::from_secs(10),
             },
-            Arc::new(crate::metrics::Metrics::default()),
+            Injector::none(ChildName::Broker),
         )
         .start();
         let (track, tracked) = sink();
@@ -262,7 +269,7 @@ mod tests {
             restart,
         };
         let pull = sub.clone().recipient();
-        let injector = crate::faults::Faults::default().injector(ChildName::Consumer, None);
+        let injector = Injector::none(ChildName::Consumer);
         let consumer =
             actix::Supervisor::start(move |_| Consumer::new(link, pull, downstream, 100, injector));
         Rig {

@@ -14,7 +14,7 @@ pub mod signal;
 
 use actix::Addr;
 
-use crate::broker::memory::MemoryBroker;
+use crate::broker::Broker;
 use crate::supervision::supervisor::Supervisor;
 use crate::supervision::tree::Tree;
 
@@ -23,7 +23,8 @@ use crate::supervision::tree::Tree;
 #[derive(Clone)]
 pub struct Pipeline {
     pub supervisor: Addr<Supervisor>,
-    pub broker: Addr<MemoryBroker>,
+    /// The broker adapter, by the contract's messages.
+    pub broker: Broker,
     pub acker: Addr<acker::Acker>,
     pub saver: Addr<saver::Saver>,
     pub restarter: Addr<restarter::Restarter>,

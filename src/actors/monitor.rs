@@ -125,11 +125,7 @@ impl Actor for Monitor {
 
 /// Asks one actor to describe itself, timing the answer; gives the dump's line for it and
 /// the answer, if there was one.
-async fn probe<A>(name: &'static str, addr: Addr<A>) -> (String, Option<Probed>)
-where
-    A: Actor + Handler<Probe>,
-    A::Context: actix::dev::ToEnvelope<A, Probe>,
-{
+async fn probe(name: &'static str, addr: Recipient<Probe>) -> (String, Option<Probed>) {
     if !addr.connected() {
         return (format!("{name}: mailbox closed"), None);
     }
@@ -173,13 +169,17 @@ impl Handler<Dump> for Monitor {
             async move {
                 let mut lines = Vec::new();
                 if let Some(p) = &tree.publisher {
-                    lines.push(probe("publisher", p.clone()).await.0);
+                    lines.push(probe("publisher", p.clone().recipient()).await.0);
                 }
-                lines.push(probe("subscription", tree.broker.clone()).await.0);
-                lines.push(probe("consumer", tree.consumer.clone()).await.0);
-                lines.push(probe("saver", tree.saver.clone()).await.0);
-                lines.push(probe("restarter", tree.restarter.clone()).await.0);
-                let (line, acker) = probe("acker", tree.acker.clone()).await;
+                lines.push(probe("subscription", tree.broker.probe.clone()).await.0);
+                lines.push(probe("consumer", tree.consumer.clone().recipient()).await.0);
+                lines.push(probe("saver", tree.saver.clone().recipient()).await.0);
+                lines.push(
+                    probe("restarter", tree.restarter.clone().recipient())
+                        .await
+                        .0,
+                );
+                let (line, acker) = probe("acker", tree.acker.clone().recipient()).await;
                 lines.push(line);
                 let stats = timeout(PROBE_WAIT, tree.supervisor.send(SupervisionStats)).await;
                 (lines, acker, stats, metrics, lag)

@@ -10,13 +10,14 @@ use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tracing::info;
 
-use crate::broker::memory::{InputClosed, Publish};
+use crate::broker::Publish;
 use crate::faults::Injector;
 use crate::iowait::Alarm;
 use crate::iowait::AlarmClock;
 use crate::message::{InstanceName, Message};
+use crate::metrics::Metrics;
 use crate::names::ChildName;
-use crate::protocol::{Probe, Probed, Shutdown};
+use crate::protocol::{InputClosed, Probe, Probed, Shutdown};
 use crate::supervision::{exited_normally, guard, note_restart, Child, Directive, Link};
 use crate::FLOW;
 
@@ -163,6 +164,7 @@ impl Publisher {
             info!(target: FLOW, "Published {m}");
         }
         self.sent += n;
+        Metrics::add(&self.link.metrics.published, n);
         self.publish.do_send(Publish(batch));
         self.schedule(ctx);
     }

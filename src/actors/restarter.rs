@@ -12,7 +12,6 @@ use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tokio::time::Instant;
 use tracing::info;
-use uuid::Uuid;
 
 use crate::action::RestartError;
 use crate::actors::acker::Outcomes;
@@ -23,7 +22,7 @@ use crate::faults::Injector;
 use crate::iowait::draw_io;
 use crate::iowait::Alarm;
 use crate::iowait::{AlarmClock, IoWait};
-use crate::message::{Delivery, InstanceName};
+use crate::message::{AckId, Delivery, InstanceName};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
@@ -434,15 +433,15 @@ impl Handler<Shutdown> for Restarter {
     }
 }
 
-/// The ids of messages whose restart is running, which the shutdown must not abandon.
+/// The deliveries whose restart is running, which the shutdown must not abandon.
 #[derive(Debug, Message)]
-#[rtype(result = "HashSet<Uuid>")]
+#[rtype(result = "HashSet<AckId>")]
 pub struct Running;
 
 impl Handler<Running> for Restarter {
     type Result = MessageResult<Running>;
     fn handle(&mut self, _: Running, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.io.iter().map(|d| d.id()).collect())
+        MessageResult(self.state.io.iter().map(|d| d.tag).collect())
     }
 }
 
@@ -546,7 +545,7 @@ mod tests {
             .record_restarts(&[RestartRow {
                 host: name("cattle-old"),
                 at_ms: now_ms - 60_000,
-                message_id: Uuid::new_v4(),
+                message_id: uuid::Uuid::new_v4(),
             }])
             .unwrap();
         let r = rig(Duration::ZERO, 0.0, HOUR, store);
@@ -635,7 +634,7 @@ mod tests {
         r.restarter.send(Restart(vec![d].into())).await.unwrap();
         assert_eq!(
             r.restarter.send(Running).await.unwrap(),
-            HashSet::from([d.id()])
+            HashSet::from([d.tag])
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
         settle().await;

@@ -74,6 +74,9 @@ pub struct Saver {
     injector: Injector,
     /// Survives restarts: a stopped Saver fails every save, but still closes the store.
     retired: bool,
+    /// Survives restarts, and counts them: a commit's answer for an earlier incarnation
+    /// only owes its count, because that incarnation's restart failed its batch.
+    incarnation: u64,
     state: State,
 }
 
@@ -97,6 +100,7 @@ impl Saver {
             rng,
             injector,
             retired: false,
+            incarnation: 0,
             state,
         }
     }
@@ -154,22 +158,27 @@ impl Saver {
             })
             .collect();
         self.state.committing = Some(batch);
+        let incarnation = self.incarnation;
         if self.injector.error() {
             // As if the store were unavailable: nothing is written and the batch fails.
             let e = StoreError::Unavailable(format!("injected error in {}", Self::NAME));
-            ctx.spawn(actix::fut::ready(()).map(move |_, act: &mut Self, ctx| {
-                guard(act, ctx, "SaveBatch reply", |act, ctx| {
-                    act.committed(Ok(Err(e)), ctx)
-                });
-            }));
+            ctx.notify(Committed {
+                incarnation,
+                res: Ok(Err(e)),
+            });
             return;
         }
+        // The answer comes back through the mailbox, not to a future on this context,
+        // which a restart would drop: the rows are in the store whatever becomes of this
+        // incarnation, and `saved` must count them.
         let request = self.save.send(SaveBatch(rows));
-        ctx.spawn(request.into_actor(self).map(|res, act, ctx| {
-            guard(act, ctx, "SaveBatch reply", |act, ctx| {
-                act.committed(res, ctx)
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            me.do_send(Committed {
+                incarnation,
+                res: request.await,
             });
-        }));
+        });
     }
 
     fn committed(
@@ -180,8 +189,7 @@ impl Saver {
         let batch = self.state.committing.take().unwrap_or_default();
         let res = res.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
         match res {
-            Ok(new) => {
-                Metrics::add(&self.link.metrics.saved, new);
+            Ok(_) => {
                 let outcomes = batch
                     .into_iter()
                     .map(|d| {
@@ -281,6 +289,7 @@ crate::restart_on_request!(Saver);
 impl Supervised for Saver {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.release(StepError::Restarted(Self::NAME));
+        self.incarnation += 1;
         let closing = self.state.closing.take();
         let closed = self.state.closed;
         self.state = State::new(self.config.io_clock);
@@ -331,6 +340,31 @@ impl Handler<Save> for Saver {
                     act.config.io_clock.arm(at, ctx);
                 }
             }
+        });
+    }
+}
+
+/// The store's answer to one commit, for the incarnation that sent it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    incarnation: u64,
+    res: Result<Result<u64, StoreError>, MailboxError>,
+}
+
+impl Handler<Committed> for Saver {
+    type Result = ();
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        // Counted first, before anything can fail: the rows are in the store.
+        if let Ok(Ok(new)) = &msg.res {
+            Metrics::add(&self.link.metrics.saved, *new);
+        }
+        if msg.incarnation != self.incarnation {
+            // That incarnation's restart failed the batch already; only the count was owed.
+            return;
+        }
+        guard(self, ctx, "SaveBatch reply", |act, ctx| {
+            act.committed(msg.res, ctx)
         });
     }
 }

@@ -20,10 +20,10 @@ use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
 use crate::actors::monitor::{Dump, Monitor, MonitorConfig};
 use crate::actors::restarter::Running;
 use crate::actors::Pipeline;
-use crate::broker::memory::{Holdings, InputClosed, Inspect, WhenSettled};
+use crate::broker::Pending;
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Signal};
-use crate::protocol::Shutdown;
+use crate::protocol::{InputClosed, Shutdown};
 use crate::report::Report;
 use crate::supervision::supervisor::{Escalate, SupervisionStats};
 use crate::supervision::tree::Member;
@@ -31,6 +31,9 @@ use crate::supervision::tree::Member;
 /// Bounds every request the shutdown makes that has no timeout of its own, so that a
 /// wedged actor cannot hang it.
 const ASK: Duration = Duration::from_secs(2);
+/// How often a finite run whose input is closed asks the broker whether anything is
+/// still pending.
+const SETTLED_POLL: Duration = Duration::from_millis(10);
 
 /// Why the service is stopping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,10 @@ pub struct SignalActor {
     metrics: Arc<Metrics>,
     started: Instant,
     shutting_down: bool,
+    /// Whether the input is closed, and whether a question to the broker about what is
+    /// pending is out.
+    input_closed: bool,
+    asking: bool,
     report: ReportSlot,
 }
 
@@ -109,6 +116,8 @@ impl SignalActor {
             metrics,
             started: Instant::now(),
             shutting_down: false,
+            input_closed: false,
+            asking: false,
             report,
         }
     }
@@ -176,16 +185,31 @@ impl Actor for SignalActor {
         if self.config.handle_signals {
             self.listen(ctx);
         }
-        let cause = self.config.settled_cause.clone();
-        // A finite run (--messages or stdin) ends once everything it published is settled.
-        let settled = self.pipeline.broker.send(WhenSettled);
-        let me = ctx.address();
-        actix_rt::spawn(async move {
-            if let Ok(rx) = settled.await {
-                if rx.await.is_ok() {
-                    me.do_send(Begin(cause));
-                }
+    }
+}
+
+/// Starts watching for the end of a finite run (`--messages`, or the end of stdin): once
+/// the input is closed, the run ends when the broker holds nothing pending. The broker's
+/// own count decides, so that this works alike for every broker.
+impl Handler<InputClosed> for SignalActor {
+    type Result = ();
+    fn handle(&mut self, _: InputClosed, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.input_closed, true) {
+            return;
+        }
+        ctx.run_interval(SETTLED_POLL, |act, ctx| {
+            if act.shutting_down || act.asking {
+                return;
             }
+            act.asking = true;
+            let ask = act.pipeline.broker.pending.send(Pending);
+            ctx.spawn(ask.into_actor(act).map(|pending, act, ctx| {
+                act.asking = false;
+                if let Ok(Ok(0)) = pending {
+                    let cause = act.config.settled_cause.clone();
+                    act.begin(cause, ctx);
+                }
+            }));
         });
     }
 }
@@ -299,7 +323,6 @@ async fn shutdown(
             break;
         }
     }
-    pipeline.broker.do_send(InputClosed);
 
     // 2. Drain: let in-flight messages finish normally.
     let n = within(ASK, "the in-flight count", pipeline.acker.send(InFlight)).await;
@@ -357,15 +380,19 @@ async fn shutdown(
 
     // 5. Write the run report, and flush it to the metrics exporter.
     info!("Flushing metrics");
-    // The subscription snapshots every counter inside its own handler, so the conservation
-    // law is checked against one consistent moment; without an answer, take them here.
-    let holdings = within(ASK, "the broker", pipeline.broker.send(Inspect))
+    // Every child has stopped, and the Acker only once the broker confirmed all it was
+    // sent: the counts are final, and what the broker holds is what was not settled.
+    let pending = within(ASK, "the broker", pipeline.broker.pending.send(Pending))
         .await
-        .and_then(Result::ok)
-        .unwrap_or_else(|| Holdings {
-            counts: metrics.snapshot(),
-            ..Holdings::default()
-        });
+        .and_then(Result::ok);
+    let pending = match pending {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            error!("Cannot tell what the broker still holds: {e}");
+            0
+        }
+        None => 0,
+    };
     let supervision = within(
         ASK,
         "the supervisor",
@@ -374,7 +401,7 @@ async fn shutdown(
     .await
     .and_then(Result::ok)
     .unwrap_or_default();
-    let counts = holdings.counts;
+    let counts = metrics.snapshot();
     let last_outcome = Duration::from_nanos(
         metrics
             .last_outcome_ns
@@ -387,7 +414,7 @@ async fn shutdown(
     let elapsed_s = elapsed.as_secs_f64();
     let report = Report {
         counts,
-        pending_at_exit: holdings.pending,
+        pending_at_exit: pending,
         elapsed_s,
         msgs_per_s: if elapsed_s > 0.0 {
             (counts.acked + counts.nacked) as f64 / elapsed_s
@@ -403,7 +430,7 @@ async fn shutdown(
         },
         supervision,
         killed_at_shutdown: killed,
-        ack_latency_ms: holdings.ack_latency,
+        ack_latency_ms: metrics.ack_latency.percentiles(),
         panic_recovery_ms: metrics.panic_recovery.percentiles(),
         loop_lag_ms: metrics.loop_lag.percentiles(),
     };
@@ -454,6 +481,7 @@ mod tests {
             shutdown: slow.recipient(),
             timeout: Duration::from_secs(5),
             failures: Default::default(),
+            in_strategy: true,
         }
     }
 

@@ -1,19 +1,25 @@
-//! `MemoryBroker`: an in-memory broker with real lease, ack and nack semantics.
+//! `MemoryBroker`: the embedded broker, with real lease, ack and nack semantics.
 //!
-//! It owns every message from publish to ack or dead letter. The Publisher (or the stdin
+//! It holds every message from publish to ack or dead letter. The Publisher (or the stdin
 //! source) publishes into it, the Consumer pulls from it, the Acker settles with it, and
-//! the SignalActor asks it when everything is settled and what is left at exit.
+//! the shutdown asks it what is still pending. It is a supervised child: a restart of the
+//! adapter keeps every message, as a real broker keeps them when its client reconnects,
+//! and only answers a parked pull.
 
+use std::time::{Duration, SystemTime};
 use std::{cmp::Reverse, collections::BinaryHeap, collections::VecDeque};
-use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{debug, warn};
 
-use super::{BrokerError, Extend, Pull, Settle, Verdict};
-use crate::message::{Delivery, DeliveryTag, Message};
-use crate::metrics::{Counts, Metrics};
+use super::{BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Settlement, Verdict};
+use crate::faults::Injector;
+use crate::message::{AckId, Delivery, Message};
+use crate::metrics::Metrics;
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
+use crate::supervision::{guard, note_restart, Child, Link};
 use crate::FastMap;
 
 /// How often leases and delayed redeliveries are checked. Redelivery timing is accurate to
@@ -26,7 +32,7 @@ struct Held {
     message: Message,
     /// Deliveries made so far.
     attempts: u32,
-    published_at: Instant,
+    published_at: SystemTime,
 }
 
 #[derive(Debug)]
@@ -46,42 +52,38 @@ struct Waiter {
 #[derive(Debug, Clone)]
 pub struct MemoryBrokerConfig {
     pub max_in_flight: usize,
+    /// Deliveries after which a message whose lease ran out goes to the dead letters; the
+    /// Acker dead-letters a failed one itself.
     pub max_deliveries: u32,
     pub ack_deadline: Duration,
 }
 
 /// The in-memory broker.
 pub struct MemoryBroker {
+    link: Link,
     config: MemoryBrokerConfig,
-    metrics: Arc<Metrics>,
-    started: Instant,
+    injector: Injector,
+    /// Survives restarts: a stopped broker serves no more pulls.
+    retired: bool,
     ready: VecDeque<Held>,
     /// Nacked messages waiting out their delay, soonest first.
     delayed: BinaryHeap<Reverse<(Instant, u64)>>,
     delayed_held: FastMap<u64, Held>,
-    leased: FastMap<DeliveryTag, Lease>,
+    leased: FastMap<AckId, Lease>,
     /// Lease deadlines, soonest first. Extensions push a new entry and leave the old one to
     /// be skipped, which keeps extension O(log n) instead of a search.
-    expiry: BinaryHeap<Reverse<(Instant, DeliveryTag)>>,
+    expiry: BinaryHeap<Reverse<(Instant, AckId)>>,
     next_tag: u64,
     waiter: Option<Waiter>,
-    input_closed: bool,
-    settled_waiters: Vec<oneshot::Sender<()>>,
-    /// Dead letters are counted and logged, not kept: a topic nobody reads would grow
-    /// by a quarter of the traffic at the benchmark's failure rate.
-    dead_letters: u64,
-    /// Publish to ack, in microseconds, for the report.
-    ack_latency: hdrhistogram::Histogram<u64>,
-    /// The same, for the metrics exporter; a no-op when nothing is installed.
-    ack_latency_export: metrics::Histogram,
 }
 
 impl MemoryBroker {
-    pub fn new(config: MemoryBrokerConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(link: Link, config: MemoryBrokerConfig, injector: Injector) -> Self {
         Self {
+            link,
             config,
-            metrics,
-            started: Instant::now(),
+            injector,
+            retired: false,
             ready: VecDeque::new(),
             delayed: BinaryHeap::new(),
             delayed_held: FastMap::default(),
@@ -89,12 +91,11 @@ impl MemoryBroker {
             expiry: BinaryHeap::new(),
             next_tag: 0,
             waiter: None,
-            input_closed: false,
-            settled_waiters: Vec::new(),
-            dead_letters: 0,
-            ack_latency: crate::metrics::micros_histogram(),
-            ack_latency_export: metrics::histogram!("mandrill_ack_latency_seconds"),
         }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.link.metrics
     }
 
     fn credit(&self) -> usize {
@@ -112,11 +113,8 @@ impl MemoryBroker {
         let mut out = Vec::with_capacity(n);
         for mut held in self.ready.drain(..n) {
             held.attempts += 1;
-            if held.attempts > 1 {
-                Metrics::inc(&self.metrics.redelivered);
-            }
             self.next_tag += 1;
-            let tag = DeliveryTag(self.next_tag);
+            let tag = AckId(self.next_tag);
             self.leased.insert(tag, Lease { held, deadline });
             self.expiry.push(Reverse((deadline, tag)));
             out.push(Delivery {
@@ -169,18 +167,9 @@ impl MemoryBroker {
         self.ready.push_front(held);
     }
 
-    /// A failed delivery: redeliver it, or dead-letter it after the last allowed attempt.
-    /// A dead letter is an outcome; the caller marks its time, once per batch.
-    fn retry_or_dead_letter(&mut self, held: Held, delay: Duration, why: &str) {
-        if held.attempts >= self.config.max_deliveries {
-            warn!(
-                target: crate::FLOW,
-                "Dead-lettered {} after {} deliveries ({why})",
-                held.message, held.attempts
-            );
-            Metrics::inc(&self.metrics.dead_lettered);
-            self.dead_letters += 1;
-        } else if delay.is_zero() {
+    /// Holds a failed delivery for redelivery, at once or after `delay`.
+    fn redeliver(&mut self, held: Held, delay: Duration) {
+        if delay.is_zero() {
             self.ready.push_back(held);
         } else {
             self.next_tag += 1;
@@ -190,11 +179,14 @@ impl MemoryBroker {
         }
     }
 
-    fn mark_outcome(&self) {
-        let ns = self.started.elapsed().as_nanos() as u64;
-        self.metrics
-            .last_outcome_ns
-            .fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
+    /// Dead letters are logged, not kept: a topic nobody reads would grow by a quarter of
+    /// the traffic at the benchmark's failure rate.
+    fn dead_letter(&self, held: Held, why: &str) {
+        warn!(
+            target: crate::FLOW,
+            "Dead-lettered {} after {} deliveries ({why})",
+            held.message, held.attempts
+        );
     }
 
     fn tick(&mut self) {
@@ -216,22 +208,40 @@ impl MemoryBroker {
             // Skip entries for leases already settled or extended past this deadline.
             if self.leased.get(&tag).is_some_and(|l| l.deadline <= now) {
                 let lease = self.leased.remove(&tag).expect("checked above");
-                Metrics::inc(&self.metrics.lease_expired);
+                Metrics::inc(&self.metrics().lease_expired);
                 debug!("Lease on {} expired", lease.held.message);
-                self.retry_or_dead_letter(lease.held, Duration::ZERO, "lease expired");
-                self.mark_outcome();
+                // Nobody settled this delivery, so nobody else counts what becomes of it.
+                if lease.held.attempts >= self.config.max_deliveries {
+                    self.dead_letter(lease.held, "lease expired");
+                    Metrics::inc(&self.metrics().dead_lettered);
+                    self.metrics().mark_outcome();
+                } else {
+                    self.ready.push_back(lease.held);
+                }
             }
         }
         self.serve_waiter();
-        self.check_settled();
     }
 
-    fn check_settled(&mut self) {
-        if self.input_closed && self.pending() == 0 && !self.settled_waiters.is_empty() {
-            for w in self.settled_waiters.drain(..) {
-                let _ = w.send(());
+    /// Applies a batch of settlements; returns those whose lease had already run out.
+    fn settle(&mut self, settlements: Vec<Settlement>) -> Settled {
+        let mut stale = Vec::new();
+        for s in settlements {
+            let Some(lease) = self.leased.remove(&s.tag) else {
+                // Its lease ran out and the message went back; the later delivery counts.
+                debug!("Refused a settlement for stale delivery {:?}", s.tag);
+                stale.push(s);
+                continue;
+            };
+            match s.verdict {
+                Verdict::Ack => {}
+                Verdict::Nack { delay } => self.redeliver(lease.held, delay),
+                Verdict::DeadLetter => self.dead_letter(lease.held, "nacked"),
+                Verdict::Release => self.unlease(lease),
             }
         }
+        self.serve_waiter();
+        Settled { stale }
     }
 }
 
@@ -239,40 +249,68 @@ impl Actor for MemoryBroker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(TICK, |act, _| act.tick());
+        crate::supervision::hold_for_backoff(self, ctx);
+        ctx.run_interval(TICK, |act, ctx| {
+            guard(act, ctx, "lease timer", |act, _| act.tick());
+        });
     }
 }
 
-/// Adds messages to the subscription.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Publish(pub Vec<Message>);
+impl Child for MemoryBroker {
+    const NAME: ChildName = ChildName::Broker;
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
+    }
+}
 
+crate::restart_on_request!(MemoryBroker);
+
+impl Supervised for MemoryBroker {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // The messages are the broker's, not this adapter's: they stay. Only the parked
+        // pull is answered, empty, so that the Consumer asks again.
+        if let Some(w) = self.waiter.take() {
+            let _ = w.reply.send(Ok(Vec::new()));
+        }
+        note_restart(self);
+    }
+}
+
+/// Adds messages to the broker, first thing, so that a failure after cannot lose them.
 impl Handler<Publish> for MemoryBroker {
     type Result = ();
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        if self.input_closed {
-            warn!(
-                "Dropped {} messages published after input closed",
-                msg.0.len()
-            );
-            return;
-        }
-        let now = Instant::now();
-        Metrics::add(&self.metrics.published, msg.0.len() as u64);
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        let published_at = SystemTime::now();
         self.ready.extend(msg.0.into_iter().map(|message| Held {
             message,
             attempts: 0,
-            published_at: now,
+            published_at,
         }));
-        self.serve_waiter();
+        guard(self, ctx, "Publish", |act, _| {
+            act.injector.maybe_fail();
+            act.serve_waiter();
+        });
     }
 }
 
 impl Handler<Pull> for MemoryBroker {
     type Result = Response<Result<Vec<Delivery>, BrokerError>>;
-    fn handle(&mut self, pull: Pull, _: &mut Context<Self>) -> Self::Result {
-        let batch = self.lease(pull.max);
+    fn handle(&mut self, pull: Pull, ctx: &mut Context<Self>) -> Self::Result {
+        if self.retired {
+            return Response::reply(Err(BrokerError::Closed));
+        }
+        let Some(batch) = guard(self, ctx, "Pull", |act, _| {
+            act.injector.maybe_fail();
+            act.lease(pull.max)
+        }) else {
+            return Response::reply(Ok(Vec::new()));
+        };
         if !batch.is_empty() || pull.wait.is_zero() {
             return Response::reply(Ok(batch));
         }
@@ -290,45 +328,13 @@ impl Handler<Pull> for MemoryBroker {
     }
 }
 
+/// Applies settlements, then answers with those it refused, even if it fails after.
 impl Handler<Settle> for MemoryBroker {
-    type Result = ();
-    fn handle(&mut self, settle: Settle, _: &mut Context<Self>) {
-        // Counted here and added once: shared counters are cheap, but not free per message.
-        let (mut acked, mut nacked, mut released) = (0, 0, 0);
-        let now = Instant::now();
-        for s in settle.0 {
-            let Some(lease) = self.leased.remove(&s.tag) else {
-                // Its lease ran out and the message went back; the later delivery counts.
-                debug!("Ignored a settlement for stale delivery {:?}", s.tag);
-                continue;
-            };
-            match s.verdict {
-                Verdict::Ack => {
-                    acked += 1;
-                    let took = now.saturating_duration_since(lease.held.published_at);
-                    self.ack_latency
-                        .saturating_record(took.as_micros().min(u64::MAX as u128) as u64);
-                    self.ack_latency_export.record(took.as_secs_f64());
-                }
-                Verdict::Nack { delay } => {
-                    nacked += 1;
-                    self.retry_or_dead_letter(lease.held, delay, "nacked");
-                }
-                Verdict::Release => {
-                    released += 1;
-                    self.unlease(lease);
-                }
-            }
-        }
-        Metrics::add(&self.metrics.acked, acked);
-        Metrics::add(&self.metrics.nacked, nacked);
-        Metrics::add(&self.metrics.nacked_on_shutdown, released);
-        // One clock read per batch: every outcome in it happened at this moment.
-        if acked + nacked > 0 {
-            self.mark_outcome();
-        }
-        self.serve_waiter();
-        self.check_settled();
+    type Result = MessageResult<Settle>;
+    fn handle(&mut self, settle: Settle, ctx: &mut Context<Self>) -> Self::Result {
+        let settled = self.settle(settle.0);
+        guard(self, ctx, "Settle", |act, _| act.injector.maybe_fail());
+        MessageResult(settled)
     }
 }
 
@@ -347,83 +353,42 @@ impl Handler<Extend> for MemoryBroker {
     }
 }
 
-/// Says that no more messages will be published.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct InputClosed;
+/// Counts what is neither acked nor dead-lettered.
+impl Handler<Pending> for MemoryBroker {
+    type Result = Result<u64, BrokerError>;
+    fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.pending())
+    }
+}
 
-impl Handler<InputClosed> for MemoryBroker {
+/// At shutdown there is nothing to let go of: the messages stay with the broker, and the
+/// shutdown still asks what is pending after.
+impl Handler<Shutdown> for MemoryBroker {
     type Result = ();
-    fn handle(&mut self, _: InputClosed, _: &mut Context<Self>) {
-        self.input_closed = true;
-        self.check_settled();
-    }
-}
-
-/// Resolves once input is closed and every message is acked or dead-lettered.
-#[derive(Debug, Message)]
-#[rtype(result = "oneshot::Receiver<()>")]
-pub struct WhenSettled;
-
-impl Handler<WhenSettled> for MemoryBroker {
-    type Result = MessageResult<WhenSettled>;
-    fn handle(&mut self, _: WhenSettled, _: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.settled_waiters.push(tx);
-        self.check_settled();
-        MessageResult(rx)
-    }
-}
-
-/// What the broker holds right now.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Holdings {
-    /// Never delivered, waiting for redelivery, or leased.
-    pub pending: u64,
-    /// Messages given up on; the broker keeps them, this is their number.
-    pub dead_letters: u64,
-    /// The counters, read at the same moment as the holdings.
-    pub counts: Counts,
-    /// Publish to ack, so far.
-    pub ack_latency: crate::metrics::Percentiles,
-}
-
-/// Reports what the broker holds.
-#[derive(Debug, Message)]
-#[rtype(result = "Holdings")]
-pub struct Inspect;
-
-impl Handler<Inspect> for MemoryBroker {
-    type Result = MessageResult<Inspect>;
-    fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Holdings {
-            pending: self.pending(),
-            dead_letters: self.dead_letters,
-            counts: self.metrics.snapshot(),
-            ack_latency: crate::metrics::Percentiles::of_us(&self.ack_latency),
-        })
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        if let Some(w) = self.waiter.take() {
+            let _ = w.reply.send(Ok(Vec::new()));
+        }
     }
 }
 
 /// Describes the broker for the live dump: what waits, what is leased, what is delayed.
-impl Handler<crate::protocol::Probe> for MemoryBroker {
-    type Result = MessageResult<crate::protocol::Probe>;
-    fn handle(&mut self, _: crate::protocol::Probe, _: &mut Context<Self>) -> Self::Result {
-        let state = if self.input_closed {
-            "input closed"
-        } else {
-            "open"
-        };
-        let mut p = crate::protocol::Probed::new(
+impl Handler<Probe> for MemoryBroker {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = if self.retired { "retired" } else { "open" };
+        let mut p = Probed::new(
             state,
             &[
                 ("ready", self.ready.len()),
                 ("leased", self.leased.len()),
                 ("delayed", self.delayed_held.len()),
-                ("dead_letters", self.dead_letters as usize),
             ],
         );
-        p.oldest = self.ready.front().map(|h| h.published_at.elapsed());
+        p.oldest = self
+            .ready
+            .front()
+            .map(|h| h.published_at.elapsed().unwrap_or_default());
         MessageResult(p)
     }
 }
@@ -431,9 +396,10 @@ impl Handler<crate::protocol::Probe> for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::Settlement;
     use crate::message::InstanceName;
+    use crate::testkit::settle as let_run;
     use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
 
     fn msgs(n: usize) -> Vec<Message> {
         (0..n)
@@ -441,14 +407,27 @@ mod tests {
             .collect()
     }
 
-    fn start(max_in_flight: usize, max_deliveries: u32) -> (Addr<MemoryBroker>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::default());
+    fn start_with(
+        max_in_flight: usize,
+        max_deliveries: u32,
+        injector: Injector,
+    ) -> (Addr<MemoryBroker>, Arc<Metrics>) {
+        let (link, _, metrics) = crate::testkit::link();
         let cfg = MemoryBrokerConfig {
             max_in_flight,
             max_deliveries,
             ack_deadline: Duration::from_secs(10),
         };
-        (MemoryBroker::new(cfg, metrics.clone()).start(), metrics)
+        let broker = actix::Supervisor::start(move |_| MemoryBroker::new(link, cfg, injector));
+        (broker, metrics)
+    }
+
+    fn start(max_in_flight: usize, max_deliveries: u32) -> (Addr<MemoryBroker>, Arc<Metrics>) {
+        start_with(
+            max_in_flight,
+            max_deliveries,
+            Injector::none(ChildName::Broker),
+        )
     }
 
     fn pull(max: usize) -> Pull {
@@ -471,19 +450,19 @@ mod tests {
 
     #[actix_rt::test]
     async fn flow_control_caps_leases_and_acks_return_credit() {
-        let (sub, m) = start(3, 5);
+        let (sub, _) = start(3, 5);
         sub.send(Publish(msgs(5))).await.unwrap();
         let first = sub.send(pull(10)).await.unwrap().unwrap();
         assert_eq!(first.len(), 3);
         assert!(sub.send(pull(10)).await.unwrap().unwrap().is_empty());
         sub.send(settle(&first[..2], Verdict::Ack)).await.unwrap();
         assert_eq!(sub.send(pull(10)).await.unwrap().unwrap().len(), 2);
-        assert_eq!(m.acked.load(Relaxed), 2);
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(3));
     }
 
     #[actix_rt::test]
-    async fn nack_redelivers_then_dead_letters() {
-        let (sub, m) = start(10, 2);
+    async fn nack_redelivers_and_a_dead_letter_is_gone() {
+        let (sub, _) = start(10, 2);
         sub.send(Publish(msgs(1))).await.unwrap();
         let nack = Verdict::Nack {
             delay: Duration::ZERO,
@@ -493,12 +472,10 @@ mod tests {
         sub.send(settle(&d1, nack)).await.unwrap();
         let d2 = sub.send(pull(1)).await.unwrap().unwrap();
         assert_eq!((d2[0].attempt, d2[0].id()), (2, d1[0].id()));
-        sub.send(settle(&d2, nack)).await.unwrap();
+        assert_ne!(d2[0].tag, d1[0].tag, "each delivery has its own handle");
+        sub.send(settle(&d2, Verdict::DeadLetter)).await.unwrap();
         assert!(sub.send(pull(1)).await.unwrap().unwrap().is_empty());
-        let h = sub.send(Inspect).await.unwrap();
-        assert_eq!((h.pending, h.dead_letters), (0, 1));
-        assert_eq!(m.redelivered.load(Relaxed), 1);
-        assert_eq!(m.dead_lettered.load(Relaxed), 1);
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(0));
     }
 
     #[actix_rt::test]
@@ -510,7 +487,6 @@ mod tests {
         let again = sub.send(pull(1)).await.unwrap().unwrap();
         assert_eq!(again[0].attempt, 1);
         assert_eq!(m.dead_lettered.load(Relaxed), 0);
-        assert_eq!(m.nacked_on_shutdown.load(Relaxed), 1);
     }
 
     #[actix_rt::test]
@@ -539,11 +515,25 @@ mod tests {
         assert_eq!(m.lease_expired.load(Relaxed), 1);
         let again = sub.send(pull(1)).await.unwrap().unwrap();
         assert_eq!(again[0].attempt, 3);
-        // The stale delivery's ack is ignored; only the live one counts.
-        sub.send(settle(&d, Verdict::Ack)).await.unwrap();
-        assert_eq!(m.acked.load(Relaxed), 0);
-        sub.send(settle(&again, Verdict::Ack)).await.unwrap();
-        assert_eq!(m.acked.load(Relaxed), 1);
+        // The stale delivery's ack is refused, and says so; only the live one counts.
+        let stale = sub.send(settle(&d, Verdict::Ack)).await.unwrap();
+        assert_eq!(stale.stale.len(), 1);
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(1));
+        let live = sub.send(settle(&again, Verdict::Ack)).await.unwrap();
+        assert!(live.stale.is_empty());
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(0));
+    }
+
+    #[actix_rt::test]
+    async fn a_lease_that_runs_out_on_the_last_delivery_is_dead_lettered_by_the_broker() {
+        tokio::time::pause();
+        let (sub, m) = start(10, 1);
+        sub.send(Publish(msgs(1))).await.unwrap();
+        sub.send(pull(1)).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(m.lease_expired.load(Relaxed), 1);
+        assert_eq!(m.dead_lettered.load(Relaxed), 1);
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(0));
     }
 
     #[actix_rt::test]
@@ -564,17 +554,30 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn settled_fires_only_when_input_closed_and_nothing_pending() {
+    async fn pending_counts_what_is_ready_leased_and_delayed() {
         let (sub, _) = start(10, 5);
-        sub.send(Publish(msgs(1))).await.unwrap();
-        let mut settled = sub.send(WhenSettled).await.unwrap();
-        sub.send(InputClosed).await.unwrap();
-        let d = sub.send(pull(1)).await.unwrap().unwrap();
-        assert!(settled.try_recv().is_err());
-        sub.send(settle(&d, Verdict::Ack)).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), settled)
+        sub.send(Publish(msgs(3))).await.unwrap();
+        let d = sub.send(pull(2)).await.unwrap().unwrap();
+        let delay = Duration::from_secs(60);
+        sub.send(settle(&d[..1], Verdict::Nack { delay }))
             .await
-            .expect("settled in time")
             .unwrap();
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(3));
+        sub.send(settle(&d[1..], Verdict::Ack)).await.unwrap();
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(2));
+    }
+
+    #[actix_rt::test]
+    async fn a_restarted_adapter_keeps_every_message() {
+        let injector = "panic:broker=1"
+            .parse::<crate::faults::Faults>()
+            .unwrap()
+            .injector(ChildName::Broker, Some(1));
+        let (sub, m) = start_with(10, 5, injector);
+        // Publishing takes the messages in before the injected panic strikes.
+        sub.send(Publish(msgs(4))).await.unwrap();
+        let_run().await;
+        assert!(m.actor_restarts.load(Relaxed) >= 1);
+        assert_eq!(sub.send(Pending).await.unwrap(), Ok(4));
     }
 }

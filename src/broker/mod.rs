@@ -1,26 +1,57 @@
-//! The subscription contract: what the pipeline needs from a pub/sub broker.
+//! The broker contract: what the pipeline needs from a pub/sub broker.
 //!
 //! The contract is a set of actix messages, and the pipeline holds only `Recipient`s of
-//! them: the Consumer a `Recipient<Pull>`, the Acker `Recipient<Settle>` and
-//! `Recipient<Extend>`. Any actor that handles these messages can stand in for the broker;
-//! [`memory::MemoryBroker`] is the embedded one, and a NATS JetStream pull consumer
-//! fits the same shape (fetch with expiry, ack, nak with delay, in-progress, max deliver).
+//! them, gathered in [`Broker`]: the Consumer pulls, the Acker settles and extends, the
+//! load generator publishes, and the shutdown asks what is still pending. Any actor that
+//! handles them is a broker adapter; [`memory::MemoryBroker`] is the embedded one. An
+//! adapter is a supervised child like any other, so one that loses its connection is
+//! restarted; what it holds in the broker survives that, because the broker keeps it.
+//!
+//! The run's accounting is not the broker's: the Acker counts what it decides and the
+//! broker confirms, so any broker gives the same report. An adapter counts only what
+//! happens inside the broker and nowhere else: a lease that ran out, and the dead letter
+//! that may follow it.
+//!
+//! How each verdict maps onto an at-least-once broker:
+//!
+//! | verdict | `MemoryBroker` | Google Cloud Pub/Sub | NATS JetStream |
+//! |---|---|---|---|
+//! | `Ack` | removed for good | `acknowledge` | `+ACK` |
+//! | `Nack { delay }` | redelivered after `delay` | `modifyAckDeadline(delay)`; 0 redelivers at once | `-NAK {"delay": delay}` |
+//! | `DeadLetter` | moved to the dead letters | publish to the dead-letter topic, then `acknowledge`; or `modifyAckDeadline(0)` where the subscription's dead-letter policy has the same limit | copy to the dead-letter subject, then `+TERM` (no native dead-letter queue) |
+//! | `Release` | back first in line; the attempt is not spent | `modifyAckDeadline(0)` | `-NAK` |
+//! | `Extend { by }` | the lease's deadline moves to `by` from now | `modifyAckDeadline(by)` | `+WPI`, which restarts the consumer's `AckWait` |
+//!
+//! **Release where a broker cannot un-count a delivery.** Pub/Sub and JetStream count
+//! every delivery towards their own limits (`deliveryAttempt`, `MaxDeliver`), so there a
+//! released delivery spends an attempt. Release still means "not handled, through no
+//! fault of the message": the service never dead-letters a message on a release, only
+//! when a failed delivery is its last allowed one, and a message released at a shutdown
+//! may so reach the broker's own limit one delivery early. `max_deliveries` must not
+//! exceed the broker's own limit, or the broker dead-letters before the service would.
+//!
+//! **Stale settlements.** A settlement for a delivery whose lease already ran out names a
+//! handle the broker has taken back. The memory broker refuses it and says so in
+//! `Settled`, which keeps the run's counts exact; a broker that cannot tell (JetStream's
+//! acks carry no answer) reports none.
 
 pub mod memory;
 
 use std::time::Duration;
 
-use actix::Message;
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message, Recipient};
 use thiserror::Error;
 
-use crate::message::{Delivery, DeliveryTag};
+use crate::message::{AckId, Delivery, Message as PubSubMessage};
+use crate::protocol::Probe;
 
-/// Why the subscription could not serve a request.
+/// Why the broker could not serve a request.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum BrokerError {
-    #[error("subscription is closed")]
+    #[error("broker is closed")]
     Closed,
-    #[error("subscription is unavailable: {0}")]
+    #[error("broker is unavailable: {0}")]
     Unavailable(String),
 }
 
@@ -41,29 +72,92 @@ pub struct Pull {
 pub enum Verdict {
     /// Handled: remove the message for good.
     Ack,
-    /// Failed: redeliver after `delay`, or dead-letter it after the last allowed delivery.
+    /// Failed: redeliver it after `delay`.
     Nack { delay: Duration },
+    /// Failed on its last allowed delivery: give up on it, into the dead letters.
+    DeadLetter,
     /// Not handled because the service is stopping: keep the message for a later delivery,
-    /// without counting this delivery towards the dead-letter limit.
+    /// without counting this delivery towards the dead-letter limit where the broker can.
     Release,
 }
 
 /// A verdict on one delivery.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settlement {
-    pub tag: DeliveryTag,
+    pub tag: AckId,
     pub verdict: Verdict,
 }
 
-/// Acks and nacks a batch of deliveries.
+/// Acks and nacks a batch of deliveries; the answer says which the broker refused.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Settled")]
 pub struct Settle(pub Vec<Settlement>);
+
+/// What the broker made of a `Settle`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The settlements it refused, because their delivery was no longer leased: the lease
+    /// ran out and the message went back, so a later delivery decides it.
+    pub stale: Vec<Settlement>,
+}
 
 /// Extends the leases of deliveries still being worked on, by `by` from now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Extend {
-    pub tags: Vec<DeliveryTag>,
+    pub tags: Vec<AckId>,
     pub by: Duration,
+}
+
+/// Publishes messages; the load generator and the stdin source use it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub Vec<PubSubMessage>);
+
+/// How many messages are neither acked nor dead-lettered: not yet delivered, waiting
+/// for redelivery, or leased. A finite run ends when it reaches zero, and the report's
+/// `pending_at_exit` is its last answer.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, BrokerError>")]
+pub struct Pending;
+
+/// A broker adapter as the pipeline holds it: a recipient for each message of the
+/// contract.
+#[derive(Clone)]
+pub struct Broker {
+    pub pull: Recipient<Pull>,
+    pub settle: Recipient<Settle>,
+    pub extend: Recipient<Extend>,
+    pub publish: Recipient<Publish>,
+    pub pending: Recipient<Pending>,
+    pub probe: Recipient<Probe>,
+}
+
+impl Broker {
+    /// The contract's recipients of a running adapter.
+    pub fn of<A>(adapter: &Addr<A>) -> Self
+    where
+        A: Actor
+            + Handler<Pull>
+            + Handler<Settle>
+            + Handler<Extend>
+            + Handler<Publish>
+            + Handler<Pending>
+            + Handler<Probe>,
+        A::Context: ToEnvelope<A, Pull>
+            + ToEnvelope<A, Settle>
+            + ToEnvelope<A, Extend>
+            + ToEnvelope<A, Publish>
+            + ToEnvelope<A, Pending>
+            + ToEnvelope<A, Probe>,
+    {
+        Self {
+            pull: adapter.clone().recipient(),
+            settle: adapter.clone().recipient(),
+            extend: adapter.clone().recipient(),
+            publish: adapter.clone().recipient(),
+            pending: adapter.clone().recipient(),
+            probe: adapter.clone().recipient(),
+        }
+    }
 }

@@ -102,12 +102,13 @@ impl Supervisor {
     /// restarts itself: its guard stopped its context already. Stopped children stay
     /// stopped.
     fn siblings_to_restart(&self, failed: ChildName) -> Vec<Member> {
-        let Some(at) = self.children.iter().position(|c| c.name == failed) else {
+        let group: Vec<&Member> = self.children.iter().filter(|c| c.in_strategy).collect();
+        let Some(at) = group.iter().position(|c| c.name == failed) else {
             return Vec::new();
         };
         self.strategy
-            .siblings(at, self.children.len())
-            .map(|i| &self.children[i])
+            .siblings(at, group.len())
+            .map(|i| group[i])
             .filter(|c| !self.stopped.contains(&c.name))
             .cloned()
             .collect()
@@ -285,6 +286,7 @@ mod tests {
                 shutdown: shutdown.clone(),
                 timeout: Duration::from_secs(5),
                 failures: Default::default(),
+                in_strategy: true,
             });
         }
         let s = Supervisor::new(settings, &tree, escalate).start();
@@ -439,5 +441,42 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
         assert_eq!(escalations.len(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_child_outside_the_strategy_restarts_alone_and_never_with_a_sibling() {
+        let (escalate, _) = sink();
+        let settings = Settings {
+            strategy: Strategy::OneForAll,
+            intensity: Intensity {
+                max_restarts: 10,
+                window: Duration::from_secs(5),
+            },
+            backoff: Backoff::default(),
+            seed: Some(1),
+        };
+        let (shutdown, _) = sink();
+        let mut tree = Tree::default();
+        let mut got = Vec::new();
+        for (name, in_strategy) in [(A, false), (B, true), (C, true)] {
+            let (restart, asked) = sink();
+            got.push(asked);
+            tree.add(Member {
+                name,
+                restart,
+                shutdown: shutdown.clone(),
+                timeout: Duration::from_secs(5),
+                failures: Default::default(),
+                in_strategy,
+            });
+        }
+        let got: [Got<RestartChild>; 3] = got.try_into().ok().unwrap();
+        let s = Supervisor::new(settings, &tree, escalate).start();
+        s.send(failed(A)).await.unwrap();
+        settle().await;
+        assert!(asked(&got).is_empty(), "a's failure restarted a sibling");
+        s.send(failed(B)).await.unwrap();
+        settle().await;
+        assert_eq!(asked(&got), [(C, B)]);
     }
 }

@@ -24,6 +24,10 @@ pub struct Member {
     pub timeout: Duration,
     /// Its failures by kind, shared with its `Link`.
     pub failures: Arc<FailureCounts>,
+    /// Whether the strategy restarts it with its siblings. A broker adapter stands
+    /// outside, as a connection sits under a supervisor of its own in OTP: a worker's
+    /// failure does not reconnect it, and its own failure restarts only itself.
+    pub in_strategy: bool,
 }
 
 /// The children of one supervisor, in start order.
