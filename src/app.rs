@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use thiserror::Error;
 
+use crate::action::simulated::{SimulatedConfig, SimulatedRestarts};
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::monitor::MonitorConfig;
@@ -341,19 +342,25 @@ fn start_pipeline(
         saver.clone().recipient(),
     );
 
-    // 5. The Restarter, which reports to the Acker too.
+    // 5. The Restarter, which reports to the Acker too, and its restart action.
+    let domain: Arc<str> = config.domain.as_str().into();
+    let action = Box::new(SimulatedRestarts::new(
+        SimulatedConfig {
+            io_delay: config.io_delay,
+            io_jitter: config.io_jitter,
+            clock: AlarmClock::Thread,
+            failure_rate: config.failure_rate,
+            domain: domain.clone(),
+        },
+        rng_for(seed, Purpose::SimulatedRestarts),
+    ));
     let link = w.core_link(ChildName::Restarter);
     let restarter = {
         let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
         let cfg = RestarterConfig {
-            io_delay: config.io_delay,
-            io_jitter: config.io_jitter,
-            io_clock: AlarmClock::Thread,
-            failure_rate: config.failure_rate,
             min_interval: config.min_restart_interval,
-            domain: config.domain.as_str().into(),
+            domain,
         };
-        let rng = rng_for(seed, Purpose::SimulatedRestarts);
         let injector = w.injector(ChildName::Restarter);
         actix::Supervisor::start(move |_| {
             Restarter::new(
@@ -361,8 +368,8 @@ fn start_pipeline(
                 acker.recipient(),
                 store.clone().recipient(),
                 store.recipient(),
+                action,
                 cfg,
-                rng,
                 injector,
             )
         })

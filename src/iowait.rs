@@ -71,9 +71,10 @@ impl AlarmClock {
                 });
             }
             AlarmClock::Thread => {
+                let to: Recipient<Alarm> = ctx.address().recipient();
                 let wake = Wake {
                     at: at.into_std(),
-                    to: ctx.address().recipient(),
+                    ring: Box::new(move || to.do_send(Alarm)),
                 };
                 // The thread only ends if it panicked; a late alarm then beats none.
                 if CLOCK.send(wake).is_err() {
@@ -84,10 +85,37 @@ impl AlarmClock {
     }
 }
 
-/// One actor's wake-up call.
+impl AlarmClock {
+    /// Calls `ring` at `at`: on the clock thread, which must then only send a message or
+    /// do as little, or on a tokio task, which paused time moves. Must be called inside
+    /// the actor system.
+    pub fn call_at(self, at: Instant, ring: impl FnOnce() + Send + 'static) {
+        let on_tokio = |ring: Box<dyn FnOnce() + Send>| {
+            actix_rt::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                ring();
+            });
+        };
+        match self {
+            AlarmClock::Tokio => on_tokio(Box::new(ring)),
+            AlarmClock::Thread => {
+                let wake = Wake {
+                    at: at.into_std(),
+                    ring: Box::new(ring),
+                };
+                // The thread only ends if it panicked; a late call then beats none.
+                if let Err(mpsc::SendError(wake)) = CLOCK.send(wake) {
+                    on_tokio(wake.ring);
+                }
+            }
+        }
+    }
+}
+
+/// One wake-up call: what to do, and when.
 struct Wake {
     at: std::time::Instant,
-    to: Recipient<Alarm>,
+    ring: Box<dyn FnOnce() + Send>,
 }
 
 impl PartialEq for Wake {
@@ -134,7 +162,7 @@ fn ring(rx: mpsc::Receiver<Wake>) {
         let now = std::time::Instant::now();
         while alarms.peek().is_some_and(|a| a.0.at <= now) {
             if let Some(Reverse(a)) = alarms.pop() {
-                a.to.do_send(Alarm);
+                (a.ring)();
             }
         }
     }

@@ -218,6 +218,18 @@ pub fn results(got: &Got<Outcomes>) -> Vec<Result<(), StepError>> {
         .collect()
 }
 
+/// The results of every outcome a sink of `Outcomes` has received, by delivery.
+pub fn by_tag(got: &Got<Outcomes>) -> Vec<(AckId, Result<(), StepError>)> {
+    let mut all: Vec<_> = got
+        .take()
+        .into_iter()
+        .flat_map(|o| o.outcomes)
+        .map(|o| (o.tag, o.result.map_err(|e| *e)))
+        .collect();
+    all.sort_by_key(|(tag, _)| *tag);
+    all
+}
+
 /// Lets every ready actor run, under paused or real time alike.
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -1,12 +1,69 @@
 //! The restart-action contract: what the Restarter needs from whatever restarts a host.
+//!
+//! An action is started with a batch of jobs and returns at once; it must never block the
+//! event loop it is called on. Each job's outcome arrives later, in the Restarter's
+//! mailbox, as `ActionsDone`: exactly once per job, however the action batches them.
+//! Because the outcome travels through the mailbox and not through a future on the
+//! Restarter's context, it survives a restart of the Restarter. An action that blocks
+//! (a command run and waited for) does so on a thread of its own or as a tokio task, and
+//! an action with a timeout reports `TimedOut` itself.
+//!
+//! [`simulated::SimulatedRestarts`] is the talk's coin flip: `--failure-rate` and
+//! `--io-delay`, timed by the clock thread.
 
+pub mod simulated;
+
+use std::time::Duration;
+
+use actix::{Message, Recipient};
 use thiserror::Error;
 
-use crate::message::Hostname;
+use uuid::Uuid;
+
+use crate::message::{AckId, Hostname, InstanceName};
 
 /// Why a host restart failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum RestartError {
-    #[error("Could not restart {0}")]
-    Failed(Hostname),
+    /// The action ran and the host did not come back.
+    #[error("Could not restart {host}: {reason}")]
+    Failed { host: Hostname, reason: String },
+    /// The action did not finish within its time.
+    #[error("Restarting {host} timed out after {after:?}")]
+    TimedOut { host: Hostname, after: Duration },
+    /// The action would not restart this host, for a reason of its own (a safety rail).
+    #[error("Refused to restart {host}: {reason}")]
+    Refused { host: Hostname, reason: String },
+    /// The action could not be run at all: its command or endpoint is not there.
+    #[error("restart action unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One host to restart, for one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartJob {
+    /// The delivery the restart is for, which names the outcome.
+    pub id: AckId,
+    /// The message that asked for it: an idempotency key for an action that wants one.
+    pub message_id: Uuid,
+    pub host: InstanceName,
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDone {
+    pub job: RestartJob,
+    pub result: Result<(), RestartError>,
+}
+
+/// Outcomes of jobs an action was started with, sent to the Restarter.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ActionsDone(pub Vec<JobDone>);
+
+/// Something that restarts hosts.
+pub trait RestartAction: Send + 'static {
+    /// Starts restarting each job's host and returns at once, without blocking. Each
+    /// job's outcome must reach `done` exactly once, whenever it is known.
+    fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>);
 }

@@ -364,7 +364,7 @@ impl Handler<Outcomes> for Acker {
                 use std::collections::hash_map::Entry;
                 // An outcome for a delivery no longer tracked (nacked at its deadline or
                 // at shutdown) has nothing left to decide.
-                let Entry::Occupied(mut e) = act.state.pending.entry(o.delivery.tag) else {
+                let Entry::Occupied(mut e) = act.state.pending.entry(o.tag) else {
                     continue;
                 };
                 let p = e.get_mut();
@@ -617,11 +617,12 @@ mod tests {
             Outcome::ok(ds[0]),
             Outcome::err(
                 ds[1],
-                RestartError::Failed(
-                    crate::message::InstanceName::parse("b")
+                RestartError::Failed {
+                    host: crate::message::InstanceName::parse("b")
                         .unwrap()
                         .hostname(&"example.net".into()),
-                ),
+                    reason: "down".into(),
+                },
             ),
             Outcome::ok(ds[2]),
         ];

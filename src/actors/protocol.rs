@@ -6,7 +6,7 @@ use actix::Message;
 use thiserror::Error;
 
 use crate::action::RestartError;
-use crate::message::{Delivery, InstanceName};
+use crate::message::{AckId, Delivery, InstanceName};
 use crate::store::StoreError;
 
 /// The two steps every message goes through, at the same time.
@@ -35,11 +35,12 @@ pub enum StepError {
 /// and the Restarter; sharing it saves two copies of every delivery.
 pub type Batch = std::sync::Arc<[Delivery]>;
 
-/// One step's result for one delivery. The error is boxed: it is the rare case, and
-/// unboxed it made every outcome, and every message the Acker holds, twice as large.
+/// One step's result for one delivery, named by its handle: the Acker holds the rest.
+/// The error is boxed: it is the rare case, and unboxed it made every outcome, and every
+/// message the Acker holds, twice as large.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub delivery: Delivery,
+    pub tag: AckId,
     pub result: StepResult,
 }
 
@@ -48,15 +49,23 @@ pub type StepResult = Result<(), Box<StepError>>;
 
 impl Outcome {
     pub fn ok(delivery: Delivery) -> Self {
+        Self::ok_for(delivery.tag)
+    }
+
+    pub fn err(delivery: Delivery, e: impl Into<StepError>) -> Self {
+        Self::err_for(delivery.tag, e)
+    }
+
+    pub fn ok_for(tag: AckId) -> Self {
         Self {
-            delivery,
+            tag,
             result: Ok(()),
         }
     }
 
-    pub fn err(delivery: Delivery, e: impl Into<StepError>) -> Self {
+    pub fn err_for(tag: AckId, e: impl Into<StepError>) -> Self {
         Self {
-            delivery,
+            tag,
             result: Err(Box::new(e.into())),
         }
     }

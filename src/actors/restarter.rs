@@ -1,44 +1,36 @@
 //! `Restarter`: owns host restarts and the index of when each host was last restarted.
 //!
 //! It receives deliveries from the Consumer, skips hosts restarted less than the minimum
-//! interval ago (the talk's "block when needed"), simulates the rest, records successful
-//! restarts in the store's history, and sends outcomes to the Acker. The SignalActor asks
-//! it which restarts are running (`Running`), so that the shutdown shields them.
+//! interval ago (the talk's "block when needed"), and starts the restart action for the
+//! rest. The action's outcomes come back to its mailbox, even across its own restarts;
+//! it records successful restarts in the store's history, sends every outcome to the
+//! Acker, and tells its watchers. The SignalActor asks it which restarts are running
+//! (`Running`), so that the shutdown shields them.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use rand::{rngs::SmallRng, Rng};
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::action::RestartError;
+use crate::action::{ActionsDone, JobDone, RestartAction, RestartError, RestartJob};
 use crate::actors::acker::Outcomes;
 use crate::actors::protocol::{
     Batch, HostRestart, HostRestarts, Outcome, RestartOutcome, Step, StepError,
 };
 use crate::faults::Injector;
-use crate::iowait::draw_io;
-use crate::iowait::Alarm;
-use crate::iowait::{AlarmClock, IoWait};
-use crate::message::{AckId, Delivery, InstanceName};
+use crate::message::{AckId, InstanceName};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
-use crate::store::{LoadRestarts, RecordRestarts, RestartRow};
+use crate::store::{LoadRestarts, RecordRestarts, RestartRow, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
-use crate::{FastSet, FLOW};
+use crate::{FastMap, FastSet, FLOW};
 
-/// How restarts behave.
+/// How restarts are decided.
 #[derive(Debug, Clone)]
 pub struct RestarterConfig {
-    /// Each restart takes `random() * io_delay`, or exactly `io_delay` without jitter.
-    pub io_delay: Duration,
-    pub io_jitter: bool,
-    /// What ends the simulated IO.
-    pub io_clock: AlarmClock,
-    pub failure_rate: f64,
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
     pub domain: std::sync::Arc<str>,
@@ -77,22 +69,9 @@ struct State {
     /// for 25 ms at half a million hosts; griddle's table moves its entries a few at a
     /// time instead.
     last_restart: griddle::HashMap<InstanceName, i64, foldhash::fast::RandomState>,
-    /// Restarts running: waiting out their simulated IO, by when it ends.
-    io: IoWait<Delivery>,
-    busy_hosts: FastSet<InstanceName>,
-    /// The batch being handled, with how many of it have outcomes, until each delivery
-    /// has one or waits in `io`. What is held here after a failure is failed by
-    /// `restarting`.
-    current: Option<(Batch, usize)>,
-}
-
-impl State {
-    fn new(clock: AlarmClock) -> Self {
-        Self {
-            io: IoWait::new(clock),
-            ..Self::default()
-        }
-    }
+    /// The batch being planned, until every delivery in it has an outcome or a running
+    /// restart. What is held here after a failure is failed by `restarting`.
+    current: Option<Batch>,
 }
 
 pub struct Restarter {
@@ -100,12 +79,18 @@ pub struct Restarter {
     acker: Recipient<Outcomes>,
     load: Recipient<LoadRestarts>,
     record: Recipient<RecordRestarts>,
+    action: Box<dyn RestartAction>,
     config: RestarterConfig,
     clock: Clock,
-    rng: SmallRng,
     injector: Injector,
     /// Survives restarts: a stopped Restarter fails every restart it is asked for.
     retired: bool,
+    /// Survive restarts, because the restarts they list run on and their outcomes still
+    /// arrive: every delivery waiting on a running restart, the hosts being restarted,
+    /// and the deliveries that joined another's restart of their host.
+    running: FastMap<AckId, InstanceName>,
+    busy_hosts: FastSet<InstanceName>,
+    joined: FastMap<InstanceName, Vec<AckId>>,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
     watchers: Vec<Recipient<HostRestarts>>,
@@ -115,29 +100,32 @@ pub struct Restarter {
 
 /// What to do for one delivery.
 enum Plan {
-    Skip(Skip),
+    /// Restarted too recently: skipped, as a success.
+    Skip(Recent),
+    /// A restart of the host is running: the delivery shares its outcome.
+    Join,
     Restart,
 }
 
 /// Why a host is not restarted. It is formatted only when logged or watched.
-enum Skip {
-    Running,
-    Recent { ago: Duration, min: Duration },
+struct Recent {
+    ago: Duration,
+    min: Duration,
 }
 
-impl std::fmt::Display for Skip {
+impl std::fmt::Display for Recent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Skip::Running => f.write_str("a restart is already running"),
-            Skip::Recent { ago, min } => write!(
-                f,
-                "last restarted {} ago, less than {}",
-                humantime::format_duration(Duration::from_secs(ago.as_secs())),
-                humantime::format_duration(*min)
-            ),
-        }
+        write!(
+            f,
+            "last restarted {} ago, less than {}",
+            humantime::format_duration(Duration::from_secs(self.ago.as_secs())),
+            humantime::format_duration(self.min)
+        )
     }
 }
+
+/// What joiners are told of the restart they shared.
+const SHARED: &str = "it was restarted for another message at the same time";
 
 impl Restarter {
     pub fn new(
@@ -145,24 +133,26 @@ impl Restarter {
         acker: Recipient<Outcomes>,
         load: Recipient<LoadRestarts>,
         record: Recipient<RecordRestarts>,
+        action: Box<dyn RestartAction>,
         config: RestarterConfig,
-        rng: SmallRng,
         injector: Injector,
     ) -> Self {
-        let state = State::new(config.io_clock);
         Self {
             link,
             acker,
             load,
             record,
+            action,
             config,
             clock: Clock::new(),
-            rng,
             injector,
             retired: false,
+            running: FastMap::default(),
+            busy_hosts: FastSet::default(),
+            joined: FastMap::default(),
             watchers: Vec::new(),
             notices: Vec::new(),
-            state,
+            state: State::default(),
         }
     }
 
@@ -176,18 +166,19 @@ impl Restarter {
         }
     }
 
-    /// Decides for one host, `now_ms` being read once per batch.
-    fn plan(&self, host: InstanceName, now_ms: i64) -> Plan {
+    /// Decides for one host, `now_ms` being read once per batch; `starting` holds the
+    /// hosts the batch being planned restarts.
+    fn plan(&self, host: InstanceName, now_ms: i64, starting: &FastSet<InstanceName>) -> Plan {
         if self.config.min_interval.is_zero() {
             return Plan::Restart;
         }
-        if self.state.busy_hosts.contains(&host) {
-            return Plan::Skip(Skip::Running);
+        if self.busy_hosts.contains(&host) || starting.contains(&host) {
+            return Plan::Join;
         }
         if let Some(&at) = self.state.last_restart.get(&host) {
             let ago = Duration::from_millis((now_ms - at).max(0) as u64);
             if ago < self.config.min_interval {
-                return Plan::Skip(Skip::Recent {
+                return Plan::Skip(Recent {
                     ago,
                     min: self.config.min_interval,
                 });
@@ -196,62 +187,77 @@ impl Restarter {
         Plan::Restart
     }
 
-    /// Finishes one simulated restart: succeeds or fails at the configured rate, or when
-    /// an error is injected. A failure goes to the policy, whose directive is returned.
-    fn finish(
-        &mut self,
-        d: Delivery,
-        outcomes: &mut Vec<Outcome>,
-        rows: &mut Vec<RestartRow>,
-        now_ms: i64,
-        ctx: &mut Context<Self>,
-    ) -> Directive {
-        let host = d.message.instance_name;
-        self.state.busy_hosts.remove(&host);
-        let failed = self.rng.random::<f64>() < self.config.failure_rate;
-        if failed || self.injector.error() {
-            let e = RestartError::Failed(host.hostname(&self.config.domain));
-            report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
-            self.notice(host, || RestartOutcome::Failed(e.clone()));
-            let kind = (&e).into();
-            let directive = fail(self, ctx, kind, &e);
-            outcomes.push(Outcome::err(d, e));
-            return directive;
-        } else {
-            let at_ms = now_ms;
-            self.state.last_restart.insert(host, at_ms);
-            rows.push(RestartRow {
-                host,
-                at_ms,
-                message_id: d.id(),
-            });
-            Metrics::inc(&self.link.metrics.restarted);
-            info!(target: FLOW, "Restarted {}", host.hostname(&self.config.domain));
-            self.notice(host, || RestartOutcome::Restarted);
-            outcomes.push(Outcome::ok(d));
-        }
-        Directive::Resume
-    }
-
-    /// Finishes the restarts whose IO has ended.
-    fn io_done(&mut self, ctx: &mut Context<Self>) {
-        let (due, next) = self.state.io.take_due();
-        if let Some(at) = next {
-            self.config.io_clock.arm(at, ctx);
-        }
-        let (mut outcomes, mut rows) = (Vec::new(), Vec::new());
+    /// Takes in the outcomes of restarts that finished: records the successes, decides
+    /// the failures by the policy, and passes every one on to the Acker, for the delivery
+    /// that started the restart and those that joined it.
+    fn finished(&mut self, done: Vec<JobDone>, ctx: &mut Context<Self>) {
+        let (mut outcomes, mut rows) = (Vec::with_capacity(done.len()), Vec::new());
         let now_ms = self.clock.now_ms();
-        for (i, &d) in due.iter().enumerate() {
-            if self.finish(d, &mut outcomes, &mut rows, now_ms, ctx) != Directive::Resume {
-                // The state is being replaced; its `restarting` fails what is left.
-                self.state.current = Some((due[i + 1..].into(), 0));
-                break;
+        let mut done = done.into_iter();
+        while let Some(JobDone { job, result }) = done.next() {
+            let (id, host) = (job.id, job.host);
+            // A restart the shutdown gave up on has no delivery left to answer for, but
+            // the host's restart happened all the same.
+            let tracked = self.running.remove(&id).is_some();
+            if tracked {
+                self.busy_hosts.remove(&host);
+            }
+            let joiners = self.joined.remove(&host).unwrap_or_default();
+            for tag in &joiners {
+                self.running.remove(tag);
+            }
+            let result = match result {
+                Ok(()) if self.injector.error() => Err(RestartError::Failed {
+                    host: host.hostname(&self.config.domain),
+                    reason: format!("injected error in {}", Self::NAME),
+                }),
+                r => r,
+            };
+            match result {
+                Ok(()) => {
+                    self.state.last_restart.insert(host, now_ms);
+                    rows.push(RestartRow {
+                        host,
+                        at_ms: now_ms,
+                        message_id: job.message_id,
+                    });
+                    Metrics::inc(&self.link.metrics.restarted);
+                    let hostname = host.hostname(&self.config.domain);
+                    info!(target: FLOW, "Restarted {hostname}");
+                    self.notice(host, || RestartOutcome::Restarted);
+                    if tracked {
+                        outcomes.push(Outcome::ok_for(id));
+                    }
+                    for tag in joiners {
+                        info!(target: FLOW, "Skipped restarting {hostname}: {SHARED}");
+                        Metrics::inc(&self.link.metrics.restart_skipped);
+                        self.notice(host, || RestartOutcome::Skipped(SHARED.into()));
+                        outcomes.push(Outcome::ok_for(tag));
+                    }
+                }
+                Err(e) => {
+                    // Each delivery the failure nacks is an error of its own.
+                    for tag in tracked.then_some(id).into_iter().chain(joiners) {
+                        report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
+                        outcomes.push(Outcome::err_for(tag, e.clone()));
+                    }
+                    self.notice(host, || RestartOutcome::Failed(e.clone()));
+                    if fail(self, ctx, (&e).into(), &e) != Directive::Resume {
+                        // The fresh incarnation decides the rest, each by the policy:
+                        // they go back through the mailbox, which outlives this one.
+                        let rest: Vec<JobDone> = done.collect();
+                        if !rest.is_empty() {
+                            ctx.address().do_send(ActionsDone(rest));
+                        }
+                        break;
+                    }
+                }
             }
         }
-        self.send(outcomes, rows);
+        self.send(outcomes, rows, ctx);
     }
 
-    fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>) {
+    fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>, ctx: &mut Context<Self>) {
         if !self.notices.is_empty() {
             let notices = HostRestarts(std::mem::take(&mut self.notices));
             for w in &self.watchers {
@@ -259,7 +265,18 @@ impl Restarter {
             }
         }
         if !rows.is_empty() {
-            self.record.do_send(RecordRestarts(rows));
+            // A failed history write is a store failure like the Saver's, decided by the
+            // policy; its answer comes back through the mailbox.
+            let written = self.record.send(RecordRestarts(rows));
+            let me = ctx.address();
+            actix_rt::spawn(async move {
+                let res = written
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+                if let Err(e) = res {
+                    me.do_send(HistoryFailed(e));
+                }
+            });
         }
         if !outcomes.is_empty() {
             self.acker.do_send(Outcomes {
@@ -309,30 +326,22 @@ impl Child for Restarter {
 crate::restart_on_request!(Restarter);
 
 impl Supervised for Restarter {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        let unfinished = self.state.current.take();
-        let unfinished = unfinished
-            .iter()
-            .flat_map(|(b, done)| b[*done..].iter().copied());
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // Restarts already running go on: their outcomes arrive in the mailbox, which the
+        // fresh incarnation reads. Only the batch being planned is failed: a failure while
+        // planning it left the tables untouched.
         let failed = self
             .state
-            .io
-            .drain()
-            .chain(unfinished)
-            .map(|d| Outcome::err(d, StepError::Restarted(Self::NAME)))
+            .current
+            .take()
+            .iter()
+            .flat_map(|b| b.iter())
+            .map(|d| Outcome::err(*d, StepError::Restarted(Self::NAME)))
             .collect();
-        self.send(failed, Vec::new());
+        self.send(failed, Vec::new(), ctx);
         // `started` reloads the index from the store's history.
-        self.state = State::new(self.config.io_clock);
+        self.state = State::default();
         note_restart(self);
-    }
-}
-
-/// Finishes the restarts whose simulated IO has ended.
-impl Handler<Alarm> for Restarter {
-    type Result = ();
-    fn handle(&mut self, _: Alarm, ctx: &mut Context<Self>) {
-        guard(self, ctx, "Alarm", |act, ctx| act.io_done(ctx));
     }
 }
 
@@ -350,23 +359,20 @@ impl Handler<Restart> for Restarter {
                 .iter()
                 .map(|&d| Outcome::err(d, StepError::Stopped(Self::NAME)))
                 .collect();
-            return self.send(failed, Vec::new());
+            return self.send(failed, Vec::new(), ctx);
         }
         guard(self, ctx, "Restart", |act, ctx| {
-            let zero_io = act.config.io_delay.is_zero();
-            // Held here until the end of the handler, when every delivery has an outcome or
-            // waits in `io`: a panic before then fails them all.
-            act.state.current = Some((msg.0.clone(), 0));
+            // Held here until every delivery has an outcome or a started restart: a
+            // panic before then fails them all.
+            act.state.current = Some(msg.0.clone());
             act.injector.maybe_fail();
-            let mut waits = Vec::new();
+            let (mut jobs, mut joins) = (Vec::new(), Vec::new());
+            let mut starting = FastSet::default();
             let mut outcomes = Vec::with_capacity(msg.0.len());
-            let mut rows = Vec::with_capacity(msg.0.len());
             let now_ms = act.clock.now_ms();
-            let mut done = 0;
             for &d in msg.0.iter() {
                 let host = d.message.instance_name;
-                done += 1;
-                match act.plan(host, now_ms) {
+                match act.plan(host, now_ms, &starting) {
                     Plan::Skip(why) => {
                         info!(
                             target: FLOW,
@@ -377,30 +383,58 @@ impl Handler<Restart> for Restarter {
                         act.notice(host, || RestartOutcome::Skipped(why.to_string()));
                         outcomes.push(Outcome::ok(d));
                     }
-                    Plan::Restart if zero_io => {
-                        if act.finish(d, &mut outcomes, &mut rows, now_ms, ctx) != Directive::Resume
-                        {
-                            // The state is being replaced; its `restarting` fails the
-                            // rest of the batch.
-                            act.state.current = Some((msg.0.clone(), done));
-                            return act.send(outcomes, rows);
-                        }
-                    }
+                    Plan::Join => joins.push((d.tag, host)),
                     Plan::Restart => {
-                        act.state.busy_hosts.insert(host);
-                        let io = draw_io(act.config.io_delay, act.config.io_jitter, &mut act.rng);
-                        waits.push((io, d));
+                        if !act.config.min_interval.is_zero() {
+                            starting.insert(host);
+                        }
+                        jobs.push(RestartJob {
+                            id: d.tag,
+                            message_id: d.id(),
+                            host,
+                        });
                     }
                 }
+            }
+            // Nothing below can fail: a panic above leaves the tables untouched, and
+            // `restarting` fails the whole batch.
+            for job in &jobs {
+                act.running.insert(job.id, job.host);
+                act.busy_hosts.insert(job.host);
+            }
+            for (tag, host) in joins {
+                act.running.insert(tag, host);
+                act.joined.entry(host).or_default().push(tag);
+            }
+            if !jobs.is_empty() {
+                act.action.start(jobs, &ctx.address().recipient());
             }
             act.state.current = None;
-            for (io, d) in waits {
-                if let Some(at) = act.state.io.add(io, d) {
-                    act.config.io_clock.arm(at, ctx);
-                }
-            }
-            act.send(outcomes, rows);
+            act.send(outcomes, Vec::new(), ctx);
         });
+    }
+}
+
+/// Outcomes of restarts the action finished, whichever incarnation started them.
+impl Handler<ActionsDone> for Restarter {
+    type Result = ();
+    fn handle(&mut self, msg: ActionsDone, ctx: &mut Context<Self>) {
+        // No guard and no fault injection: these outcomes are the only word of restarts
+        // that already happened, and a panic here would lose them.
+        self.finished(msg.0, ctx);
+    }
+}
+
+/// A history write failed; the policy decides what the Restarter does about it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HistoryFailed(pub StoreError);
+
+impl Handler<HistoryFailed> for Restarter {
+    type Result = ();
+    fn handle(&mut self, HistoryFailed(e): HistoryFailed, ctx: &mut Context<Self>) {
+        report_error(&self.link.metrics, Self::NAME.as_str(), false, &e);
+        fail(self, ctx, (&e).into(), &e);
     }
 }
 
@@ -419,16 +453,17 @@ impl Handler<Watch> for Restarter {
 /// At shutdown, fails the restarts still running and takes no more.
 impl Handler<Shutdown> for Restarter {
     type Result = ();
-    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         // Restarts still running outlived the shield; their messages are nacked already.
+        // Their outcomes may still come, and are then only recorded.
         let failed = self
-            .state
-            .io
+            .running
             .drain()
-            .map(|d| Outcome::err(d, StepError::Closed(Self::NAME)))
+            .map(|(id, _)| Outcome::err_for(id, StepError::Closed(Self::NAME)))
             .collect();
-        self.send(failed, Vec::new());
-        self.state.busy_hosts.clear();
+        self.send(failed, Vec::new(), ctx);
+        self.busy_hosts.clear();
+        self.joined.clear();
         self.retired = true;
     }
 }
@@ -441,7 +476,7 @@ pub struct Running;
 impl Handler<Running> for Restarter {
     type Result = MessageResult<Running>;
     fn handle(&mut self, _: Running, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.io.iter().map(|d| d.tag).collect())
+        MessageResult(self.running.keys().copied().collect())
     }
 }
 
@@ -453,7 +488,7 @@ impl Handler<Probe> for Restarter {
         MessageResult(Probed::new(
             state,
             &[
-                ("running", self.state.io.len()),
+                ("running", self.running.len()),
                 ("hosts_indexed", self.state.last_restart.len()),
             ],
         ))
@@ -463,8 +498,11 @@ impl Handler<Probe> for Restarter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::action::simulated::{SimulatedConfig, SimulatedRestarts};
+    use crate::faults::{rng_for, Purpose};
+    use crate::iowait::AlarmClock;
     use crate::store::Store;
-    use crate::testkit::{delivery, link, name, results, settle, sink, FakeStore, Got};
+    use crate::testkit::{by_tag, delivery, link, name, results, settle, sink, FakeStore, Got};
     use std::sync::{Arc, Mutex};
 
     struct Rig {
@@ -483,17 +521,13 @@ mod tests {
         let store = store.start();
         let (load, record) = (store.clone().recipient(), store.recipient());
         let config = RestarterConfig {
-            io_delay,
-            io_jitter: true,
-            io_clock: crate::iowait::AlarmClock::Tokio,
-            failure_rate,
             min_interval,
             domain: "example.net".into(),
         };
-        let injector = crate::faults::Faults::default().injector(ChildName::Restarter, Some(1));
-        let rng = crate::faults::rng_for(Some(1), crate::faults::Purpose::SimulatedRestarts);
+        let action = simulated(io_delay, failure_rate);
+        let injector = Injector::none(ChildName::Restarter);
         let restarter = actix::Supervisor::start(move |_| {
-            Restarter::new(link, acker, load, record, config, rng, injector)
+            Restarter::new(link, acker, load, record, action, config, injector)
         });
         Rig {
             restarter,
@@ -505,6 +539,18 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    fn simulated(io_delay: Duration, failure_rate: f64) -> Box<dyn RestartAction> {
+        let config = SimulatedConfig {
+            io_delay,
+            io_jitter: true,
+            clock: AlarmClock::Tokio,
+            failure_rate,
+            domain: "example.net".into(),
+        };
+        let rng = rng_for(Some(1), Purpose::SimulatedRestarts);
+        Box::new(SimulatedRestarts::new(config, rng))
+    }
 
     #[actix_rt::test]
     async fn a_recently_restarted_host_is_skipped_as_a_success() {
@@ -569,8 +615,14 @@ mod tests {
             .await
             .unwrap();
         settle().await;
-        let err = RestartError::Failed(name("cattle-zpsk").hostname(&"example.net".into()));
-        assert_eq!(err.to_string(), "Could not restart cattle-zpsk.example.net");
+        let err = RestartError::Failed {
+            host: name("cattle-zpsk").hostname(&"example.net".into()),
+            reason: "the simulated restart failed".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "Could not restart cattle-zpsk.example.net: the simulated restart failed"
+        );
         assert_eq!(results(&r.outcomes), vec![Err(StepError::Restart(err))]);
         assert!(r.history.lock().unwrap().is_empty());
     }
@@ -592,11 +644,14 @@ mod tests {
             .await
             .unwrap();
         settle().await;
-        let got = results(&r.outcomes);
-        assert_eq!(got[0], Ok(()));
-        assert!(matches!(got[1], Err(StepError::Restart(_))), "{got:?}");
+        let got = by_tag(&r.outcomes);
+        assert_eq!(got[0], (AckId(1), Ok(())));
+        assert!(
+            matches!(got[1], (AckId(2), Err(StepError::Restart(_)))),
+            "{got:?}"
+        );
         // The index survived the failure: cattle-a is still skipped as recently restarted.
-        assert_eq!(got[2], Ok(()));
+        assert_eq!(got[2], (AckId(3), Ok(())));
         assert_eq!(r.history.lock().unwrap().len(), 1);
         assert_eq!(r.failed.len(), 0, "a resumed failure is not reported");
         assert_eq!(r.link.failures.snapshot()["restart-failed"], 1);
@@ -617,7 +672,7 @@ mod tests {
     impl Handler<FailAll> for Restarter {
         type Result = ();
         fn handle(&mut self, _: FailAll, _: &mut Context<Self>) {
-            self.config.failure_rate = 1.0;
+            self.action = simulated(Duration::ZERO, 1.0);
         }
     }
 
@@ -640,5 +695,68 @@ mod tests {
         settle().await;
         assert_eq!(results(&r.outcomes), vec![Ok(())]);
         assert!(r.restarter.send(Running).await.unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn an_outcome_that_arrives_after_a_restart_still_reaches_the_acker() {
+        tokio::time::pause();
+        let r = rig(
+            Duration::from_secs(10),
+            0.0,
+            Duration::ZERO,
+            FakeStore::new(None),
+        );
+        let d = delivery(1, "cattle-a");
+        r.restarter.send(Restart(vec![d].into())).await.unwrap();
+        // A sibling's failure restarts the Restarter while the host restarts.
+        r.restarter
+            .send(crate::supervision::RestartChild {
+                because: ChildName::Saver,
+            })
+            .await
+            .unwrap();
+        settle().await;
+        assert!(
+            results(&r.outcomes).is_empty(),
+            "the running restart was failed"
+        );
+        assert_eq!(
+            r.restarter.send(Running).await.unwrap(),
+            HashSet::from([d.tag])
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        assert_eq!(r.history.lock().unwrap().len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_history_write_is_decided_like_any_store_failure() {
+        let down = crate::store::StoreError::Unavailable("disk full".into());
+        let r = rig(
+            Duration::ZERO,
+            0.0,
+            Duration::ZERO,
+            FakeStore::new(Some(down)),
+        );
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        settle().await;
+        // The restart itself succeeded, and its message is acked.
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        assert_eq!(r.link.failures.snapshot()["store-unavailable"], 1);
+        let failed = r.failed.take();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].directive, Directive::RestartWithBackoff);
+        assert_eq!(
+            r.link
+                .metrics
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 }

@@ -36,10 +36,16 @@ pub enum FailureKind {
     StorePanicked,
     /// `RestartError::Failed`: one host did not restart.
     RestartFailed,
+    /// `RestartError::TimedOut`: one host's restart took too long.
+    RestartTimedOut,
+    /// `RestartError::Refused`: the action would not restart one host.
+    RestartRefused,
+    /// `RestartError::Unavailable`: the action could not be run at all.
+    RestartUnavailable,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 8] = [
+    pub const ALL: [FailureKind; 11] = [
         FailureKind::Panic,
         FailureKind::Stall,
         FailureKind::StoreOpen,
@@ -48,6 +54,9 @@ impl FailureKind {
         FailureKind::StoreClosed,
         FailureKind::StorePanicked,
         FailureKind::RestartFailed,
+        FailureKind::RestartTimedOut,
+        FailureKind::RestartRefused,
+        FailureKind::RestartUnavailable,
     ];
 
     /// The name used in flags, the config file, logs and the report.
@@ -61,6 +70,9 @@ impl FailureKind {
             FailureKind::StoreClosed => "store-closed",
             FailureKind::StorePanicked => "store-panicked",
             FailureKind::RestartFailed => "restart-failed",
+            FailureKind::RestartTimedOut => "restart-timed-out",
+            FailureKind::RestartRefused => "restart-refused",
+            FailureKind::RestartUnavailable => "restart-unavailable",
         }
     }
 
@@ -90,7 +102,10 @@ impl From<&StoreError> for FailureKind {
 impl From<&RestartError> for FailureKind {
     fn from(e: &RestartError) -> Self {
         match e {
-            RestartError::Failed(_) => FailureKind::RestartFailed,
+            RestartError::Failed { .. } => FailureKind::RestartFailed,
+            RestartError::TimedOut { .. } => FailureKind::RestartTimedOut,
+            RestartError::Refused { .. } => FailureKind::RestartRefused,
+            RestartError::Unavailable(_) => FailureKind::RestartUnavailable,
         }
     }
 }
@@ -186,7 +201,8 @@ pub enum PolicyError {
     Shape(String),
     #[error(
         "unknown failure kind {0:?}; known kinds: panic, stall, store-open, store-unavailable, \
-         store-corrupt, store-closed, store-panicked, restart-failed"
+         store-corrupt, store-closed, store-panicked, restart-failed, restart-timed-out, \
+         restart-refused, restart-unavailable"
     )]
     Kind(String),
     #[error("unknown directive {0:?}; known directives: resume, restart, restart-with-backoff, stop, escalate")]
@@ -209,8 +225,10 @@ impl Default for Decider {
     /// The defaults, and why:
     /// - a panic or a stall restarts: the state may be half-updated, and a fresh one is
     ///   cheap because `release` hands back everything the old one held;
-    /// - a failed host restart resumes: the host is at fault, not the Restarter, and its
-    ///   message is nacked so that the broker redelivers it;
+    /// - a failed, timed-out or refused host restart resumes: the host is at fault, not
+    ///   the Restarter, and its message is nacked so that the broker redelivers it;
+    /// - an unavailable restart action restarts the Restarter with backoff, as an
+    ///   unavailable store does the Saver: it waits before it tries the next hosts;
     /// - an unavailable store restarts with backoff, giving the store time to come back
     ///   without a restart storm;
     /// - a store that cannot be opened or is corrupt escalates: no restart mends it;
@@ -224,6 +242,12 @@ impl Default for Decider {
         d.set(FailureKind::StoreCorrupt, Directive::Escalate);
         d.set(FailureKind::StoreClosed, Directive::Resume);
         d.set(FailureKind::RestartFailed, Directive::Resume);
+        d.set(FailureKind::RestartTimedOut, Directive::Resume);
+        d.set(FailureKind::RestartRefused, Directive::Resume);
+        d.set(
+            FailureKind::RestartUnavailable,
+            Directive::RestartWithBackoff,
+        );
         d
     }
 }
@@ -401,6 +425,9 @@ mod tests {
                 ("store-closed", "resume"),
                 ("store-panicked", "restart"),
                 ("restart-failed", "resume"),
+                ("restart-timed-out", "resume"),
+                ("restart-refused", "resume"),
+                ("restart-unavailable", "restart-with-backoff"),
             ]
         );
     }
