@@ -27,7 +27,9 @@ use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{InputClosed, Probe, Shutdown};
 use crate::report::Report;
-use crate::store::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError, StoreWriter};
+use crate::store::{
+    memory::MemoryStore, sqlite::SqliteOpener, Store, StoreError, StoreOpener, StoreWriter,
+};
 use crate::supervision::strategy::Intensity;
 use crate::supervision::supervisor::{Escalate, Settings, Supervisor};
 use crate::supervision::tree::{Member, Tree};
@@ -99,13 +101,22 @@ pub struct Started {
     pub shutdown: Recipient<Shutdown>,
 }
 
-/// Opens the configured store. Done before the actor system starts, so that a bad path
-/// is a clear error at start-up rather than a failure on the first save.
-pub fn open_store(kind: &StoreKind) -> Result<Box<dyn Store>, StoreError> {
-    Ok(match kind {
-        StoreKind::Sqlite(path) => Box::new(SqliteStore::open(path)?),
-        StoreKind::Memory => Box::new(MemoryStore::default()),
-    })
+/// The configured store, and its first connection.
+struct OpenedStore {
+    opener: Arc<dyn StoreOpener>,
+    first: Box<dyn Store>,
+}
+
+/// Opens the configured store's first connection. Done before the actor system starts,
+/// so that a bad path is a clear error at start-up rather than a failure on the first
+/// save.
+fn open_store(kind: &StoreKind) -> Result<OpenedStore, StoreError> {
+    let opener: Arc<dyn StoreOpener> = match kind {
+        StoreKind::Sqlite(path) => Arc::new(SqliteOpener { path: path.clone() }),
+        StoreKind::Memory => Arc::new(MemoryStore::default()),
+    };
+    let first = opener.open()?;
+    Ok(OpenedStore { opener, first })
 }
 
 /// Runs the service, reading standard input when the source is stdin.
@@ -260,7 +271,7 @@ impl Wiring<'_> {
 fn start_pipeline(
     config: &Config,
     metrics: &Arc<Metrics>,
-    store: Box<dyn Store>,
+    store: OpenedStore,
     escalate: Recipient<Escalate>,
     input_closed: Recipient<InputClosed>,
     extensions: Vec<Box<dyn Extension>>,
@@ -276,12 +287,8 @@ fn start_pipeline(
     };
     let seed = config.seed;
 
-    // 1. The store's writer thread. SQLite has one writer, so one thread.
-    let slot = Mutex::new(Some(store));
-    let store = SyncArbiter::start(1, move || {
-        let store = slot.lock().expect("store slot").take();
-        StoreWriter::new(store.expect("the store writer runs on exactly one thread"))
-    });
+    // 1. The store's writer threads, one per connection it takes.
+    let store = StoreWriter::start(store.opener, store.first);
 
     // 2. The broker adapter, which everything else talks to.
     let memory = MemoryBrokerConfig {
@@ -501,7 +508,7 @@ mod tests {
         let pipeline = start_pipeline(
             &config,
             &Arc::new(Metrics::default()),
-            Box::new(MemoryStore::default()),
+            open_store(&StoreKind::Memory).unwrap(),
             escalate,
             closed,
             vec![Box::new(Extra)],

@@ -377,21 +377,6 @@ impl Handler<Alarm> for Saver {
     }
 }
 
-/// Commits the last batch and closes the store; the shutdown's database phase.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct Close;
-
-impl Handler<Close> for Saver {
-    type Result = Response<Result<(), StoreError>>;
-    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
-        match self.close(ctx) {
-            None => Response::reply(Ok(())),
-            Some(rx) => Response::fut(async move { rx.await.unwrap_or(Err(StoreError::Closed)) }),
-        }
-    }
-}
-
 impl Saver {
     /// Starts closing; `None` if closed already, else the answer to wait for.
     fn close(
@@ -418,7 +403,7 @@ impl Saver {
     }
 }
 
-/// At shutdown, does what `Close` does, and logs a failure to close instead of returning it.
+/// At shutdown, commits the last batch and closes the store, logging a failure to close.
 impl Handler<Shutdown> for Saver {
     type Result = Response<()>;
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Response<()> {
@@ -495,6 +480,24 @@ mod tests {
             outcomes,
             batches,
             metrics,
+        }
+    }
+
+    /// Commits the last batch and closes the store, answering how the close went, as
+    /// `Shutdown` does without an answer.
+    #[derive(Debug, Message)]
+    #[rtype(result = "Result<(), StoreError>")]
+    pub struct Close;
+
+    impl Handler<Close> for Saver {
+        type Result = Response<Result<(), StoreError>>;
+        fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+            match self.close(ctx) {
+                None => Response::reply(Ok(())),
+                Some(rx) => {
+                    Response::fut(async move { rx.await.unwrap_or(Err(StoreError::Closed)) })
+                }
+            }
         }
     }
 

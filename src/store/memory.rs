@@ -1,8 +1,11 @@
-//! The in-memory store, for study runs and benchmarks: same contract, no disk.
+//! The in-memory store, for study runs and benchmarks: same contract, no disk. Its
+//! connections share one set of tables, as connections to a database do.
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use super::{RestartRow, SaveRow, Store, StoreError};
+use super::{RestartRow, SaveRow, Store, StoreError, StoreOpener};
 use crate::message::InstanceName;
 
 /// A map that grows a little on each insert instead of all at once.
@@ -14,47 +17,72 @@ type GrowingMap<K, V> = griddle::HashMap<K, V, foldhash::fast::RandomState>;
 /// for up to 50 ms at a few hundred thousand messages; every save waiting behind it was
 /// late by as much, which was the p99.9 of a run's latency.
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+struct Tables {
     messages: GrowingMap<Uuid, (InstanceName, u32)>,
     last_restart: GrowingMap<InstanceName, i64>,
+    /// Each host's latest claim.
+    claimed: GrowingMap<InstanceName, i64>,
     closed: bool,
 }
 
+/// A connection to in-memory tables; its clones are connections to the same tables.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    tables: Arc<Mutex<Tables>>,
+}
+
 impl MemoryStore {
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        // Nothing panics while holding the lock, so a poisoned one still holds whole tables.
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_tables(&self) -> Result<MutexGuard<'_, Tables>, StoreError> {
+        let t = self.tables();
+        if t.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(t)
+    }
+
+    /// How many messages are stored.
     pub fn len(&self) -> usize {
-        self.messages.len()
+        self.tables().messages.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.len() == 0
+    }
+}
+
+impl StoreOpener for MemoryStore {
+    fn connections(&self) -> usize {
+        1
+    }
+
+    fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(self.clone()))
     }
 }
 
 impl Store for MemoryStore {
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError> {
-        if self.closed {
-            return Err(StoreError::Closed);
-        }
+        let mut t = self.open_tables()?;
         let mut new = 0;
         for r in rows {
-            let entry = self
-                .messages
-                .entry(r.message.message_id)
-                .or_insert_with(|| {
-                    new += 1;
-                    (r.message.instance_name, r.attempt)
-                });
+            let entry = t.messages.entry(r.message.message_id).or_insert_with(|| {
+                new += 1;
+                (r.message.instance_name, r.attempt)
+            });
             entry.1 = entry.1.max(r.attempt);
         }
         Ok(new)
     }
 
     fn record_restarts(&mut self, rows: &[RestartRow]) -> Result<(), StoreError> {
-        if self.closed {
-            return Err(StoreError::Closed);
-        }
+        let mut t = self.open_tables()?;
         for r in rows {
-            let at = self.last_restart.entry(r.host).or_insert(r.at_ms);
+            let at = t.last_restart.entry(r.host).or_insert(r.at_ms);
             *at = (*at).max(r.at_ms);
         }
         Ok(())
@@ -62,6 +90,7 @@ impl Store for MemoryStore {
 
     fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {
         Ok(self
+            .tables()
             .last_restart
             .iter()
             .filter(|(_, at)| **at >= since_ms)
@@ -69,8 +98,28 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn claim_restarts(
+        &mut self,
+        hosts: &[InstanceName],
+        now_ms: i64,
+        interval_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut t = self.open_tables()?;
+        let recent = |at: Option<&i64>| at.is_some_and(|&at| now_ms - at < interval_ms);
+        Ok(hosts
+            .iter()
+            .map(|host| {
+                if recent(t.claimed.get(host)) || recent(t.last_restart.get(host)) {
+                    return false;
+                }
+                t.claimed.insert(*host, now_ms);
+                true
+            })
+            .collect())
+    }
+
     fn close(&mut self) -> Result<(), StoreError> {
-        self.closed = true;
+        self.tables().closed = true;
         Ok(())
     }
 }
@@ -90,8 +139,30 @@ mod tests {
         };
         assert_eq!(s.save(&[row(1), row(2)]).unwrap(), 1);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.messages[&m.message_id].1, 2);
+        assert_eq!(s.tables().messages[&m.message_id].1, 2);
         s.close().unwrap();
         assert_eq!(s.save(&[row(3)]).unwrap_err(), StoreError::Closed);
+    }
+
+    #[test]
+    fn a_claim_is_won_once_per_interval_across_connections() {
+        let mut a = MemoryStore::default();
+        let mut b = a.open().unwrap();
+        let h = InstanceName::parse("cattle-a").unwrap();
+        let other = InstanceName::parse("cattle-b").unwrap();
+        assert_eq!(a.claim_restarts(&[h], 1_000, 500).unwrap(), [true]);
+        assert_eq!(
+            b.claim_restarts(&[h, other], 1_200, 500).unwrap(),
+            [false, true]
+        );
+        assert_eq!(b.claim_restarts(&[h], 1_500, 500).unwrap(), [true]);
+        // A recorded restart counts as a claim.
+        a.record_restarts(&[RestartRow {
+            host: other,
+            at_ms: 3_000,
+            message_id: Uuid::new_v4(),
+        }])
+        .unwrap();
+        assert_eq!(b.claim_restarts(&[other], 3_100, 500).unwrap(), [false]);
     }
 }

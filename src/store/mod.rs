@@ -1,13 +1,20 @@
-//! Durable storage: the `Store` trait, its SQLite and in-memory implementations, and
-//! `StoreWriter`, the `SyncArbiter` actor that runs them on their own thread.
+//! The store contract: the `Store` trait, the `StoreOpener` that makes its connections,
+//! and `StoreWriter`, the `SyncArbiter` actor that runs one connection on a thread of its
+//! own. `sqlite.rs` and `memory.rs` implement it.
 //!
-//! Every call into a store blocks, so only `StoreWriter` makes them, on a thread of its own.
-//! The Saver and the Restarter talk to it through messages and never touch a connection.
+//! Every call into a store blocks, so only `StoreWriter` makes them, on its own thread:
+//! as many threads as the store takes connections at once, one for SQLite's single
+//! writer, several for a pool. The Saver and the Restarter talk to them through messages
+//! and never touch a connection. A connection that fails with `Unavailable` is dropped,
+//! and the next call opens a new one: a store that comes back is used again without a
+//! restart of the process.
 
 pub mod memory;
 pub mod sqlite;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use thiserror::Error;
@@ -49,37 +56,103 @@ pub struct RestartRow {
     pub message_id: Uuid,
 }
 
-/// A place to keep messages and the restart history.
+/// One connection to a place that keeps messages and the restart history.
 pub trait Store: Send {
     /// Saves a batch in one transaction. Saving is idempotent by message id: a message
     /// already stored keeps one row and gets its delivery count raised. Returns how many
     /// messages were new.
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError>;
+
+    /// Appends successful restarts to the history.
     fn record_restarts(&mut self, rows: &[RestartRow]) -> Result<(), StoreError>;
+
     /// Each host's latest restart at or after `since_ms`.
     fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError>;
+
+    /// Claims each host for a restart at `now_ms`, unless it was restarted or claimed
+    /// less than `interval_ms` before; returns, host by host, whether the claim was won.
+    /// It is atomic across every connection to the store, so that instances sharing one
+    /// store never restart a host twice within the interval.
+    fn claim_restarts(
+        &mut self,
+        hosts: &[InstanceName],
+        now_ms: i64,
+        interval_ms: i64,
+    ) -> Result<Vec<bool>, StoreError>;
+
     fn close(&mut self) -> Result<(), StoreError>;
 }
 
-/// Runs a `Store` on a `SyncArbiter` thread.
+/// Opens connections to one store.
+pub trait StoreOpener: Send + Sync {
+    /// How many connections the store takes at once: one for SQLite, which has a single
+    /// writer, more for a pool. The store gets one writer thread per connection.
+    fn connections(&self) -> usize;
+
+    /// Opens one connection, with the schema in place.
+    fn open(&self) -> Result<Box<dyn Store>, StoreError>;
+}
+
+/// What the writer threads of one store share.
+struct Shared {
+    opener: Arc<dyn StoreOpener>,
+    /// A connection opened before the threads started, for the first thread to take:
+    /// opening it at start-up makes a bad path a clear error before anything runs.
+    first: Mutex<Option<Box<dyn Store>>>,
+    /// Set by `CloseStore`: every thread's next call fails with `Closed`.
+    closed: AtomicBool,
+}
+
+/// Runs one connection to a `Store` on a `SyncArbiter` thread.
 pub struct StoreWriter {
-    store: Option<Box<dyn Store>>,
+    shared: Arc<Shared>,
+    conn: Option<Box<dyn Store>>,
 }
 
 impl StoreWriter {
-    pub fn new(store: Box<dyn Store>) -> Self {
-        Self { store: Some(store) }
+    /// Starts the store's writer threads, one per connection it takes; `first` is a
+    /// connection already open.
+    pub fn start(opener: Arc<dyn StoreOpener>, first: Box<dyn Store>) -> Addr<StoreWriter> {
+        let threads = opener.connections().max(1);
+        let shared = Arc::new(Shared {
+            opener,
+            first: Mutex::new(Some(first)),
+            closed: AtomicBool::new(false),
+        });
+        SyncArbiter::start(threads, move || StoreWriter {
+            conn: shared.first.lock().expect("first connection").take(),
+            shared: shared.clone(),
+        })
     }
 
-    /// Runs one store call, turning a panic inside it into an error so that the thread,
-    /// which nothing would restart, lives on.
+    /// Runs one store call on this thread's connection, opening one if it has none. A
+    /// panic inside the store becomes an error, so that the thread, which nothing would
+    /// restart, lives on; after an unavailable store or a panic the connection is dropped,
+    /// and the next call opens a fresh one.
     fn call<R>(
         &mut self,
         f: impl FnOnce(&mut dyn Store) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let store = self.store.as_deref_mut().ok_or(StoreError::Closed)?;
-        catch_unwind(AssertUnwindSafe(|| f(store)))
-            .unwrap_or_else(|p| Err(StoreError::Panicked(crate::units::panic_text(p.as_ref()))))
+        if self.shared.closed.load(Ordering::Acquire) {
+            if let Some(mut conn) = self.conn.take() {
+                let _ = conn.close();
+            }
+            return Err(StoreError::Closed);
+        }
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.shared.opener.open()?),
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| f(conn.as_mut())))
+            .unwrap_or_else(|p| Err(StoreError::Panicked(crate::units::panic_text(p.as_ref()))));
+        if matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Panicked(_))
+        ) {
+            tracing::warn!("Dropping the store connection; the next call opens a new one");
+            self.conn = None;
+        }
+        result
     }
 }
 
@@ -87,7 +160,7 @@ impl Actor for StoreWriter {
     type Context = SyncContext<Self>;
 }
 
-/// Writes a group commit: a batch of messages and restart records in one transaction.
+/// Writes a group commit: a batch of messages in one transaction.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<u64, StoreError>")]
 pub struct SaveBatch(pub Vec<SaveRow>);
@@ -125,7 +198,7 @@ impl Handler<LoadRestarts> for StoreWriter {
     }
 }
 
-/// Closes the store; later calls fail with `StoreError::Closed`.
+/// Closes the store; later calls, on every connection, fail with `StoreError::Closed`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct CloseStore;
@@ -134,7 +207,86 @@ impl Handler<CloseStore> for StoreWriter {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, _: CloseStore, _: &mut SyncContext<Self>) -> Self::Result {
         let result = self.call(|s| s.close());
-        self.store = None;
+        self.shared.closed.store(true, Ordering::Release);
+        self.conn = None;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Opens connections that fail while `down` is set, counting every open.
+    struct Flaky {
+        down: Arc<AtomicBool>,
+        opened: Arc<AtomicU32>,
+    }
+
+    struct FlakyConn(Arc<AtomicBool>);
+
+    impl Store for FlakyConn {
+        fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError> {
+            if self.0.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection reset".into()));
+            }
+            Ok(rows.len() as u64)
+        }
+        fn record_restarts(&mut self, _: &[RestartRow]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn restarts_since(&mut self, _: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn claim_restarts(
+            &mut self,
+            hosts: &[InstanceName],
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<bool>, StoreError> {
+            Ok(vec![true; hosts.len()])
+        }
+        fn close(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    impl StoreOpener for Flaky {
+        fn connections(&self) -> usize {
+            1
+        }
+        fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(FlakyConn(self.down.clone())))
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_unavailable_store_is_reopened_on_the_next_call() {
+        let down = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU32::new(0));
+        let opener = Arc::new(Flaky {
+            down: down.clone(),
+            opened: opened.clone(),
+        });
+        let first = opener.open().unwrap();
+        let writer = StoreWriter::start(opener, first);
+        assert_eq!(writer.send(SaveBatch(Vec::new())).await.unwrap(), Ok(0));
+        down.store(true, Ordering::SeqCst);
+        let failed = writer.send(SaveBatch(Vec::new())).await.unwrap();
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))));
+        down.store(false, Ordering::SeqCst);
+        assert_eq!(writer.send(SaveBatch(Vec::new())).await.unwrap(), Ok(0));
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "the connection was not reopened"
+        );
+        writer.send(CloseStore).await.unwrap().unwrap();
+        assert_eq!(
+            writer.send(SaveBatch(Vec::new())).await.unwrap(),
+            Err(StoreError::Closed)
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode};
 
-use super::{RestartRow, SaveRow, Store, StoreError};
+use super::{RestartRow, SaveRow, Store, StoreError, StoreOpener};
 use crate::message::InstanceName;
 
 const SCHEMA: &str = "
@@ -20,6 +20,10 @@ CREATE TABLE IF NOT EXISTS restarts (
     message_id   BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS restarts_by_time ON restarts (restarted_at);
+CREATE TABLE IF NOT EXISTS claims (
+    host       TEXT PRIMARY KEY,
+    claimed_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// A SQLite file, opened with the schema in place.
@@ -86,6 +90,22 @@ impl WalFlusher {
     fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
+    }
+}
+
+/// Opens connections to one SQLite file. SQLite has a single writer, so it takes one.
+#[derive(Debug, Clone)]
+pub struct SqliteOpener {
+    pub path: std::path::PathBuf,
+}
+
+impl StoreOpener for SqliteOpener {
+    fn connections(&self) -> usize {
+        1
+    }
+
+    fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(SqliteStore::open(&self.path)?))
     }
 }
 
@@ -210,6 +230,42 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn claim_restarts(
+        &mut self,
+        hosts: &[InstanceName],
+        now_ms: i64,
+        interval_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        // One write transaction: SQLite serialises writers, so no other connection can
+        // claim between the check and the claim. The history is searched without an
+        // index on the host; the pipeline does not claim yet, and an index would cost
+        // every recorded restart.
+        let tx = self
+            .conn()?
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(classify)?;
+        let mut won = Vec::with_capacity(hosts.len());
+        {
+            let mut claim = tx
+                .prepare_cached(
+                    "INSERT INTO claims (host, claimed_at)
+                     SELECT ?1, ?2 WHERE NOT EXISTS (
+                         SELECT 1 FROM restarts WHERE host = ?1 AND restarted_at > ?2 - ?3)
+                     ON CONFLICT (host) DO UPDATE SET claimed_at = excluded.claimed_at
+                     WHERE claims.claimed_at <= excluded.claimed_at - ?3",
+                )
+                .map_err(classify)?;
+            for host in hosts {
+                let n = claim
+                    .execute(params![&*host.as_str(), now_ms, interval_ms])
+                    .map_err(classify)?;
+                won.push(n == 1);
+            }
+        }
+        tx.commit().map_err(classify)?;
+        Ok(won)
+    }
+
     fn close(&mut self) -> Result<(), StoreError> {
         if let Some(f) = self.flusher.take() {
             f.stop();
@@ -314,5 +370,30 @@ mod tests {
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         s.close().unwrap();
         assert_eq!(s.save(&[]).unwrap_err(), StoreError::Closed);
+    }
+
+    #[test]
+    fn a_claim_is_won_once_per_interval_and_the_history_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut a = SqliteStore::open(&path).unwrap();
+        let mut b = SqliteStore::open(&path).unwrap();
+        let h = InstanceName::parse("cattle-a").unwrap();
+        let other = InstanceName::parse("cattle-b").unwrap();
+        assert_eq!(a.claim_restarts(&[h], 1_000, 500).unwrap(), [true]);
+        assert_eq!(
+            b.claim_restarts(&[h, other], 1_200, 500).unwrap(),
+            [false, true]
+        );
+        assert_eq!(b.claim_restarts(&[h], 1_500, 500).unwrap(), [true]);
+        let third = InstanceName::parse("cattle-c").unwrap();
+        a.record_restarts(&[RestartRow {
+            host: third,
+            at_ms: 3_000,
+            message_id: uuid::Uuid::new_v4(),
+        }])
+        .unwrap();
+        assert_eq!(b.claim_restarts(&[third], 3_100, 500).unwrap(), [false]);
+        assert_eq!(b.claim_restarts(&[third], 3_600, 500).unwrap(), [true]);
     }
 }
