@@ -22,18 +22,22 @@ use uuid::Uuid;
 
 use crate::message::{AckId, Hostname, InstanceName};
 
+/// Why a restart failed or was refused, in words: a fixed text costs no allocation, which
+/// matters when a quarter of all restarts fail.
+pub type Reason = std::borrow::Cow<'static, str>;
+
 /// Why a host restart failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum RestartError {
     /// The action ran and the host did not come back.
     #[error("Could not restart {host}: {reason}")]
-    Failed { host: Hostname, reason: String },
+    Failed { host: Hostname, reason: Reason },
     /// The action did not finish within its time.
     #[error("Restarting {host} timed out after {after:?}")]
     TimedOut { host: Hostname, after: Duration },
     /// The action would not restart this host, for a reason of its own (a safety rail).
     #[error("Refused to restart {host}: {reason}")]
-    Refused { host: Hostname, reason: String },
+    Refused { host: Hostname, reason: Reason },
     /// The action could not be run at all: its command or endpoint is not there.
     #[error("restart action unavailable: {0}")]
     Unavailable(String),
@@ -66,4 +70,13 @@ pub trait RestartAction: Send + 'static {
     /// Starts restarting each job's host and returns at once, without blocking. Each
     /// job's outcome must reach `done` exactly once, whenever it is known.
     fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>);
+
+    /// The job's outcome, if the action knows it at once without doing anything that
+    /// takes time, as the simulated one does without IO; the job is then not started.
+    /// Sparing such outcomes the trip through the mailbox keeps the pipeline's fastest
+    /// path as fast as it was before actions had a contract.
+    fn at_once(&mut self, job: &RestartJob) -> Option<Result<(), RestartError>> {
+        let _ = job;
+        None
+    }
 }

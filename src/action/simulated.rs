@@ -90,20 +90,29 @@ fn ring(shared: Arc<Mutex<Shared>>, clock: AlarmClock, domain: Arc<str>) {
 }
 
 impl RestartAction for SimulatedRestarts {
+    fn at_once(&mut self, job: &RestartJob) -> Option<Result<(), RestartError>> {
+        if !self.config.io_delay.is_zero() {
+            return None;
+        }
+        let fails = self.rng.random::<f64>() < self.config.failure_rate;
+        Some(outcome(Waiting { job: *job, fails }, &self.config.domain).result)
+    }
+
     fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>) {
         let c = &self.config;
-        let waiting = jobs.into_iter().map(|job| Waiting {
-            job,
-            fails: self.rng.random::<f64>() < c.failure_rate,
-        });
+        let waiting: Vec<Waiting> = jobs
+            .into_iter()
+            .map(|job| Waiting {
+                job,
+                fails: self.rng.random::<f64>() < c.failure_rate,
+            })
+            .collect();
         if c.io_delay.is_zero() {
-            let outcomes: Vec<JobDone> = waiting.map(|w| outcome(w, &c.domain)).collect();
-            if !outcomes.is_empty() {
-                done.do_send(ActionsDone(outcomes));
-            }
+            // Only reached when called without asking `at_once` first.
+            let outcomes = waiting.into_iter().map(|w| outcome(w, &c.domain)).collect();
+            done.do_send(ActionsDone(outcomes));
             return;
         }
-        let waiting: Vec<Waiting> = waiting.collect();
         let mut s = self.shared.lock().expect("simulated restarts");
         if s.done.is_none() {
             s.done = Some(done.clone());

@@ -100,6 +100,8 @@ pub struct Acker {
     retired: bool,
     /// Publish-to-ack latencies of the acks being settled, recorded once per batch.
     latencies: Vec<Duration>,
+    /// The same, for the metrics exporter; a no-op when nothing is installed.
+    latency_export: metrics::Histogram,
     state: State,
 }
 
@@ -122,6 +124,7 @@ impl Acker {
             confirmed_waiters: Vec::new(),
             retired: false,
             latencies: Vec::new(),
+            latency_export: metrics::histogram!("mandrill_ack_latency_seconds"),
             state: State::default(),
         }
     }
@@ -138,8 +141,9 @@ impl Acker {
         }
     }
 
-    /// Settles a delivery whose outcomes are both in.
-    fn finish(&mut self, p: Pending, out: &mut Vec<Settlement>) {
+    /// Settles a delivery whose outcomes are both in, at `now`: the clock is read once
+    /// per batch, since every outcome in it arrived at that moment.
+    fn finish(&mut self, p: Pending, now: SystemTime, out: &mut Vec<Settlement>) {
         let (Some(saved), Some(restarted)) = (&p.saved, &p.restarted) else {
             return;
         };
@@ -147,7 +151,7 @@ impl Acker {
         let verdict = match (saved, restarted) {
             (Ok(()), Ok(())) => {
                 info!(target: FLOW, "Done. Acked {msg}");
-                let took = SystemTime::now()
+                let took = now
                     .duration_since(p.delivery.published_at)
                     .unwrap_or_default();
                 self.latencies.push(took);
@@ -170,7 +174,7 @@ impl Acker {
         if !self.latencies.is_empty() {
             self.link.metrics.ack_latency.record_all(&self.latencies);
             for took in self.latencies.drain(..) {
-                metrics::histogram!("mandrill_ack_latency_seconds").record(took.as_secs_f64());
+                self.latency_export.record(took.as_secs_f64());
             }
         }
         if !out.is_empty() {
@@ -359,6 +363,7 @@ impl Handler<Outcomes> for Acker {
     fn handle(&mut self, msg: Outcomes, ctx: &mut Context<Self>) {
         guard(self, ctx, "Outcomes", |act, ctx| {
             act.injector.maybe_fail();
+            let now = SystemTime::now();
             let mut out = Vec::with_capacity(msg.outcomes.len());
             for o in msg.outcomes {
                 use std::collections::hash_map::Entry;
@@ -380,7 +385,7 @@ impl Handler<Outcomes> for Acker {
                 };
                 if other.is_some() {
                     let p = e.remove();
-                    act.finish(p, &mut out);
+                    act.finish(p, now, &mut out);
                 }
             }
             act.send_settlements(out, ctx);

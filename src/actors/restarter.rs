@@ -26,7 +26,7 @@ use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
-use crate::{FastMap, FastSet, FLOW};
+use crate::{FastMap, FLOW};
 
 /// How restarts are decided.
 #[derive(Debug, Clone)]
@@ -69,9 +69,9 @@ struct State {
     /// for 25 ms at half a million hosts; griddle's table moves its entries a few at a
     /// time instead.
     last_restart: griddle::HashMap<InstanceName, i64, foldhash::fast::RandomState>,
-    /// The batch being planned, until every delivery in it has an outcome or a running
+    /// The batch being planned, with how many of it have an outcome or a running
     /// restart. What is held here after a failure is failed by `restarting`.
-    current: Option<Batch>,
+    current: Option<(Batch, usize)>,
 }
 
 pub struct Restarter {
@@ -86,10 +86,9 @@ pub struct Restarter {
     /// Survives restarts: a stopped Restarter fails every restart it is asked for.
     retired: bool,
     /// Survive restarts, because the restarts they list run on and their outcomes still
-    /// arrive: every delivery waiting on a running restart, the hosts being restarted,
-    /// and the deliveries that joined another's restart of their host.
-    running: FastMap<AckId, InstanceName>,
-    busy_hosts: FastSet<InstanceName>,
+    /// arrive: each host being restarted, with the delivery that started its restart,
+    /// and the deliveries that joined that restart. One restart of a host runs at a time.
+    running: FastMap<InstanceName, AckId>,
     joined: FastMap<InstanceName, Vec<AckId>>,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
@@ -124,6 +123,14 @@ impl std::fmt::Display for Recent {
     }
 }
 
+/// What one handler call has to send once it is done.
+struct Finished {
+    outcomes: Vec<Outcome>,
+    rows: Vec<RestartRow>,
+    /// Read once per handler call.
+    now_ms: i64,
+}
+
 /// What joiners are told of the restart they shared.
 const SHARED: &str = "it was restarted for another message at the same time";
 
@@ -148,7 +155,6 @@ impl Restarter {
             injector,
             retired: false,
             running: FastMap::default(),
-            busy_hosts: FastSet::default(),
             joined: FastMap::default(),
             watchers: Vec::new(),
             notices: Vec::new(),
@@ -166,14 +172,14 @@ impl Restarter {
         }
     }
 
-    /// Decides for one host, `now_ms` being read once per batch; `starting` holds the
-    /// hosts the batch being planned restarts.
-    fn plan(&self, host: InstanceName, now_ms: i64, starting: &FastSet<InstanceName>) -> Plan {
+    /// Decides for one host, `now_ms` being read once per batch. A host is never
+    /// restarted twice at once, whatever the interval.
+    fn plan(&self, host: InstanceName, now_ms: i64) -> Plan {
+        if self.running.contains_key(&host) {
+            return Plan::Join;
+        }
         if self.config.min_interval.is_zero() {
             return Plan::Restart;
-        }
-        if self.busy_hosts.contains(&host) || starting.contains(&host) {
-            return Plan::Join;
         }
         if let Some(&at) = self.state.last_restart.get(&host) {
             let ago = Duration::from_millis((now_ms - at).max(0) as u64);
@@ -191,70 +197,92 @@ impl Restarter {
     /// the failures by the policy, and passes every one on to the Acker, for the delivery
     /// that started the restart and those that joined it.
     fn finished(&mut self, done: Vec<JobDone>, ctx: &mut Context<Self>) {
-        let (mut outcomes, mut rows) = (Vec::with_capacity(done.len()), Vec::new());
-        let now_ms = self.clock.now_ms();
+        let mut out = Finished {
+            outcomes: Vec::with_capacity(done.len()),
+            rows: Vec::new(),
+            now_ms: self.clock.now_ms(),
+        };
         let mut done = done.into_iter();
         while let Some(JobDone { job, result }) = done.next() {
-            let (id, host) = (job.id, job.host);
             // A restart the shutdown gave up on has no delivery left to answer for, but
             // the host's restart happened all the same.
-            let tracked = self.running.remove(&id).is_some();
-            if tracked {
-                self.busy_hosts.remove(&host);
-            }
-            let joiners = self.joined.remove(&host).unwrap_or_default();
-            for tag in &joiners {
-                self.running.remove(tag);
-            }
-            let result = match result {
-                Ok(()) if self.injector.error() => Err(RestartError::Failed {
-                    host: host.hostname(&self.config.domain),
-                    reason: format!("injected error in {}", Self::NAME),
-                }),
-                r => r,
+            let tracked = self.running.remove(&job.host) == Some(job.id);
+            let joiners = if tracked && !self.joined.is_empty() {
+                self.joined.remove(&job.host).unwrap_or_default()
+            } else {
+                Vec::new()
             };
-            match result {
-                Ok(()) => {
-                    self.state.last_restart.insert(host, now_ms);
-                    rows.push(RestartRow {
-                        host,
-                        at_ms: now_ms,
-                        message_id: job.message_id,
-                    });
-                    Metrics::inc(&self.link.metrics.restarted);
-                    let hostname = host.hostname(&self.config.domain);
-                    info!(target: FLOW, "Restarted {hostname}");
-                    self.notice(host, || RestartOutcome::Restarted);
-                    if tracked {
-                        outcomes.push(Outcome::ok_for(id));
-                    }
-                    for tag in joiners {
-                        info!(target: FLOW, "Skipped restarting {hostname}: {SHARED}");
-                        Metrics::inc(&self.link.metrics.restart_skipped);
-                        self.notice(host, || RestartOutcome::Skipped(SHARED.into()));
-                        outcomes.push(Outcome::ok_for(tag));
-                    }
+            if self.take_outcome(job, result, tracked, joiners, &mut out, ctx) != Directive::Resume
+            {
+                // The fresh incarnation decides the rest, each by the policy: they go back
+                // through the mailbox, which outlives this one.
+                let rest: Vec<JobDone> = done.collect();
+                if !rest.is_empty() {
+                    ctx.address().do_send(ActionsDone(rest));
                 }
-                Err(e) => {
-                    // Each delivery the failure nacks is an error of its own.
-                    for tag in tracked.then_some(id).into_iter().chain(joiners) {
-                        report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
-                        outcomes.push(Outcome::err_for(tag, e.clone()));
-                    }
-                    self.notice(host, || RestartOutcome::Failed(e.clone()));
-                    if fail(self, ctx, (&e).into(), &e) != Directive::Resume {
-                        // The fresh incarnation decides the rest, each by the policy:
-                        // they go back through the mailbox, which outlives this one.
-                        let rest: Vec<JobDone> = done.collect();
-                        if !rest.is_empty() {
-                            ctx.address().do_send(ActionsDone(rest));
-                        }
-                        break;
-                    }
-                }
+                break;
             }
         }
-        self.send(outcomes, rows, ctx);
+        self.send(out.outcomes, out.rows, ctx);
+    }
+
+    /// Takes in one restart's outcome, for its own delivery if it is `tracked` and for
+    /// the `joiners`; returns the policy's directive on a failure, `Resume` on success.
+    fn take_outcome(
+        &mut self,
+        job: RestartJob,
+        result: Result<(), RestartError>,
+        tracked: bool,
+        joiners: Vec<AckId>,
+        out: &mut Finished,
+        ctx: &mut Context<Self>,
+    ) -> Directive {
+        let host = job.host;
+        let result = match result {
+            Ok(()) if self.injector.error() => Err(RestartError::Failed {
+                host: host.hostname(&self.config.domain),
+                reason: "an injected error".into(),
+            }),
+            r => r,
+        };
+        match result {
+            Ok(()) => {
+                self.state.last_restart.insert(host, out.now_ms);
+                out.rows.push(RestartRow {
+                    host,
+                    at_ms: out.now_ms,
+                    message_id: job.message_id,
+                });
+                Metrics::inc(&self.link.metrics.restarted);
+                let hostname = host.hostname(&self.config.domain);
+                info!(target: FLOW, "Restarted {hostname}");
+                self.notice(host, || RestartOutcome::Restarted);
+                if tracked {
+                    out.outcomes.push(Outcome::ok_for(job.id));
+                }
+                for tag in joiners {
+                    info!(target: FLOW, "Skipped restarting {hostname}: {SHARED}");
+                    Metrics::inc(&self.link.metrics.restart_skipped);
+                    self.notice(host, || RestartOutcome::Skipped(SHARED.into()));
+                    out.outcomes.push(Outcome::ok_for(tag));
+                }
+                Directive::Resume
+            }
+            Err(e) => {
+                self.notice(host, || RestartOutcome::Failed(e.clone()));
+                let directive = fail(self, ctx, (&e).into(), &e);
+                // Each delivery the failure nacks is an error of its own.
+                for tag in joiners {
+                    report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
+                    out.outcomes.push(Outcome::err_for(tag, e.clone()));
+                }
+                report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
+                if tracked {
+                    out.outcomes.push(Outcome::err_for(job.id, e));
+                }
+                directive
+            }
+        }
     }
 
     fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>, ctx: &mut Context<Self>) {
@@ -328,16 +356,20 @@ crate::restart_on_request!(Restarter);
 impl Supervised for Restarter {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Restarts already running go on: their outcomes arrive in the mailbox, which the
-        // fresh incarnation reads. Only the batch being planned is failed: a failure while
-        // planning it left the tables untouched.
-        let failed = self
-            .state
-            .current
-            .take()
-            .iter()
-            .flat_map(|b| b.iter())
-            .map(|d| Outcome::err(*d, StepError::Restarted(Self::NAME)))
-            .collect();
+        // fresh incarnation reads. Only the batch being planned is failed, and what it
+        // put in the tables before its restarts were started is taken out again.
+        let mut failed = Vec::new();
+        let unfinished = self.state.current.take();
+        for d in unfinished.iter().flat_map(|(b, done)| &b[*done..]) {
+            let host = d.message.instance_name;
+            if self.running.get(&host) == Some(&d.tag) {
+                self.running.remove(&host);
+            }
+            if let Some(joiners) = self.joined.get_mut(&host) {
+                joiners.retain(|tag| *tag != d.tag);
+            }
+            failed.push(Outcome::err(*d, StepError::Restarted(Self::NAME)));
+        }
         self.send(failed, Vec::new(), ctx);
         // `started` reloads the index from the store's history.
         self.state = State::default();
@@ -363,16 +395,19 @@ impl Handler<Restart> for Restarter {
         }
         guard(self, ctx, "Restart", |act, ctx| {
             // Held here until every delivery has an outcome or a started restart: a
-            // panic before then fails them all.
-            act.state.current = Some(msg.0.clone());
+            // panic before then fails them all; a failure decided otherwise than resume
+            // fails those not reached yet.
+            act.state.current = Some((msg.0.clone(), 0));
             act.injector.maybe_fail();
-            let (mut jobs, mut joins) = (Vec::new(), Vec::new());
-            let mut starting = FastSet::default();
-            let mut outcomes = Vec::with_capacity(msg.0.len());
-            let now_ms = act.clock.now_ms();
-            for &d in msg.0.iter() {
+            let mut jobs = Vec::new();
+            let mut out = Finished {
+                outcomes: Vec::with_capacity(msg.0.len()),
+                rows: Vec::new(),
+                now_ms: act.clock.now_ms(),
+            };
+            for (i, &d) in msg.0.iter().enumerate() {
                 let host = d.message.instance_name;
-                match act.plan(host, now_ms, &starting) {
+                match act.plan(host, out.now_ms) {
                     Plan::Skip(why) => {
                         info!(
                             target: FLOW,
@@ -381,36 +416,38 @@ impl Handler<Restart> for Restarter {
                         );
                         Metrics::inc(&act.link.metrics.restart_skipped);
                         act.notice(host, || RestartOutcome::Skipped(why.to_string()));
-                        outcomes.push(Outcome::ok(d));
+                        out.outcomes.push(Outcome::ok(d));
                     }
-                    Plan::Join => joins.push((d.tag, host)),
+                    Plan::Join => act.joined.entry(host).or_default().push(d.tag),
                     Plan::Restart => {
-                        if !act.config.min_interval.is_zero() {
-                            starting.insert(host);
-                        }
-                        jobs.push(RestartJob {
+                        let job = RestartJob {
                             id: d.tag,
                             message_id: d.id(),
                             host,
-                        });
+                        };
+                        // An outcome known at once is taken in here, as if it had come
+                        // back: no table, no trip through the mailbox.
+                        if let Some(result) = act.action.at_once(&job) {
+                            let directive =
+                                act.take_outcome(job, result, true, Vec::new(), &mut out, ctx);
+                            if directive != Directive::Resume {
+                                act.state.current = Some((msg.0.clone(), i + 1));
+                                break;
+                            }
+                            continue;
+                        }
+                        act.running.insert(host, d.tag);
+                        jobs.push(job);
                     }
                 }
-            }
-            // Nothing below can fail: a panic above leaves the tables untouched, and
-            // `restarting` fails the whole batch.
-            for job in &jobs {
-                act.running.insert(job.id, job.host);
-                act.busy_hosts.insert(job.host);
-            }
-            for (tag, host) in joins {
-                act.running.insert(tag, host);
-                act.joined.entry(host).or_default().push(tag);
             }
             if !jobs.is_empty() {
                 act.action.start(jobs, &ctx.address().recipient());
             }
-            act.state.current = None;
-            act.send(outcomes, Vec::new(), ctx);
+            if ctx.state() == ActorState::Running {
+                act.state.current = None;
+            }
+            act.send(out.outcomes, out.rows, ctx);
         });
     }
 }
@@ -456,14 +493,13 @@ impl Handler<Shutdown> for Restarter {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         // Restarts still running outlived the shield; their messages are nacked already.
         // Their outcomes may still come, and are then only recorded.
-        let failed = self
-            .running
-            .drain()
-            .map(|(id, _)| Outcome::err_for(id, StepError::Closed(Self::NAME)))
+        let owners = self.running.drain().map(|(_, id)| id);
+        let joiners = self.joined.drain().flat_map(|(_, ids)| ids);
+        let failed = owners
+            .chain(joiners)
+            .map(|id| Outcome::err_for(id, StepError::Closed(Self::NAME)))
             .collect();
         self.send(failed, Vec::new(), ctx);
-        self.busy_hosts.clear();
-        self.joined.clear();
         self.retired = true;
     }
 }
@@ -476,7 +512,12 @@ pub struct Running;
 impl Handler<Running> for Restarter {
     type Result = MessageResult<Running>;
     fn handle(&mut self, _: Running, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.running.keys().copied().collect())
+        let owners = self.running.values().copied();
+        MessageResult(
+            owners
+                .chain(self.joined.values().flatten().copied())
+                .collect(),
+        )
     }
 }
 
@@ -489,6 +530,7 @@ impl Handler<Probe> for Restarter {
             state,
             &[
                 ("running", self.running.len()),
+                ("joined", self.joined.values().map(Vec::len).sum()),
                 ("hosts_indexed", self.state.last_restart.len()),
             ],
         ))
