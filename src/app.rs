@@ -40,7 +40,7 @@ use crate::{source, supervision};
 const PULL_BATCH: usize = 1024;
 
 /// What a broker adapter handles: the broker contract, and what every child handles.
-pub trait BrokerAdapter:
+pub(crate) trait BrokerAdapter:
     Child
     + Handler<Pull>
     + Handler<Settle>
@@ -125,7 +125,10 @@ pub fn run(config: Config) -> Result<Report, RunError> {
 }
 
 /// Runs the service with `input` standing in for standard input.
-pub fn run_with_input(config: Config, input: Box<dyn Read + Send>) -> Result<Report, RunError> {
+pub(crate) fn run_with_input(
+    config: Config,
+    input: Box<dyn Read + Send>,
+) -> Result<Report, RunError> {
     run_extended(config, input, Vec::new())
 }
 

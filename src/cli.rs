@@ -296,7 +296,7 @@ impl Cli {
 }
 
 /// Reads a TOML config file into the flags it stands for, checking every key and value.
-pub fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError> {
+pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError> {
     use clap::CommandFactory;
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError::Read {

@@ -252,18 +252,10 @@ impl<T> IoWait<T> {
         self.due.values().map(Vec::len).sum()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.due.values().flatten()
-    }
-
     /// Takes everything that waits, due or not. Alarms already armed still ring, and find
     /// nothing.
     pub fn drain(&mut self) -> impl Iterator<Item = T> {
         std::mem::take(&mut self.due).into_values().flatten()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.due.is_empty()
     }
 }
 
@@ -299,7 +291,7 @@ mod tests {
         let (due, next) = w.take_due();
         assert_eq!(due, vec![AckId(1), AckId(2)]);
         assert_eq!(next, None);
-        assert!(w.is_empty());
+        assert_eq!(w.len(), 0);
     }
 
     #[tokio::test]

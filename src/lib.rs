@@ -5,14 +5,14 @@
 pub mod message;
 pub mod names;
 pub mod protocol;
-pub mod units;
+mod units;
 // Contracts: what the pipeline needs from a broker, a store and a restart action.
-pub mod action;
-pub mod broker;
+mod action;
+mod broker;
 pub mod store;
 // Runtime utilities.
-pub mod faults;
-pub mod iowait;
+mod faults;
+mod iowait;
 pub mod logging;
 pub mod metrics;
 // Supervision: policy, then runtime.
@@ -20,7 +20,7 @@ pub mod report;
 pub mod supervision;
 // The actors.
 pub mod actors;
-pub mod source;
+mod source;
 // The wiring, the configuration aggregate and the command line.
 pub mod app;
 pub mod cli;

@@ -19,7 +19,7 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub fn directives(self) -> String {
+    pub(crate) fn directives(self) -> String {
         match self {
             LogLevel::None => format!("info,{}=off", crate::FLOW),
             LogLevel::Info => "info".into(),

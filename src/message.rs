@@ -12,7 +12,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 /// The longest DNS label, and so the longest instance name.
-pub const MAX_INSTANCE_NAME: usize = 63;
+pub(crate) const MAX_INSTANCE_NAME: usize = 63;
 
 /// Why a string is not a valid instance name.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -267,7 +267,7 @@ impl fmt::Debug for Message {
 
 /// Why a line of input is not a message.
 #[derive(Debug, Error)]
-pub enum WireError {
+pub(crate) enum WireError {
     #[error("line is {0} bytes long, over the 64 KiB limit")]
     TooLong(usize),
     #[error("line is not valid utf-8")]
@@ -277,13 +277,13 @@ pub enum WireError {
 }
 
 /// The longest line the stdin source accepts.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// Parses one line of newline-delimited JSON into a message.
 ///
 /// serde_json's own errors already name a missing field, a bad uuid or a bad instance name;
 /// they are kept, minus the position suffix, which means nothing to someone fixing one line.
-pub fn parse_line(line: &[u8]) -> Result<Message, WireError> {
+pub(crate) fn parse_line(line: &[u8]) -> Result<Message, WireError> {
     if line.len() > MAX_LINE {
         return Err(WireError::TooLong(line.len()));
     }

@@ -109,7 +109,7 @@ impl Metrics {
     }
 
     /// Notes that an outcome (an ack, a nack or a dead letter) happened now.
-    pub fn mark_outcome(&self) {
+    pub(crate) fn mark_outcome(&self) {
         let ns = self.started.elapsed().as_nanos() as u64;
         self.last_outcome_ns.fetch_max(ns, Relaxed);
     }
@@ -135,7 +135,7 @@ impl Timings {
     }
 
     /// Records a batch of timings under one lock.
-    pub fn record_all(&self, ds: &[std::time::Duration]) {
+    pub(crate) fn record_all(&self, ds: &[std::time::Duration]) {
         let mut h = self.0.lock().expect("timings lock");
         for d in ds {
             h.saturating_record(d.as_nanos().min(u64::MAX as u128) as u64);
@@ -160,7 +160,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// From a histogram of nanoseconds.
-    pub fn of_ns(h: &hdrhistogram::Histogram<u64>) -> Self {
+    pub(crate) fn of_ns(h: &hdrhistogram::Histogram<u64>) -> Self {
         Self::scaled(h, 1e-6)
     }
 

@@ -20,7 +20,7 @@ pub enum ChildName {
 
 impl ChildName {
     /// The core children, in start order.
-    pub const CORE: [ChildName; 6] = [
+    pub(crate) const CORE: [ChildName; 6] = [
         ChildName::Broker,
         ChildName::Acker,
         ChildName::Saver,
@@ -65,7 +65,7 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 5] = [
+    pub(crate) const ALL: [Signal; 5] = [
         Signal::Int,
         Signal::Term,
         Signal::Hup,
@@ -85,7 +85,7 @@ impl Signal {
     }
 
     /// The exit status of a process that exits at once on this signal: 128 plus its number.
-    pub fn exit_status(self) -> i32 {
+    pub(crate) fn exit_status(self) -> i32 {
         128 + match self {
             Signal::Hup => 1,
             Signal::Int => 2,

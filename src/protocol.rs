@@ -17,11 +17,11 @@ pub struct Shutdown;
 /// answer takes shows how far behind the actor is; actix does not expose mailbox depth.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Probed")]
-pub struct Probe;
+pub(crate) struct Probe;
 
 /// What an actor says about itself.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Probed {
+pub(crate) struct Probed {
     /// Its state: running, retired, stopped, closing and so on.
     pub state: &'static str,
     /// The sizes of its own queues and tables, by name.
@@ -31,7 +31,7 @@ pub struct Probed {
 }
 
 impl Probed {
-    pub fn new(state: &'static str, holds: &[(&'static str, usize)]) -> Self {
+    pub(crate) fn new(state: &'static str, holds: &[(&'static str, usize)]) -> Self {
         Self {
             state,
             holds: holds.to_vec(),
@@ -44,4 +44,4 @@ impl Probed {
 /// or standard input ended. A finite run ends once everything published is settled.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct InputClosed;
+pub(crate) struct InputClosed;

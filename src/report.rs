@@ -42,7 +42,7 @@ pub struct Report {
 
 impl Report {
     /// Exports every report field: the counts as counters, the rest as gauges.
-    pub fn export(&self) {
+    pub(crate) fn export(&self) {
         self.counts.export();
         metrics::gauge!("mandrill_pending_at_exit").set(self.pending_at_exit as f64);
         metrics::gauge!("mandrill_elapsed_seconds").set(self.elapsed_s);

@@ -3,14 +3,14 @@
 //! shutdown, and `monitor`, which reports on it. `protocol` holds what several of them
 //! share.
 
-pub mod acker;
-pub mod consumer;
-pub mod monitor;
+pub(crate) mod acker;
+pub(crate) mod consumer;
+pub(crate) mod monitor;
 pub mod protocol;
-pub mod publisher;
+pub(crate) mod publisher;
 pub mod restarter;
-pub mod saver;
-pub mod signal;
+pub(crate) mod saver;
+pub(crate) mod signal;
 
 use actix::Addr;
 
@@ -24,13 +24,13 @@ use crate::supervision::tree::Tree;
 pub struct Pipeline {
     pub supervisor: Addr<Supervisor>,
     /// The broker adapter, by the contract's messages.
-    pub broker: Broker,
-    pub acker: Addr<acker::Acker>,
-    pub saver: Addr<saver::Saver>,
+    pub(crate) broker: Broker,
+    pub(crate) acker: Addr<acker::Acker>,
+    pub(crate) saver: Addr<saver::Saver>,
     pub restarter: Addr<restarter::Restarter>,
-    pub consumer: Addr<consumer::Consumer>,
+    pub(crate) consumer: Addr<consumer::Consumer>,
     /// Absent when messages come from standard input.
-    pub publisher: Option<Addr<publisher::Publisher>>,
+    pub(crate) publisher: Option<Addr<publisher::Publisher>>,
     /// Every child, in start order, as the Supervisor and the shutdown see them.
-    pub tree: Tree,
+    pub(crate) tree: Tree,
 }

@@ -11,14 +11,14 @@ use crate::store::StoreError;
 
 /// The two steps every message goes through, at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Save,
     Restart,
 }
 
 /// Why a step failed for one message.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum StepError {
+pub(crate) enum StepError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -33,37 +33,37 @@ pub enum StepError {
 
 /// A batch of dispatched deliveries. The Consumer sends one batch to the Acker, the Saver
 /// and the Restarter; sharing it saves two copies of every delivery.
-pub type Batch = std::sync::Arc<[Delivery]>;
+pub(crate) type Batch = std::sync::Arc<[Delivery]>;
 
 /// One step's result for one delivery, named by its handle: the Acker holds the rest.
 /// The error is boxed: it is the rare case, and unboxed it made every outcome, and every
 /// message the Acker holds, twice as large.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub tag: AckId,
     pub result: StepResult,
 }
 
 /// What one step came to.
-pub type StepResult = Result<(), Box<StepError>>;
+pub(crate) type StepResult = Result<(), Box<StepError>>;
 
 impl Outcome {
-    pub fn ok(delivery: Delivery) -> Self {
+    pub(crate) fn ok(delivery: Delivery) -> Self {
         Self::ok_for(delivery.tag)
     }
 
-    pub fn err(delivery: Delivery, e: impl Into<StepError>) -> Self {
+    pub(crate) fn err(delivery: Delivery, e: impl Into<StepError>) -> Self {
         Self::err_for(delivery.tag, e)
     }
 
-    pub fn ok_for(tag: AckId) -> Self {
+    pub(crate) fn ok_for(tag: AckId) -> Self {
         Self {
             tag,
             result: Ok(()),
         }
     }
 
-    pub fn err_for(tag: AckId, e: impl Into<StepError>) -> Self {
+    pub(crate) fn err_for(tag: AckId, e: impl Into<StepError>) -> Self {
         Self {
             tag,
             result: Err(Box::new(e.into())),

@@ -30,7 +30,7 @@ use crate::{FastMap, FLOW};
 
 /// How restarts are decided.
 #[derive(Debug, Clone)]
-pub struct RestarterConfig {
+pub(crate) struct RestarterConfig {
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
     pub domain: std::sync::Arc<str>,
@@ -135,7 +135,7 @@ struct Finished {
 const SHARED: &str = "it was restarted for another message at the same time";
 
 impl Restarter {
-    pub fn new(
+    pub(crate) fn new(
         link: Link,
         acker: Recipient<Outcomes>,
         load: Recipient<LoadRestarts>,
@@ -380,7 +380,7 @@ impl Supervised for Restarter {
 /// Restarts the hosts a batch of dispatched deliveries names.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Restart(pub Batch);
+pub(crate) struct Restart(pub Batch);
 
 impl Handler<Restart> for Restarter {
     type Result = ();
@@ -465,7 +465,7 @@ impl Handler<ActionsDone> for Restarter {
 /// A history write failed; the policy decides what the Restarter does about it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct HistoryFailed(pub StoreError);
+pub(crate) struct HistoryFailed(pub StoreError);
 
 impl Handler<HistoryFailed> for Restarter {
     type Result = ();
@@ -507,7 +507,7 @@ impl Handler<Shutdown> for Restarter {
 /// The deliveries whose restart is running, which the shutdown must not abandon.
 #[derive(Debug, Message)]
 #[rtype(result = "HashSet<AckId>")]
-pub struct Running;
+pub(crate) struct Running;
 
 impl Handler<Running> for Restarter {
     type Result = MessageResult<Running>;

@@ -44,15 +44,6 @@ impl MemoryStore {
         }
         Ok(t)
     }
-
-    /// How many messages are stored.
-    pub fn len(&self) -> usize {
-        self.tables().messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl StoreOpener for MemoryStore {
@@ -138,7 +129,7 @@ mod tests {
             attempt,
         };
         assert_eq!(s.save(&[row(1), row(2)]).unwrap(), 1);
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.tables().messages.len(), 1);
         assert_eq!(s.tables().messages[&m.message_id].1, 2);
         s.close().unwrap();
         assert_eq!(s.save(&[row(3)]).unwrap_err(), StoreError::Closed);

@@ -9,7 +9,7 @@
 //! and the next call opens a new one: a store that comes back is used again without a
 //! restart of the process.
 
-pub mod memory;
+pub(crate) mod memory;
 pub mod sqlite;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -84,7 +84,7 @@ pub trait Store: Send {
 }
 
 /// Opens connections to one store.
-pub trait StoreOpener: Send + Sync {
+pub(crate) trait StoreOpener: Send + Sync {
     /// How many connections the store takes at once: one for SQLite, which has a single
     /// writer, more for a pool. The store gets one writer thread per connection.
     fn connections(&self) -> usize;
@@ -104,7 +104,7 @@ struct Shared {
 }
 
 /// Runs one connection to a `Store` on a `SyncArbiter` thread.
-pub struct StoreWriter {
+pub(crate) struct StoreWriter {
     shared: Arc<Shared>,
     conn: Option<Box<dyn Store>>,
 }
@@ -112,7 +112,7 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the store's writer threads, one per connection it takes; `first` is a
     /// connection already open.
-    pub fn start(opener: Arc<dyn StoreOpener>, first: Box<dyn Store>) -> Addr<StoreWriter> {
+    pub(crate) fn start(opener: Arc<dyn StoreOpener>, first: Box<dyn Store>) -> Addr<StoreWriter> {
         let threads = opener.connections().max(1);
         let shared = Arc::new(Shared {
             opener,
@@ -163,7 +163,7 @@ impl Actor for StoreWriter {
 /// Writes a group commit: a batch of messages in one transaction.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<u64, StoreError>")]
-pub struct SaveBatch(pub Vec<SaveRow>);
+pub(crate) struct SaveBatch(pub Vec<SaveRow>);
 
 impl Handler<SaveBatch> for StoreWriter {
     type Result = Result<u64, StoreError>;
@@ -175,7 +175,7 @@ impl Handler<SaveBatch> for StoreWriter {
 /// Appends successful restarts to the history.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct RecordRestarts(pub Vec<RestartRow>);
+pub(crate) struct RecordRestarts(pub Vec<RestartRow>);
 
 impl Handler<RecordRestarts> for StoreWriter {
     type Result = Result<(), StoreError>;
@@ -187,7 +187,7 @@ impl Handler<RecordRestarts> for StoreWriter {
 /// Loads each host's latest restart since a time, to seed the Restarter's index.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<(InstanceName, i64)>, StoreError>")]
-pub struct LoadRestarts {
+pub(crate) struct LoadRestarts {
     pub since_ms: i64,
 }
 
@@ -201,7 +201,7 @@ impl Handler<LoadRestarts> for StoreWriter {
 /// Closes the store; later calls, on every connection, fail with `StoreError::Closed`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct CloseStore;
+pub(crate) struct CloseStore;
 
 impl Handler<CloseStore> for StoreWriter {
     type Result = Result<(), StoreError>;

@@ -95,7 +95,7 @@ impl WalFlusher {
 
 /// Opens connections to one SQLite file. SQLite has a single writer, so it takes one.
 #[derive(Debug, Clone)]
-pub struct SqliteOpener {
+pub(crate) struct SqliteOpener {
     pub path: std::path::PathBuf,
 }
 

@@ -50,12 +50,12 @@ pub struct ChildExited {
 pub struct FailureCounts([AtomicU64; FailureKind::ALL.len()]);
 
 impl FailureCounts {
-    pub fn add(&self, kind: FailureKind) {
+    pub(crate) fn add(&self, kind: FailureKind) {
         self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The kinds that happened at least once, by name.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         FailureKind::ALL
             .into_iter()
             .map(|k| (k.as_str(), self.0[k as usize].load(Ordering::Relaxed)))

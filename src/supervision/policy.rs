@@ -253,7 +253,7 @@ impl Default for Decider {
 }
 
 impl Decider {
-    pub fn decide(&self, kind: FailureKind) -> Directive {
+    pub(crate) fn decide(&self, kind: FailureKind) -> Directive {
         self.0[kind.index()]
     }
 
@@ -327,7 +327,7 @@ impl FromStr for RestartTypes {
 }
 
 /// OTP's default shutdown timeout for a worker.
-pub const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// How long each child may take to stop at shutdown before it is abandoned: `S` for
 /// every child, or `CHILD=S[,...]`; both may be mixed, later items winning.
@@ -386,7 +386,7 @@ pub struct ChildPolicy {
 impl ChildPolicy {
     /// The directive for a failure of `kind`. A temporary child is never restarted, so
     /// a directive to restart it stops it instead.
-    pub fn on_failure(&self, kind: FailureKind) -> Directive {
+    pub(crate) fn on_failure(&self, kind: FailureKind) -> Directive {
         match self.decider.decide(kind) {
             d if d.restarts() && self.restart == RestartType::Temporary => Directive::Stop,
             d => d,
@@ -395,7 +395,7 @@ impl ChildPolicy {
 
     /// The directive when the child finished its work normally: only a permanent child
     /// is started again.
-    pub fn on_normal_exit(&self) -> Directive {
+    pub(crate) fn on_normal_exit(&self) -> Directive {
         match self.restart {
             RestartType::Permanent => Directive::Restart,
             RestartType::Transient | RestartType::Temporary => Directive::Stop,

@@ -24,7 +24,7 @@ pub enum Strategy {
 impl Strategy {
     /// The positions, in `0..len`, of the siblings to restart along with the child at
     /// `failed`; the failed child itself is never among them.
-    pub fn siblings(self, failed: usize, len: usize) -> impl Iterator<Item = usize> {
+    pub(crate) fn siblings(self, failed: usize, len: usize) -> impl Iterator<Item = usize> {
         let range = match self {
             Strategy::OneForOne => 0..0,
             Strategy::OneForAll => 0..len,
@@ -36,20 +36,20 @@ impl Strategy {
 
 /// Restart intensity, in OTP's words: more than `max_restarts` within `window` gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Intensity {
+pub(crate) struct Intensity {
     pub max_restarts: u32,
     pub window: Duration,
 }
 
 /// The restarts within the last `window`, to check against the intensity limit.
 #[derive(Debug)]
-pub struct IntensityWindow {
+pub(crate) struct IntensityWindow {
     limit: Intensity,
     recent: VecDeque<Instant>,
 }
 
 impl IntensityWindow {
-    pub fn new(limit: Intensity) -> Self {
+    pub(crate) fn new(limit: Intensity) -> Self {
         Self {
             limit,
             recent: VecDeque::new(),
@@ -58,7 +58,7 @@ impl IntensityWindow {
 
     /// Counts a restart at `now`; returns how many fell within the window, this one
     /// included, if that exceeds the limit.
-    pub fn exceeded_by(&mut self, now: Instant) -> Option<usize> {
+    pub(crate) fn exceeded_by(&mut self, now: Instant) -> Option<usize> {
         self.recent.push_back(now);
         while self
             .recent
@@ -70,7 +70,7 @@ impl IntensityWindow {
         (self.recent.len() as u64 > u64::from(self.limit.max_restarts)).then_some(self.recent.len())
     }
 
-    pub fn limit(&self) -> Intensity {
+    pub(crate) fn limit(&self) -> Intensity {
         self.limit
     }
 }
@@ -114,11 +114,11 @@ impl Backoff {
 /// Each child's failures in a row, which its backoff doubles on: a streak grows while
 /// failures come closer together than `reset_after`, and starts over after a quiet spell.
 #[derive(Debug, Default)]
-pub struct Streaks(FastMap<ChildName, (u32, Instant)>);
+pub(crate) struct Streaks(FastMap<ChildName, (u32, Instant)>);
 
 impl Streaks {
     /// Counts a failure of `child` at `now`; returns its place in the streak, from 1.
-    pub fn failed(&mut self, child: ChildName, now: Instant, reset_after: Duration) -> u32 {
+    pub(crate) fn failed(&mut self, child: ChildName, now: Instant, reset_after: Duration) -> u32 {
         let streak = self.0.entry(child).or_insert((0, now));
         if now.duration_since(streak.1) >= reset_after {
             streak.0 = 0;

@@ -27,7 +27,7 @@ use crate::{FastMap, FastSet};
 
 /// How a supervisor restarts its children.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub strategy: Strategy,
     pub intensity: Intensity,
     pub backoff: Backoff,
@@ -39,7 +39,7 @@ pub struct Settings {
 /// process must exit non-zero.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct Escalate {
+pub(crate) struct Escalate {
     pub child: ChildName,
     pub reason: String,
 }
@@ -77,7 +77,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(settings: Settings, tree: &Tree, escalate: Recipient<Escalate>) -> Self {
+    pub(crate) fn new(settings: Settings, tree: &Tree, escalate: Recipient<Escalate>) -> Self {
         let children = tree.members().to_vec();
         let stats = children
             .iter()
@@ -225,7 +225,7 @@ impl Handler<ChildExited> for Supervisor {
 /// Reports what each child went through, for the run report.
 #[derive(Debug, Message)]
 #[rtype(result = "BTreeMap<&'static str, ChildStats>")]
-pub struct SupervisionStats;
+pub(crate) struct SupervisionStats;
 
 impl Handler<SupervisionStats> for Supervisor {
     type Result = MessageResult<SupervisionStats>;

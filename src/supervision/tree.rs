@@ -14,7 +14,7 @@ use crate::protocol::Shutdown;
 
 /// One child of the tree.
 #[derive(Clone)]
-pub struct Member {
+pub(crate) struct Member {
     pub name: ChildName,
     /// Restarts it in place, when its supervisor's strategy restarts it with a sibling.
     pub restart: Recipient<RestartChild>,
@@ -32,23 +32,23 @@ pub struct Member {
 
 /// The children of one supervisor, in start order.
 #[derive(Clone, Default)]
-pub struct Tree {
+pub(crate) struct Tree {
     members: Vec<Member>,
 }
 
 impl Tree {
     /// Adds a child that has just started: it stops before every child added earlier.
-    pub fn add(&mut self, member: Member) {
+    pub(crate) fn add(&mut self, member: Member) {
         self.members.push(member);
     }
 
     /// The children in start order, as the strategy sees them.
-    pub fn members(&self) -> &[Member] {
+    pub(crate) fn members(&self) -> &[Member] {
         &self.members
     }
 
     /// The children in the order the shutdown stops them: the reverse of start order.
-    pub fn stop_order(&self) -> impl Iterator<Item = &Member> {
+    pub(crate) fn stop_order(&self) -> impl Iterator<Item = &Member> {
         self.members.iter().rev()
     }
 }
