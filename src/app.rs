@@ -228,24 +228,32 @@ impl Wiring<'_> {
             .stalling_for(self.config.handler_deadline * 2)
     }
 
-    /// Starts a broker adapter under the Supervisor, made by `make` from its link and its
+    /// Starts a core child under the Supervisor, made by `make` from its link and its
     /// faults, and adds it to the tree.
+    fn start_child<A>(&mut self, make: impl FnOnce(Link, Injector) -> A + 'static) -> Addr<A>
+    where
+        A: Child + Handler<RestartChild> + Handler<Shutdown>,
+    {
+        let link = self.core_link(A::NAME);
+        let child = {
+            let (link, injector) = (link.clone(), self.injector(A::NAME));
+            actix::Supervisor::start(move |_| make(link, injector))
+        };
+        self.adopt(
+            A::NAME,
+            &link,
+            child.clone().recipient(),
+            child.clone().recipient(),
+        );
+        child
+    }
+
+    /// Starts a broker adapter as a core child, and hands back its contract's recipients.
     fn start_broker<A: BrokerAdapter>(
         &mut self,
         make: impl FnOnce(Link, Injector) -> A + 'static,
     ) -> Broker {
-        let link = self.core_link(ChildName::Broker);
-        let adapter = {
-            let (link, injector) = (link.clone(), self.injector(ChildName::Broker));
-            actix::Supervisor::start(move |_| make(link, injector))
-        };
-        self.adopt(
-            ChildName::Broker,
-            &link,
-            adapter.clone().recipient(),
-            adapter.clone().recipient(),
-        );
-        Broker::of(&adapter)
+        Broker::of(&self.start_child(make))
     }
 
     /// Adds a started child to the tree: it stops before every child added earlier. Every
@@ -299,58 +307,33 @@ fn start_pipeline(
         max_deliveries: config.max_deliveries,
         ack_deadline: config.ack_deadline,
     };
-    let broker = w.start_broker(|link, injector| MemoryBroker::new(link, memory, injector));
+    let broker = w.start_broker(move |link, injector| MemoryBroker::new(link, memory, injector));
 
     // 3. The Acker, which settles with the broker.
-    let link = w.core_link(ChildName::Acker);
-    let acker = {
-        let (link, settle, extend) = (link.clone(), broker.settle.clone(), broker.extend.clone());
-        let cfg = AckerConfig {
-            message_timeout: config.message_timeout,
-            ack_deadline: config.ack_deadline,
-            redelivery_delay: config.redelivery_delay,
-            max_deliveries: config.max_deliveries,
-        };
-        let injector = w.injector(ChildName::Acker);
-        actix::Supervisor::start(move |_| Acker::new(link, settle, extend, cfg, injector))
+    let (settle, extend) = (broker.settle.clone(), broker.extend.clone());
+    let cfg = AckerConfig {
+        message_timeout: config.message_timeout,
+        ack_deadline: config.ack_deadline,
+        redelivery_delay: config.redelivery_delay,
+        max_deliveries: config.max_deliveries,
     };
-    w.adopt(
-        ChildName::Acker,
-        &link,
-        acker.clone().recipient(),
-        acker.clone().recipient(),
-    );
+    let acker =
+        w.start_child(move |link, injector| Acker::new(link, settle, extend, cfg, injector));
 
     // 4. The Saver, which reports to the Acker.
-    let link = w.core_link(ChildName::Saver);
-    let saver = {
-        let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
-        let cfg = SaverConfig {
-            io_delay: config.io_delay,
-            io_jitter: config.io_jitter,
-            io_clock: AlarmClock::Thread,
-            batch_size: config.batch_size,
-            flush_interval: config.flush_interval,
-        };
-        let (rng, injector) = (rng_for(seed, Purpose::SaveIo), w.injector(ChildName::Saver));
-        actix::Supervisor::start(move |_| {
-            Saver::new(
-                link,
-                acker.recipient(),
-                store.clone().recipient(),
-                store.recipient(),
-                cfg,
-                rng,
-                injector,
-            )
-        })
+    let (to_acker, store_w) = (acker.clone().recipient(), store.clone());
+    let cfg = SaverConfig {
+        io_delay: config.io_delay,
+        io_jitter: config.io_jitter,
+        io_clock: AlarmClock::Thread,
+        batch_size: config.batch_size,
+        flush_interval: config.flush_interval,
     };
-    w.adopt(
-        ChildName::Saver,
-        &link,
-        saver.clone().recipient(),
-        saver.clone().recipient(),
-    );
+    let rng = rng_for(seed, Purpose::SaveIo);
+    let saver = w.start_child(move |link, injector| {
+        let (save, close) = (store_w.clone().recipient(), store_w.recipient());
+        Saver::new(link, to_acker, save, close, cfg, rng, injector)
+    });
 
     // 5. The Restarter, which reports to the Acker too, and its restart action.
     let domain: Arc<str> = config.domain.as_str().into();
@@ -364,86 +347,41 @@ fn start_pipeline(
         },
         rng_for(seed, Purpose::SimulatedRestarts),
     ));
-    let link = w.core_link(ChildName::Restarter);
-    let restarter = {
-        let (link, acker, store) = (link.clone(), acker.clone(), store.clone());
-        let cfg = RestarterConfig {
-            min_interval: config.min_restart_interval,
-            domain,
-        };
-        let injector = w.injector(ChildName::Restarter);
-        actix::Supervisor::start(move |_| {
-            Restarter::new(
-                link,
-                acker.recipient(),
-                store.clone().recipient(),
-                store.recipient(),
-                action,
-                cfg,
-                injector,
-            )
-        })
+    let (to_acker, store_w) = (acker.clone().recipient(), store.clone());
+    let cfg = RestarterConfig {
+        min_interval: config.min_restart_interval,
+        domain,
     };
-    w.adopt(
-        ChildName::Restarter,
-        &link,
-        restarter.clone().recipient(),
-        restarter.clone().recipient(),
-    );
+    let restarter = w.start_child(move |link, injector| {
+        let (load, record) = (store_w.clone().recipient(), store_w.recipient());
+        Restarter::new(link, to_acker, load, record, action, cfg, injector)
+    });
 
     // 6. The Consumer, which feeds the three above.
-    let link = w.core_link(ChildName::Consumer);
-    let consumer = {
-        let downstream = Downstream {
-            track: acker.clone().recipient(),
-            abandon: acker.clone().recipient(),
-            save: saver.clone().recipient(),
-            restart: restarter.clone().recipient(),
-        };
-        let (link, pull) = (link.clone(), broker.pull.clone());
-        let batch = PULL_BATCH.min(config.max_in_flight);
-        let injector = w.injector(ChildName::Consumer);
-        actix::Supervisor::start(move |_| Consumer::new(link, pull, downstream, batch, injector))
+    let downstream = Downstream {
+        track: acker.clone().recipient(),
+        abandon: acker.clone().recipient(),
+        save: saver.clone().recipient(),
+        restart: restarter.clone().recipient(),
     };
-    w.adopt(
-        ChildName::Consumer,
-        &link,
-        consumer.clone().recipient(),
-        consumer.clone().recipient(),
-    );
+    let (pull, batch) = (broker.pull.clone(), PULL_BATCH.min(config.max_in_flight));
+    let consumer =
+        w.start_child(move |link, injector| Consumer::new(link, pull, downstream, batch, injector));
 
     // 7. The Publisher, the head of the pipeline, started last.
     let publisher = (config.source == Source::Simulated).then(|| {
-        let link = w.core_link(ChildName::Publisher);
-        let publisher = {
-            let (link, publish) = (link.clone(), broker.publish.clone());
-            let cfg = PublisherConfig {
-                delay: config.publish_delay,
-                jitter: config.publish_jitter,
-                limit: config.messages,
-                rate: config.publish_rate,
-                clock: AlarmClock::Thread,
-            };
-            let rng = rng_for(seed, Purpose::Publishing);
-            let injector = w.injector(ChildName::Publisher);
-            actix::Supervisor::start(move |_| {
-                Publisher::new(
-                    link,
-                    publish.clone(),
-                    input_closed.clone(),
-                    cfg,
-                    rng,
-                    injector,
-                )
-            })
+        let publish = broker.publish.clone();
+        let cfg = PublisherConfig {
+            delay: config.publish_delay,
+            jitter: config.publish_jitter,
+            limit: config.messages,
+            rate: config.publish_rate,
+            clock: AlarmClock::Thread,
         };
-        w.adopt(
-            ChildName::Publisher,
-            &link,
-            publisher.clone().recipient(),
-            publisher.clone().recipient(),
-        );
-        publisher
+        let rng = rng_for(seed, Purpose::Publishing);
+        w.start_child(move |link, injector| {
+            Publisher::new(link, publish, input_closed, cfg, rng, injector)
+        })
     });
 
     let mut pipeline = Pipeline {

@@ -213,6 +213,29 @@ impl Handler<CloseStore> for StoreWriter {
     }
 }
 
+/// The claim's contract, for each store's tests: `a` and `b` are two connections to one
+/// empty store.
+#[cfg(test)]
+pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn Store) {
+    let name = |s| InstanceName::parse(s).unwrap();
+    let (h, other, third) = (name("cattle-a"), name("cattle-b"), name("cattle-c"));
+    assert_eq!(a.claim_restarts(&[h], 1_000, 500).unwrap(), [true]);
+    assert_eq!(
+        b.claim_restarts(&[h, other], 1_200, 500).unwrap(),
+        [false, true]
+    );
+    assert_eq!(b.claim_restarts(&[h], 1_500, 500).unwrap(), [true]);
+    // A recorded restart counts as a claim.
+    a.record_restarts(&[RestartRow {
+        host: third,
+        at_ms: 3_000,
+        message_id: Uuid::new_v4(),
+    }])
+    .unwrap();
+    assert_eq!(b.claim_restarts(&[third], 3_100, 500).unwrap(), [false]);
+    assert_eq!(b.claim_restarts(&[third], 3_600, 500).unwrap(), [true]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

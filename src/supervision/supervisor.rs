@@ -264,6 +264,16 @@ mod tests {
         window: Duration,
         strategy: Strategy,
     ) -> (Addr<Supervisor>, Got<Escalate>, [Got<RestartChild>; 3]) {
+        with_children_in(max_restarts, window, strategy, [true; 3])
+    }
+
+    /// The same, with whether each child is in the strategy.
+    fn with_children_in(
+        max_restarts: u32,
+        window: Duration,
+        strategy: Strategy,
+        in_strategy: [bool; 3],
+    ) -> (Addr<Supervisor>, Got<Escalate>, [Got<RestartChild>; 3]) {
         let (escalate, escalations) = sink();
         let (a, got_a) = sink();
         let (b, got_b) = sink();
@@ -279,14 +289,15 @@ mod tests {
         };
         let mut tree = Tree::default();
         let (shutdown, _) = sink();
-        for (name, restart) in [(A, a), (B, b), (C, c)] {
+        for ((name, restart), in_strategy) in [(A, a), (B, b), (C, c)].into_iter().zip(in_strategy)
+        {
             tree.add(Member {
                 name,
                 restart,
                 shutdown: shutdown.clone(),
                 timeout: Duration::from_secs(5),
                 failures: Default::default(),
-                in_strategy: true,
+                in_strategy,
             });
         }
         let s = Supervisor::new(settings, &tree, escalate).start();
@@ -445,33 +456,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_child_outside_the_strategy_restarts_alone_and_never_with_a_sibling() {
-        let (escalate, _) = sink();
-        let settings = Settings {
-            strategy: Strategy::OneForAll,
-            intensity: Intensity {
-                max_restarts: 10,
-                window: Duration::from_secs(5),
-            },
-            backoff: Backoff::default(),
-            seed: Some(1),
-        };
-        let (shutdown, _) = sink();
-        let mut tree = Tree::default();
-        let mut got = Vec::new();
-        for (name, in_strategy) in [(A, false), (B, true), (C, true)] {
-            let (restart, asked) = sink();
-            got.push(asked);
-            tree.add(Member {
-                name,
-                restart,
-                shutdown: shutdown.clone(),
-                timeout: Duration::from_secs(5),
-                failures: Default::default(),
-                in_strategy,
-            });
-        }
-        let got: [Got<RestartChild>; 3] = got.try_into().ok().unwrap();
-        let s = Supervisor::new(settings, &tree, escalate).start();
+        let five = Duration::from_secs(5);
+        let (s, _, got) = with_children_in(10, five, Strategy::OneForAll, [false, true, true]);
         s.send(failed(A)).await.unwrap();
         settle().await;
         assert!(asked(&got).is_empty(), "a's failure restarted a sibling");
