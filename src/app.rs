@@ -121,15 +121,7 @@ fn open_store(kind: &StoreKind) -> Result<OpenedStore, StoreError> {
 
 /// Runs the service, reading standard input when the source is stdin.
 pub fn run(config: Config) -> Result<Report, RunError> {
-    run_with_input(config, Box::new(std::io::stdin()))
-}
-
-/// Runs the service with `input` standing in for standard input.
-pub(crate) fn run_with_input(
-    config: Config,
-    input: Box<dyn Read + Send>,
-) -> Result<Report, RunError> {
-    run_extended(config, input, Vec::new())
+    run_extended(config, Box::new(std::io::stdin()), Vec::new())
 }
 
 /// Runs the service with `extensions` added to the supervision tree after the core
