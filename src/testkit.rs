@@ -180,6 +180,18 @@ impl Handler<LoadRestarts> for FakeStore {
     }
 }
 
+/// Makes every later call fail with this error, or none.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailWith(pub Option<StoreError>);
+
+impl Handler<FailWith> for FakeStore {
+    type Result = ();
+    fn handle(&mut self, msg: FailWith, _: &mut Context<Self>) {
+        self.fail = msg.0;
+    }
+}
+
 impl Handler<CloseStore> for FakeStore {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, _: CloseStore, _: &mut Context<Self>) -> Self::Result {

@@ -63,12 +63,6 @@ impl Clock {
 
 #[derive(Default)]
 struct State {
-    /// Each host's last successful restart, in ms since the epoch. The store holds the
-    /// durable copy; this index is loaded from it on start and kept in step after.
-    /// It grows with every new host, and a table that doubles all at once held the loop
-    /// for 25 ms at half a million hosts; griddle's table moves its entries a few at a
-    /// time instead.
-    last_restart: griddle::HashMap<InstanceName, i64, foldhash::fast::RandomState>,
     /// The batch being planned, with how many of it have an outcome or a running
     /// restart. What is held here after a failure is failed by `restarting`.
     current: Option<(Batch, usize)>,
@@ -85,6 +79,14 @@ pub struct Restarter {
     injector: Injector,
     /// Survives restarts: a stopped Restarter fails every restart it is asked for.
     retired: bool,
+    /// Each host's last successful restart, in ms since the epoch. The store holds the
+    /// durable copy; this index is loaded from it on start and kept in step after. It
+    /// survives restarts: it is the safety rail against restarting a host twice within
+    /// the interval, and a restart caused by a failing store could not reload it.
+    /// It grows with every new host, and a table that doubles all at once held the loop
+    /// for 25 ms at half a million hosts; griddle's table moves its entries a few at a
+    /// time instead.
+    last_restart: griddle::HashMap<InstanceName, i64, foldhash::fast::RandomState>,
     /// Survive restarts, because the restarts they list run on and their outcomes still
     /// arrive: each host being restarted, with the delivery that started its restart,
     /// and the deliveries that joined that restart. One restart of a host runs at a time.
@@ -154,6 +156,7 @@ impl Restarter {
             clock: Clock::new(),
             injector,
             retired: false,
+            last_restart: Default::default(),
             running: FastMap::default(),
             joined: FastMap::default(),
             watchers: Vec::new(),
@@ -181,7 +184,7 @@ impl Restarter {
         if self.config.min_interval.is_zero() {
             return Plan::Restart;
         }
-        if let Some(&at) = self.state.last_restart.get(&host) {
+        if let Some(&at) = self.last_restart.get(&host) {
             let ago = Duration::from_millis((now_ms - at).max(0) as u64);
             if ago < self.config.min_interval {
                 return Plan::Skip(Recent {
@@ -247,7 +250,7 @@ impl Restarter {
         };
         match result {
             Ok(()) => {
-                self.state.last_restart.insert(host, out.now_ms);
+                self.last_restart.insert(host, out.now_ms);
                 out.rows.push(RestartRow {
                     host,
                     at_ms: out.now_ms,
@@ -330,7 +333,10 @@ impl Actor for Restarter {
         ctx.wait(load.into_actor(self).map(|res, act, _| match res {
             Ok(Ok(rows)) => {
                 info!("Loaded {} recent restarts from the history", rows.len());
-                act.state.last_restart.extend(rows);
+                for (host, at) in rows {
+                    let known = act.last_restart.entry(host).or_insert(at);
+                    *known = (*known).max(at);
+                }
             }
             Ok(Err(e)) => report_error(&act.link.metrics, Self::NAME.as_str(), false, &e),
             Err(e) => report_error(&act.link.metrics, Self::NAME.as_str(), false, &e),
@@ -371,7 +377,7 @@ impl Supervised for Restarter {
             failed.push(Outcome::err(*d, StepError::Restarted(Self::NAME)));
         }
         self.send(failed, Vec::new(), ctx);
-        // `started` reloads the index from the store's history.
+        // The index of last restarts is kept; `started` merges the store's history in.
         self.state = State::default();
         note_restart(self);
     }
@@ -531,7 +537,7 @@ impl Handler<Probe> for Restarter {
             &[
                 ("running", self.running.len()),
                 ("joined", self.joined.values().map(Vec::len).sum()),
-                ("hosts_indexed", self.state.last_restart.len()),
+                ("hosts_indexed", self.last_restart.len()),
             ],
         ))
     }
@@ -553,6 +559,7 @@ mod tests {
         history: Arc<Mutex<Vec<RestartRow>>>,
         failed: Got<crate::supervision::ChildFailed>,
         link: Link,
+        store: Addr<FakeStore>,
     }
 
     fn rig(io_delay: Duration, failure_rate: f64, min_interval: Duration, store: FakeStore) -> Rig {
@@ -561,6 +568,7 @@ mod tests {
         let (acker, outcomes) = sink();
         let history = store.restarts.clone();
         let store = store.start();
+        let kept_store = store.clone();
         let (load, record) = (store.clone().recipient(), store.recipient());
         let config = RestarterConfig {
             min_interval,
@@ -577,6 +585,7 @@ mod tests {
             history,
             failed,
             link: kept,
+            store: kept_store,
         }
     }
 
@@ -799,6 +808,41 @@ mod tests {
                 .errors
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_index_survives_a_restart_that_cannot_reload_it() {
+        tokio::time::pause();
+        let r = rig(Duration::ZERO, 0.0, HOUR, FakeStore::new(None));
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        // The store goes away, and the Restarter restarts: it cannot reload the history.
+        let down = crate::store::StoreError::Unavailable("gone".into());
+        r.store
+            .send(crate::testkit::FailWith(Some(down)))
+            .await
+            .unwrap();
+        r.restarter
+            .send(crate::supervision::RestartChild {
+                because: ChildName::Saver,
+            })
+            .await
+            .unwrap();
+        r.restarter
+            .send(Restart(vec![delivery(2, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(()), Ok(())]);
+        let m = r.link.metrics.snapshot();
+        assert_eq!(
+            (m.restarted, m.restart_skipped),
+            (1, 1),
+            "the host was restarted again within the interval"
         );
     }
 }
