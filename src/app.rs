@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use thiserror::Error;
 
+use crate::action::command::{CommandAction, CommandConfig};
 use crate::action::simulated::{SimulatedConfig, SimulatedRestarts};
+use crate::action::RestartAction;
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::monitor::MonitorConfig;
@@ -20,7 +22,7 @@ use crate::actors::signal::{Cause, ShutdownConfig, SignalActor};
 use crate::actors::Pipeline;
 use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
 use crate::broker::{Broker, Extend, Pending, Publish, Pull, Settle};
-use crate::config::{Config, Source, StoreKind};
+use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::{rng_for, Injector, Purpose};
 use crate::iowait::AlarmClock;
 use crate::metrics::Metrics;
@@ -329,20 +331,28 @@ fn start_pipeline(
 
     // 5. The Restarter, which reports to the Acker too, and its restart action.
     let domain: Arc<str> = config.domain.as_str().into();
-    let action = Box::new(SimulatedRestarts::new(
-        SimulatedConfig {
-            io_delay: config.io_delay,
-            io_jitter: config.io_jitter,
-            clock: AlarmClock::Thread,
-            failure_rate: config.failure_rate,
+    let action: Box<dyn RestartAction> = match &config.action {
+        ActionSpec::Simulated => Box::new(SimulatedRestarts::new(
+            SimulatedConfig {
+                io_delay: config.io_delay,
+                io_jitter: config.io_jitter,
+                clock: AlarmClock::Thread,
+                failure_rate: config.failure_rate,
+                domain: domain.clone(),
+            },
+            rng_for(seed, Purpose::SimulatedRestarts),
+        )),
+        ActionSpec::Command { template, timeout } => Box::new(CommandAction::new(CommandConfig {
+            template: template.clone(),
+            timeout: *timeout,
             domain: domain.clone(),
-        },
-        rng_for(seed, Purpose::SimulatedRestarts),
-    ));
+        })),
+    };
     let (to_acker, store_w) = (acker.clone().recipient(), store.clone());
     let cfg = RestarterConfig {
         min_interval: config.min_restart_interval,
         domain,
+        leashed: config.action.is_real() && !config.unleash,
     };
     let restarter = w.start_child(move |link, injector| {
         let (load, record) = (store_w.clone().recipient(), store_w.recipient());

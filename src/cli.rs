@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{Config, Source, StoreKind};
+use crate::action::command::Template;
+use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
 use crate::logging::{LogFormat, LogLevel};
 use crate::message::InstanceName;
@@ -19,6 +20,14 @@ pub enum SourceArg {
     Sim,
     /// Newline-delimited JSON messages on standard input.
     Stdin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActionArg {
+    /// The talk's simulated restart: `--io-delay` of IO, failing at `--failure-rate`.
+    Sim,
+    /// Run a program per host (see --command).
+    Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -239,6 +248,32 @@ pub struct Cli {
     /// How often the status line is printed.
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
     pub status_every: Duration,
+
+    /// What restarts a host. A real action (`command`) is leashed until --unleash: it
+    /// logs what it would run, and the message is acked.
+    #[arg(long, value_enum, default_value_t = ActionArg::Sim)]
+    pub action: ActionArg,
+
+    /// The program `--action command` runs for each host, found on PATH at start-up.
+    #[arg(long, value_name = "PROGRAM")]
+    pub command: Option<String>,
+
+    /// One argument of the program, in order; repeat it for each. {instance}, {hostname}
+    /// and {message_id} are filled in inside the one argument, never through a shell;
+    /// `{{` is a brace. The program's environment keeps only PATH, HOME, USER, LOGNAME,
+    /// LANG, LC_ALL, TZ and SSH_AUTH_SOCK, and its stdin is closed.
+    #[arg(long = "command-arg", value_name = "ARG", allow_hyphen_values = true,
+          action = clap::ArgAction::Append)]
+    pub command_args: Vec<String>,
+
+    /// A restart still running after this is a timeout: its whole process group is killed.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_positive_duration)]
+    pub action_timeout: Duration,
+
+    /// Let a real action restart hosts. Without it, `--action command` only logs what it
+    /// would run, as Chaos Monkey's leash does.
+    #[arg(long)]
+    pub unleash: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,6 +308,9 @@ pub enum ArgsError {
     Clap(#[from] clap::Error),
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    /// The restart action's settings do not make a usable action.
+    #[error("{0}")]
+    Action(String),
 }
 
 impl Cli {
@@ -352,7 +390,18 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
                         ))),
                     })
                     .collect();
-                vec![format!("--{flag}={}", parts?.join(","))]
+                let parts = parts?;
+                if flag == "command" {
+                    // The program, then its arguments, each one flag: never joined.
+                    let mut parts = parts.into_iter();
+                    let program = parts.next().map(|p| format!("--command={p}"));
+                    program
+                        .into_iter()
+                        .chain(parts.map(|a| format!("--command-arg={a}")))
+                        .collect()
+                } else {
+                    vec![format!("--{flag}={}", parts.join(","))]
+                }
             }
             other => {
                 return Err(bad(format!(
@@ -451,12 +500,36 @@ fn parse_domain(s: &str) -> Result<String, String> {
 }
 
 impl Cli {
-    pub fn into_config(self) -> Config {
+    /// The configuration the flags describe, checked as a whole: a command template with
+    /// an unknown placeholder or a program that is not there is an error here.
+    pub fn into_config(self) -> Result<Config, ArgsError> {
+        let action = match (self.action, self.command) {
+            (ActionArg::Sim, None) => ActionSpec::Simulated,
+            (ActionArg::Sim, Some(_)) => {
+                return Err(ArgsError::Action(
+                    "--command is given, but --action is sim; add --action command".into(),
+                ))
+            }
+            (ActionArg::Command, None) => {
+                return Err(ArgsError::Action(
+                    "--action command needs --command PROGRAM".into(),
+                ))
+            }
+            (ActionArg::Command, Some(program)) => {
+                let argv: Vec<String> = std::iter::once(program).chain(self.command_args).collect();
+                let template = Template::parse(&argv)
+                    .map_err(|e| ArgsError::Action(format!("--command: {e}")))?;
+                ActionSpec::Command {
+                    template,
+                    timeout: self.action_timeout,
+                }
+            }
+        };
         let (publish_delay, publish_jitter) = match self.publish_delay {
             Some(d) => (d, self.jitter),
             None => (Duration::from_secs(1), true),
         };
-        Config {
+        Ok(Config {
             source: match self.source {
                 SourceArg::Sim => Source::Simulated,
                 SourceArg::Stdin => Source::Stdin,
@@ -508,8 +581,10 @@ impl Cli {
                 }
             },
             faults: self.inject.unwrap_or_default(),
+            action,
+            unleash: self.unleash,
             handle_signals: true,
-        }
+        })
     }
 }
 
@@ -519,7 +594,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         let argv = std::iter::once("mandrill").chain(args.iter().copied());
-        Cli::try_parse_from(argv).map(Cli::into_config)
+        Cli::try_parse_from(argv).map(|c| c.into_config().expect("a valid configuration"))
     }
 
     #[test]
@@ -578,7 +653,7 @@ mod tests {
         let path = path.to_str().unwrap().to_string();
         let mut argv = vec!["mandrill", "--config", &path];
         argv.extend_from_slice(args);
-        Cli::parse_with_file(argv).map(Cli::into_config)
+        Cli::parse_with_file(argv).and_then(Cli::into_config)
     }
 
     #[test]
@@ -676,5 +751,76 @@ mod tests {
             missing,
             Err(ArgsError::File(ConfigFileError::Read { .. }))
         ));
+    }
+
+    fn action_of(args: &[&str]) -> Result<ActionSpec, ArgsError> {
+        let argv = std::iter::once("mandrill").chain(args.iter().copied());
+        Ok(Cli::try_parse_from(argv)?.into_config()?.action)
+    }
+
+    #[test]
+    fn a_command_template_comes_from_repeated_flags_or_a_file_list() {
+        let argv = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let want = ActionSpec::Command {
+            template: Template::parse(&argv(&["sh", "-c", "echo {instance}"])).unwrap(),
+            timeout: Duration::from_secs(60),
+        };
+        let flags = [
+            "--action",
+            "command",
+            "--command",
+            "sh",
+            "--command-arg",
+            "-c",
+            "--command-arg",
+            "echo {instance}",
+        ];
+        assert_eq!(action_of(&flags).unwrap(), want);
+        let toml = r#"
+            action = "command"
+            command = ["sh", "-c", "echo {instance}"]
+        "#;
+        assert_eq!(with_file(toml, &[]).unwrap().action, want);
+    }
+
+    #[test]
+    fn a_bad_action_is_a_clear_error() {
+        for (args, says) in [
+            (&["--action", "command"][..], "needs --command"),
+            (&["--command", "sh"], "--action is sim"),
+            (
+                &[
+                    "--action",
+                    "command",
+                    "--command",
+                    "sh",
+                    "--command-arg",
+                    "{host}",
+                ],
+                "unknown placeholder {host}",
+            ),
+            (
+                &[
+                    "--action",
+                    "command",
+                    "--command",
+                    "no-such-program-anywhere",
+                ],
+                "not found",
+            ),
+        ] {
+            let e = action_of(args).expect_err(&format!("{args:?} accepted"));
+            assert!(matches!(e, ArgsError::Action(_)), "{e:?}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_files_are_valid() {
+        for file in ["examples/mandrill.toml", "examples/real-restarts.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let args = file_args(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!args.is_empty(), "{file}");
+        }
     }
 }

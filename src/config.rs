@@ -3,9 +3,29 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::action::command::Template;
 use crate::faults::Faults;
 use crate::supervision::policy::{Decider, RestartTypes, ShutdownTimeouts};
 pub use crate::supervision::strategy::{Backoff, Strategy};
+
+/// What restarts a host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionSpec {
+    /// The talk's coin flip after simulated IO.
+    Simulated,
+    /// A program run per host, killed with its process group after `timeout`.
+    Command {
+        template: Template,
+        timeout: Duration,
+    },
+}
+
+impl ActionSpec {
+    /// Whether it restarts real hosts, and so is leashed until unleashed.
+    pub fn is_real(&self) -> bool {
+        !matches!(self, ActionSpec::Simulated)
+    }
+}
 
 /// Where messages come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +92,10 @@ pub struct Config {
     /// How often to print the status line, if at all.
     pub status_every: Option<Duration>,
     pub faults: Faults,
+    /// What restarts a host.
+    pub action: ActionSpec,
+    /// Whether a real action may restart hosts; leashed, it only logs what it would do.
+    pub unleash: bool,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
 }
@@ -112,6 +136,8 @@ impl Default for Config {
             lag_warn: Duration::from_millis(100),
             status_every: None,
             faults: Faults::default(),
+            action: ActionSpec::Simulated,
+            unleash: false,
             handle_signals: true,
         }
     }

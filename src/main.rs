@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = match Cli::parse_with_file(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ArgsError::Clap(e)) => e.exit(),
-        Err(ArgsError::File(e)) => {
+        Err(e @ (ArgsError::File(_) | ArgsError::Action(_))) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
@@ -33,7 +33,14 @@ fn main() -> anyhow::Result<ExitCode> {
         tracing::info!("Serving Prometheus metrics at http://{addr}/metrics");
     }
     let linger = cli.metrics_linger;
-    let report = app::run(cli.into_config())?;
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let report = app::run(config)?;
     // A closed stdout must not turn a clean shutdown into a panic: say so and keep the
     // exit status.
     let line = serde_json::to_string(&report)?;

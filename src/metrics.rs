@@ -76,6 +76,8 @@ counters! {
     restarted,
     /// Restarts skipped because the host was restarted recently.
     restart_skipped,
+    /// Restarts a leashed action did not run: logged, and the message acked.
+    leashed,
     /// Acks the broker took.
     acked,
     /// Nacks for failed handling that the broker took, the last one of a message, which

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "adapters",
         &[
+            "action::command",
             "action::simulated",
             "broker::memory",
             "store::memory",

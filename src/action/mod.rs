@@ -11,6 +11,7 @@
 //! [`simulated::SimulatedRestarts`] is the talk's coin flip: `--failure-rate` and
 //! `--io-delay`, timed by the clock thread.
 
+pub mod command;
 pub mod simulated;
 
 use std::time::Duration;
@@ -79,4 +80,14 @@ pub trait RestartAction: Send + 'static {
         let _ = job;
         None
     }
+
+    /// What the action would do for a job, for the log line of a leashed restart.
+    fn describe(&self, job: &RestartJob) -> String {
+        let _ = job;
+        String::new()
+    }
+
+    /// Gives up on every restart still running, at shutdown, once the shield is over:
+    /// a command's process group is killed, so that no child outlives the service.
+    fn stop(&mut self) {}
 }

@@ -34,6 +34,8 @@ pub(crate) struct RestarterConfig {
     /// Hosts restarted less than this long ago are skipped; zero disables the check.
     pub min_interval: Duration,
     pub domain: std::sync::Arc<str>,
+    /// A leashed Restarter only logs what its action would do, and acks the message.
+    pub leashed: bool,
 }
 
 /// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
@@ -425,6 +427,21 @@ impl Handler<Restart> for Restarter {
                         out.outcomes.push(Outcome::ok(d));
                     }
                     Plan::Join => act.joined.entry(host).or_default().push(d.tag),
+                    Plan::Restart if act.config.leashed => {
+                        let job = RestartJob {
+                            id: d.tag,
+                            message_id: d.id(),
+                            host,
+                        };
+                        info!(
+                            target: FLOW,
+                            "Would restart {} (leashed): {}",
+                            host.hostname(&act.config.domain),
+                            act.action.describe(&job)
+                        );
+                        Metrics::inc(&act.link.metrics.leashed);
+                        out.outcomes.push(Outcome::ok(d));
+                    }
                     Plan::Restart => {
                         let job = RestartJob {
                             id: d.tag,
@@ -506,6 +523,8 @@ impl Handler<Shutdown> for Restarter {
             .map(|id| Outcome::err_for(id, StepError::Closed(Self::NAME)))
             .collect();
         self.send(failed, Vec::new(), ctx);
+        // Restarts still running end here: a command's process group is killed.
+        self.action.stop();
         self.retired = true;
     }
 }
@@ -573,6 +592,7 @@ mod tests {
         let config = RestarterConfig {
             min_interval,
             domain: "example.net".into(),
+            leashed: false,
         };
         let action = simulated(io_delay, failure_rate);
         let injector = Injector::none(ChildName::Restarter);

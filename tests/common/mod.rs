@@ -71,6 +71,15 @@ impl Mandrill {
     }
 
     pub fn spawn_with_stdin(args: &[&str], piped_stdin: bool) -> Self {
+        Self::spawn_full(args, piped_stdin, &[])
+    }
+
+    /// Starts the binary with stdin piped and these variables added to its environment.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_full(args, true, env)
+    }
+
+    fn spawn_full(args: &[&str], piped_stdin: bool, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("mandrill.db");
         let mut child = Command::new(env!("CARGO_BIN_EXE_mandrill"))
@@ -79,6 +88,7 @@ impl Mandrill {
             .arg(&db)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(if piped_stdin {
                 Stdio::piped()
             } else {
@@ -295,4 +305,16 @@ impl Finished {
         let conn = rusqlite::Connection::open(self.dir.path().join("mandrill.db")).expect("db");
         conn.query_row(sql, [], |r| r.get(0)).expect("query")
     }
+}
+
+/// Whether a process runs: signal 0 only asks whether it is there, and a zombie, dead
+/// but not yet reaped by whoever adopted it, does not count.
+pub fn process_alive(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses.
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !matches!(state.and_then(|s| s.chars().next()), None | Some('Z' | 'X'))
 }
