@@ -353,6 +353,7 @@ fn start_pipeline(
         min_interval: config.min_restart_interval,
         domain,
         leashed: config.action.is_real() && !config.unleash,
+        rails: config.rails.clone(),
     };
     let restarter = w.start_child(move |link, injector| {
         let (load, record) = (store_w.clone().recipient(), store_w.recipient());

@@ -10,6 +10,7 @@ use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
 use crate::logging::{LogFormat, LogLevel};
 use crate::message::InstanceName;
+use crate::rails::{Days, Globs, Hours, RailSpecError, Rails, Rate, Weekdays, Zone};
 use crate::supervision::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
 use crate::supervision::strategy::{Backoff, Strategy};
 use crate::units::{parse_duration, parse_probability};
@@ -274,6 +275,45 @@ pub struct Cli {
     /// would run, as Chaos Monkey's leash does.
     #[arg(long)]
     pub unleash: bool,
+
+    /// Rail: restart only hosts whose instance name matches one of these globs
+    /// (`cattle-*,web-?`) [default: all].
+    #[arg(long, value_name = "GLOBS", value_parser = parse_rail::<Globs>)]
+    pub allow: Option<Globs>,
+
+    /// Rail: never restart hosts whose instance name matches one of these globs; deny
+    /// wins over --allow.
+    #[arg(long, value_name = "GLOBS", value_parser = parse_rail::<Globs>)]
+    pub deny: Option<Globs>,
+
+    /// Rail: restart only within these hours of the day, in --timezone (`09:00-15:00`;
+    /// `22:00-02:00` spans midnight).
+    #[arg(long, value_name = "HH:MM-HH:MM", value_parser = parse_rail::<Hours>)]
+    pub allowed_hours: Option<Hours>,
+
+    /// Rail: no restarts on these weekdays, in --timezone (`Sat,Sun`).
+    #[arg(long, value_name = "DAYS", value_parser = parse_rail::<Weekdays>)]
+    pub excluded_weekdays: Option<Weekdays>,
+
+    /// Rail: no restarts on these days of the year, in --timezone (`Dec24,Jan1`).
+    #[arg(long, value_name = "DAYS", value_parser = parse_rail::<Days>)]
+    pub excluded_days: Option<Days>,
+
+    /// The IANA time zone the time rails are read in (`Europe/Stockholm`) [default: UTC].
+    #[arg(long, value_name = "ZONE", value_parser = parse_rail::<Zone>)]
+    pub timezone: Option<Zone>,
+
+    /// Rail, the kill switch: while this file exists, every restart is refused.
+    #[arg(long, value_name = "PATH")]
+    pub pause_file: Option<PathBuf>,
+
+    /// Rail: at most N host restarts started within WINDOW (`1h=10`); past it, refused.
+    #[arg(long, value_name = "WINDOW=N", value_parser = parse_rail::<Rate>)]
+    pub max_host_restarts: Option<Rate>,
+
+    /// Rail: at most N host restarts running at once; the rest wait their turn.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent_host_restarts: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -486,6 +526,10 @@ fn parse_policy<T: std::str::FromStr<Err = PolicyError>>(s: &str) -> Result<T, S
     s.parse().map_err(|e: PolicyError| e.to_string())
 }
 
+fn parse_rail<T: std::str::FromStr<Err = RailSpecError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: RailSpecError| e.to_string())
+}
+
 fn parse_faults(s: &str) -> Result<Faults, String> {
     s.parse()
         .map_err(|e: crate::faults::FaultSpecError| e.to_string())
@@ -583,6 +627,17 @@ impl Cli {
             faults: self.inject.unwrap_or_default(),
             action,
             unleash: self.unleash,
+            rails: Rails {
+                allow: self.allow.unwrap_or_default(),
+                deny: self.deny.unwrap_or_default(),
+                hours: self.allowed_hours,
+                weekdays: self.excluded_weekdays.unwrap_or_default(),
+                days: self.excluded_days.unwrap_or_default(),
+                zone: self.timezone.unwrap_or_default(),
+                pause_file: self.pause_file,
+                rate: self.max_host_restarts,
+                max_concurrent: self.max_concurrent_host_restarts.map(|n| n as usize),
+            },
             handle_signals: true,
         })
     }

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::action::command::Template;
 use crate::faults::Faults;
+use crate::rails::Rails;
 use crate::supervision::policy::{Decider, RestartTypes, ShutdownTimeouts};
 pub use crate::supervision::strategy::{Backoff, Strategy};
 
@@ -96,6 +97,8 @@ pub struct Config {
     pub action: ActionSpec,
     /// Whether a real action may restart hosts; leashed, it only logs what it would do.
     pub unleash: bool,
+    /// The safety rails every restart must pass.
+    pub rails: Rails,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
 }
@@ -138,6 +141,7 @@ impl Default for Config {
             faults: Faults::default(),
             action: ActionSpec::Simulated,
             unleash: false,
+            rails: Rails::default(),
             handle_signals: true,
         }
     }

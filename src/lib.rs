@@ -15,6 +15,7 @@ mod faults;
 mod iowait;
 pub mod logging;
 pub mod metrics;
+mod rails;
 // Supervision: policy, then runtime.
 pub mod report;
 pub mod supervision;

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+use crate::rails::Rail;
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// The counters every actor reports into.
@@ -28,6 +30,8 @@ macro_rules! counters {
             pub panic_recovery: Timings,
             /// How late the event loop ran the lag monitor's timer.
             pub loop_lag: Timings,
+            /// Restarts refused by each safety rail, in `Rail::ALL` order.
+            pub refused: [AtomicU64; Rail::ALL.len()],
         }
 
         impl Default for Metrics {
@@ -39,6 +43,7 @@ macro_rules! counters {
                     ack_latency: Timings::default(),
                     panic_recovery: Timings::default(),
                     loop_lag: Timings::default(),
+                    refused: Default::default(),
                 }
             }
         }
@@ -108,6 +113,20 @@ impl Metrics {
 
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a restart refused by `rail`.
+    pub(crate) fn refuse(&self, rail: Rail) {
+        self.refused[rail as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The refusals so far, by rail, for the rails that refused anything.
+    pub(crate) fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        Rail::ALL
+            .into_iter()
+            .map(|r| (r.as_str(), self.refused[r as usize].load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Notes that an outcome (an ack, a nack or a dead letter) happened now.

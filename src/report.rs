@@ -30,6 +30,8 @@ pub struct Report {
     pub escalation: Option<String>,
     /// Per supervised child, by name.
     pub supervision: BTreeMap<&'static str, ChildStats>,
+    /// Restarts refused by the safety rails, by rail; a refused message is acked.
+    pub refused: BTreeMap<&'static str, u64>,
     /// Children that did not stop within their shutdown timeout, in stop order.
     pub killed_at_shutdown: Vec<&'static str>,
     /// From publish to ack, for acked messages.
@@ -50,6 +52,9 @@ impl Report {
         metrics::gauge!("mandrill_shutdown_seconds").set(self.shutdown_s);
         metrics::gauge!("mandrill_exit_code").set(self.exit_code as f64);
         metrics::gauge!("mandrill_killed_at_shutdown").set(self.killed_at_shutdown.len() as f64);
+        for (&rail, &n) in &self.refused {
+            metrics::counter!("mandrill_refused_total", "rail" => rail).absolute(n);
+        }
         for (&child, s) in &self.supervision {
             metrics::counter!("mandrill_child_restarts_total", "child" => child)
                 .absolute(s.restarts);

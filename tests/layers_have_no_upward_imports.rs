@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("contracts", &["action", "broker", "store"]),
     (
         "runtime utilities",
-        &["faults", "iowait", "logging", "metrics"],
+        &["faults", "iowait", "logging", "metrics", "rails"],
     ),
     (
         "supervision policy",

@@ -7,7 +7,7 @@
 //! Acker, and tells its watchers. The SignalActor asks it which restarts are running
 //! (`Running`), so that the shutdown shields them.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -24,6 +24,7 @@ use crate::message::{AckId, InstanceName};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
+use crate::rails::{Rail, RailError, Rails, RecentStarts};
 use crate::store::{LoadRestarts, RecordRestarts, RestartRow, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
@@ -36,6 +37,8 @@ pub(crate) struct RestarterConfig {
     pub domain: std::sync::Arc<str>,
     /// A leashed Restarter only logs what its action would do, and acks the message.
     pub leashed: bool,
+    /// The safety rails every restart must pass.
+    pub rails: Rails,
 }
 
 /// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
@@ -94,6 +97,13 @@ pub struct Restarter {
     /// and the deliveries that joined that restart. One restart of a host runs at a time.
     running: FastMap<InstanceName, AckId>,
     joined: FastMap<InstanceName, Vec<AckId>>,
+    /// Survive restarts too: restarts waiting for a place under the rails' cap on
+    /// restarts running at once, how many have one, and when recent ones started.
+    waiting: VecDeque<RestartJob>,
+    active: usize,
+    started: RecentStarts,
+    /// Whether any rail is set, decided once: none costs nothing per restart.
+    rails_on: bool,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
     watchers: Vec<Recipient<HostRestarts>>,
@@ -107,6 +117,10 @@ enum Plan {
     Skip(Recent),
     /// A restart of the host is running: the delivery shares its outcome.
     Join,
+    /// A safety rail refuses the restart: a decision, and the message is acked.
+    Refuse(Rail),
+    /// A safety rail could not be checked: no restart, and the message is retried.
+    Unsafe(RailError),
     Restart,
 }
 
@@ -148,6 +162,7 @@ impl Restarter {
         config: RestarterConfig,
         injector: Injector,
     ) -> Self {
+        let rails_on = config.rails.any();
         Self {
             link,
             acker,
@@ -161,6 +176,10 @@ impl Restarter {
             last_restart: Default::default(),
             running: FastMap::default(),
             joined: FastMap::default(),
+            waiting: VecDeque::new(),
+            active: 0,
+            started: RecentStarts::default(),
+            rails_on,
             watchers: Vec::new(),
             notices: Vec::new(),
             state: State::default(),
@@ -179,23 +198,48 @@ impl Restarter {
 
     /// Decides for one host, `now_ms` being read once per batch. A host is never
     /// restarted twice at once, whatever the interval.
-    fn plan(&self, host: InstanceName, now_ms: i64) -> Plan {
+    fn plan(&mut self, host: InstanceName, now_ms: i64) -> Plan {
         if self.running.contains_key(&host) {
             return Plan::Join;
         }
-        if self.config.min_interval.is_zero() {
-            return Plan::Restart;
+        if !self.config.min_interval.is_zero() {
+            if let Some(&at) = self.last_restart.get(&host) {
+                let ago = Duration::from_millis((now_ms - at).max(0) as u64);
+                if ago < self.config.min_interval {
+                    return Plan::Skip(Recent {
+                        ago,
+                        min: self.config.min_interval,
+                    });
+                }
+            }
         }
-        if let Some(&at) = self.last_restart.get(&host) {
-            let ago = Duration::from_millis((now_ms - at).max(0) as u64);
-            if ago < self.config.min_interval {
-                return Plan::Skip(Recent {
-                    ago,
-                    min: self.config.min_interval,
-                });
+        if self.rails_on {
+            match self.config.rails.check(host, now_ms, &mut self.started) {
+                Ok(Some(rail)) => return Plan::Refuse(rail),
+                Ok(None) => {}
+                Err(e) => return Plan::Unsafe(e),
             }
         }
         Plan::Restart
+    }
+
+    /// Starts the restarts waiting for a place under the cap, as places free up.
+    fn start_waiting(&mut self, ctx: &mut Context<Self>) {
+        let cap = self.config.rails.max_concurrent.unwrap_or(usize::MAX);
+        let mut jobs = Vec::new();
+        while self.active < cap {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            // One the shutdown gave up on is no longer running.
+            if self.running.get(&job.host) == Some(&job.id) {
+                self.active += 1;
+                jobs.push(job);
+            }
+        }
+        if !jobs.is_empty() {
+            self.action.start(jobs, &ctx.address().recipient());
+        }
     }
 
     /// Takes in the outcomes of restarts that finished: records the successes, decides
@@ -212,6 +256,7 @@ impl Restarter {
             // A restart the shutdown gave up on has no delivery left to answer for, but
             // the host's restart happened all the same.
             let tracked = self.running.remove(&job.host) == Some(job.id);
+            self.active = self.active.saturating_sub(1);
             let joiners = if tracked && !self.joined.is_empty() {
                 self.joined.remove(&job.host).unwrap_or_default()
             } else {
@@ -228,6 +273,7 @@ impl Restarter {
                 break;
             }
         }
+        self.start_waiting(ctx);
         self.send(out.outcomes, out.rows, ctx);
     }
 
@@ -427,6 +473,35 @@ impl Handler<Restart> for Restarter {
                         out.outcomes.push(Outcome::ok(d));
                     }
                     Plan::Join => act.joined.entry(host).or_default().push(d.tag),
+                    Plan::Refuse(rail) => {
+                        info!(
+                            target: FLOW,
+                            "Refused restarting {}: the {} rail",
+                            host.hostname(&act.config.domain),
+                            rail.as_str()
+                        );
+                        act.link.metrics.refuse(rail);
+                        act.notice(host, || {
+                            RestartOutcome::Skipped(format!(
+                                "refused by the {} rail",
+                                rail.as_str()
+                            ))
+                        });
+                        out.outcomes.push(Outcome::ok(d));
+                    }
+                    Plan::Unsafe(e) => {
+                        // Failing safe, as Chaos Monkey does: no restart, and the message
+                        // is nacked and retried.
+                        let e = RestartError::Unavailable(e.to_string());
+                        report_error(&act.link.metrics, Self::NAME.as_str(), true, &e);
+                        act.notice(host, || RestartOutcome::Failed(e.clone()));
+                        let directive = fail(act, ctx, (&e).into(), &e);
+                        out.outcomes.push(Outcome::err(d, e));
+                        if directive != Directive::Resume {
+                            act.state.current = Some((msg.0.clone(), i + 1));
+                            break;
+                        }
+                    }
                     Plan::Restart if act.config.leashed => {
                         let job = RestartJob {
                             id: d.tag,
@@ -460,7 +535,13 @@ impl Handler<Restart> for Restarter {
                             continue;
                         }
                         act.running.insert(host, d.tag);
-                        jobs.push(job);
+                        let cap = act.config.rails.max_concurrent.unwrap_or(usize::MAX);
+                        if act.active < cap {
+                            act.active += 1;
+                            jobs.push(job);
+                        } else {
+                            act.waiting.push_back(job);
+                        }
                     }
                 }
             }
@@ -525,6 +606,8 @@ impl Handler<Shutdown> for Restarter {
         self.send(failed, Vec::new(), ctx);
         // Restarts still running end here: a command's process group is killed.
         self.action.stop();
+        self.waiting.clear();
+        self.active = 0;
         self.retired = true;
     }
 }
@@ -556,6 +639,7 @@ impl Handler<Probe> for Restarter {
             &[
                 ("running", self.running.len()),
                 ("joined", self.joined.values().map(Vec::len).sum()),
+                ("waiting", self.waiting.len()),
                 ("hosts_indexed", self.last_restart.len()),
             ],
         ))
@@ -582,6 +666,22 @@ mod tests {
     }
 
     fn rig(io_delay: Duration, failure_rate: f64, min_interval: Duration, store: FakeStore) -> Rig {
+        rig_with(
+            io_delay,
+            failure_rate,
+            min_interval,
+            store,
+            Rails::default(),
+        )
+    }
+
+    fn rig_with(
+        io_delay: Duration,
+        failure_rate: f64,
+        min_interval: Duration,
+        store: FakeStore,
+        rails: Rails,
+    ) -> Rig {
         let (link, failed, _) = link();
         let kept = link.clone();
         let (acker, outcomes) = sink();
@@ -593,6 +693,7 @@ mod tests {
             min_interval,
             domain: "example.net".into(),
             leashed: false,
+            rails,
         };
         let action = simulated(io_delay, failure_rate);
         let injector = Injector::none(ChildName::Restarter);
@@ -614,7 +715,7 @@ mod tests {
     fn simulated(io_delay: Duration, failure_rate: f64) -> Box<dyn RestartAction> {
         let config = SimulatedConfig {
             io_delay,
-            io_jitter: true,
+            io_jitter: false,
             clock: AlarmClock::Tokio,
             failure_rate,
             domain: "example.net".into(),
@@ -864,5 +965,76 @@ mod tests {
             (1, 1),
             "the host was restarted again within the interval"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_by_a_rail_acks_and_is_counted_but_restarts_nothing() {
+        let rails = Rails {
+            deny: "pet-*".parse().unwrap(),
+            rate: Some("1h=1".parse().unwrap()),
+            ..Rails::default()
+        };
+        let r = rig_with(Duration::ZERO, 0.0, HOUR, FakeStore::new(None), rails);
+        let ds = vec![
+            delivery(1, "pet-fluffy"),
+            delivery(2, "cattle-a"),
+            delivery(3, "cattle-b"),
+        ];
+        r.restarter.send(Restart(ds.into())).await.unwrap();
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(()), Ok(()), Ok(())]);
+        let m = &r.link.metrics;
+        assert_eq!(m.snapshot().restarted, 1);
+        assert_eq!(
+            m.refusals(),
+            std::collections::BTreeMap::from([("deny", 1), ("rate", 1)])
+        );
+    }
+
+    #[actix_rt::test]
+    async fn restarts_over_the_cap_wait_their_turn() {
+        tokio::time::pause();
+        let rails = Rails {
+            max_concurrent: Some(1),
+            ..Rails::default()
+        };
+        let io = Duration::from_secs(10);
+        let r = rig_with(io, 0.0, Duration::ZERO, FakeStore::new(None), rails);
+        let ds = vec![delivery(1, "cattle-a"), delivery(2, "cattle-b")];
+        r.restarter.send(Restart(ds.into())).await.unwrap();
+        // Both wait on a restart, and the shutdown would shield both.
+        assert_eq!(r.restarter.send(Running).await.unwrap().len(), 2);
+        tokio::time::sleep(io + Duration::from_millis(5)).await;
+        settle().await;
+        assert_eq!(by_tag(&r.outcomes), vec![(AckId(1), Ok(()))]);
+        tokio::time::sleep(io).await;
+        settle().await;
+        assert_eq!(by_tag(&r.outcomes), vec![(AckId(2), Ok(()))]);
+    }
+
+    #[actix_rt::test]
+    async fn a_rail_that_cannot_be_checked_restarts_nothing_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let rails = Rails {
+            pause_file: Some(file.join("below-a-file")),
+            ..Rails::default()
+        };
+        let r = rig_with(Duration::ZERO, 0.0, HOUR, FakeStore::new(None), rails);
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        let got = results(&r.outcomes);
+        assert!(
+            matches!(
+                &got[..],
+                [Err(StepError::Restart(RestartError::Unavailable(_)))]
+            ),
+            "{got:?}"
+        );
+        assert_eq!(r.link.metrics.snapshot().restarted, 0);
     }
 }

@@ -429,6 +429,7 @@ async fn shutdown(
             _ => None,
         },
         supervision,
+        refused: metrics.refusals(),
         killed_at_shutdown: killed,
         ack_latency_ms: metrics.ack_latency.percentiles(),
         panic_recovery_ms: metrics.panic_recovery.percentiles(),
