@@ -180,6 +180,19 @@ pub fn run_extended(
     report.ok_or(RunError::NoReport)
 }
 
+/// Who this service is in the history: `--instance-id`, or `hostname:pid`.
+fn service_id(config: &Config) -> Arc<str> {
+    match &config.instance_id {
+        Some(id) => id.as_str().into(),
+        None => {
+            let host = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into());
+            format!("{host}:{}", std::process::id()).into()
+        }
+    }
+}
+
 /// What starting the children needs at hand: the settings every link is made from, the
 /// Supervisor's address, and the tree so far.
 struct Wiring<'a> {
@@ -354,6 +367,7 @@ fn start_pipeline(
         domain,
         leashed: config.action.is_real() && !config.unleash,
         rails: config.rails.clone(),
+        service: service_id(config),
     };
     let restarter = w.start_child(move |link, injector| {
         let (load, record) = (store_w.clone().recipient(), store_w.recipient());

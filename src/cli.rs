@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use crate::action::command::Template;
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
+use crate::history::HistoryArgs;
 use crate::logging::{LogFormat, LogLevel};
 use crate::message::InstanceName;
 use crate::rails::{Days, Globs, Hours, RailSpecError, Rails, Rate, Weekdays, Zone};
@@ -21,6 +22,14 @@ pub enum SourceArg {
     Sim,
     /// Newline-delimited JSON messages on standard input.
     Stdin,
+}
+
+/// What the binary does besides running the service.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// What was restarted, when and why: reads the restart history, read-only, so it
+    /// runs beside the service.
+    History(HistoryArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +57,10 @@ pub enum StoreArg {
 #[derive(Debug, Parser)]
 #[command(name = "mandrill", version, args_override_self = true)]
 pub struct Cli {
+    /// A command other than running the service.
+    #[command(subcommand)]
+    pub subcommand: Option<Command>,
+
     /// Read settings from a TOML file first; flags given here override it. Keys are the
     /// long flag names (`failure-rate = 0.1`, or `failure_rate`), and a table joins its
     /// name to its keys (`[backoff]` `min = 1` is --backoff-min 1).
@@ -310,6 +323,10 @@ pub struct Cli {
     /// Rail: at most N host restarts started within WINDOW (`1h=10`); past it, refused.
     #[arg(long, value_name = "WINDOW=N", value_parser = parse_rail::<Rate>)]
     pub max_host_restarts: Option<Rate>,
+
+    /// Who this service is in the restart history [default: hostname:pid].
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
 
     /// Rail: at most N host restarts running at once; the rest wait their turn.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -638,6 +655,7 @@ impl Cli {
                 rate: self.max_host_restarts,
                 max_concurrent: self.max_concurrent_host_restarts.map(|n| n as usize),
             },
+            instance_id: self.instance_id,
             handle_signals: true,
         })
     }

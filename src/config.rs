@@ -99,6 +99,8 @@ pub struct Config {
     pub unleash: bool,
     /// The safety rails every restart must pass.
     pub rails: Rails,
+    /// Who this service is in the history; `hostname:pid` when unset.
+    pub instance_id: Option<String>,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
 }
@@ -142,6 +144,7 @@ impl Default for Config {
             action: ActionSpec::Simulated,
             unleash: false,
             rails: Rails::default(),
+            instance_id: None,
             handle_signals: true,
         }
     }

@@ -26,6 +26,7 @@ mod source;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod history;
 #[cfg(test)]
 mod testkit;
 

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use mandrill::cli::{ArgsError, Cli};
-use mandrill::{app, logging, metrics};
+use mandrill::cli::{ArgsError, Cli, Command};
+use mandrill::{app, history, logging, metrics};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = match Cli::parse_with_file(std::env::args_os()) {
@@ -16,6 +16,15 @@ fn main() -> anyhow::Result<ExitCode> {
             std::process::exit(2);
         }
     };
+    if let Some(Command::History(args)) = &cli.subcommand {
+        return match history::run(args, &mut std::io::stdout().lock()) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
     // Dropped at the end of `main`, which flushes every buffered log line.
     let _log = logging::init(cli.log, cli.log_format);
     // Panics inside handlers are caught and logged by the supervision guard; the default

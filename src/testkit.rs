@@ -12,8 +12,8 @@ use crate::actors::protocol::StepError;
 use crate::message::{AckId, Delivery, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
 use crate::store::{
-    memory::MemoryStore, CloseStore, LoadRestarts, RecordRestarts, RestartRow, SaveBatch, Store,
-    StoreError,
+    memory::MemoryStore, Attempt, AttemptOutcome, CloseStore, LoadRestarts, RecordAttempts,
+    SaveBatch, Store, StoreError,
 };
 use crate::supervision::policy::{ChildPolicy, RestartType};
 use crate::supervision::{BackoffFor, ChildExited, ChildFailed, Link};
@@ -125,7 +125,8 @@ pub struct FakeStore {
     pub inner: MemoryStore,
     pub fail: Option<StoreError>,
     pub batches: Arc<Mutex<Vec<usize>>>,
-    pub restarts: Arc<Mutex<Vec<RestartRow>>>,
+    /// The successful restarts it was asked to record.
+    pub restarts: Arc<Mutex<Vec<Attempt>>>,
 }
 
 impl FakeStore {
@@ -163,12 +164,16 @@ impl Handler<SaveBatch> for FakeStore {
     }
 }
 
-impl Handler<RecordRestarts> for FakeStore {
+impl Handler<RecordAttempts> for FakeStore {
     type Result = Result<(), StoreError>;
-    fn handle(&mut self, msg: RecordRestarts, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RecordAttempts, _: &mut Context<Self>) -> Self::Result {
         self.check()?;
-        self.restarts.lock().unwrap().extend(&msg.0);
-        self.inner.record_restarts(&msg.0)
+        let restarted = msg
+            .0
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::Restarted);
+        self.restarts.lock().unwrap().extend(restarted.cloned());
+        self.inner.record_attempts(&msg.0)
     }
 }
 

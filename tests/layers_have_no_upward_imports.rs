@@ -55,7 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "source",
         ],
     ),
-    ("wiring", &["app", "config", "cli"]),
+    ("wiring", &["app", "config", "cli", "history"]),
 ];
 
 /// Modules that only tests compile.

@@ -187,6 +187,10 @@ impl CommandAction {
 }
 
 impl RestartAction for CommandAction {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+
     fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>) {
         for job in jobs {
             let (config, groups, done) = (self.config.clone(), self.groups.clone(), done.clone());
@@ -343,6 +347,7 @@ mod tests {
             id: crate::message::AckId(1),
             message_id: uuid::Uuid::nil(),
             host: crate::message::InstanceName::parse("cattle-zpsk").unwrap(),
+            started_ms: 0,
         };
         let args = t.render(&job, &"example.net".into());
         assert_eq!(args, ["-c", "x cattle-zpsk.example.net 'cattle-zpsk' {ok}"]);

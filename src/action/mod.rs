@@ -44,6 +44,19 @@ pub enum RestartError {
     Unavailable(String),
 }
 
+impl RestartError {
+    /// What went wrong, without the host, which the history keeps beside it.
+    pub fn detail(&self) -> String {
+        match self {
+            RestartError::Failed { reason, .. } | RestartError::Refused { reason, .. } => {
+                reason.to_string()
+            }
+            RestartError::TimedOut { after, .. } => format!("timed out after {after:?}"),
+            RestartError::Unavailable(reason) => reason.clone(),
+        }
+    }
+}
+
 /// One host to restart, for one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartJob {
@@ -52,6 +65,8 @@ pub struct RestartJob {
     /// The message that asked for it: an idempotency key for an action that wants one.
     pub message_id: Uuid,
     pub host: InstanceName,
+    /// When the restart was handed to the action, in ms since the epoch, for the history.
+    pub started_ms: i64,
 }
 
 /// What became of one job.
@@ -68,6 +83,9 @@ pub struct ActionsDone(pub Vec<JobDone>);
 
 /// Something that restarts hosts.
 pub trait RestartAction: Send + 'static {
+    /// Its name in the history: `sim`, `command`.
+    fn name(&self) -> &'static str;
+
     /// Starts restarting each job's host and returns at once, without blocking. Each
     /// job's outcome must reach `done` exactly once, whenever it is known.
     fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>);

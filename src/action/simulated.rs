@@ -90,6 +90,10 @@ fn ring(shared: Arc<Mutex<Shared>>, clock: AlarmClock, domain: Arc<str>) {
 }
 
 impl RestartAction for SimulatedRestarts {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
     fn at_once(&mut self, job: &RestartJob) -> Option<Result<(), RestartError>> {
         if !self.config.io_delay.is_zero() {
             return None;
@@ -151,6 +155,7 @@ mod tests {
                 id: AckId(i),
                 message_id: uuid::Uuid::now_v7(),
                 host: InstanceName::parse("cattle-a").unwrap(),
+                started_ms: 0,
             })
             .collect()
     }

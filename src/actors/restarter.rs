@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::rails::{Rail, RailError, Rails, RecentStarts};
-use crate::store::{LoadRestarts, RecordRestarts, RestartRow, StoreError};
+use crate::store::{Attempt, AttemptOutcome, LoadRestarts, RecordAttempts, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
 
@@ -39,6 +39,8 @@ pub(crate) struct RestarterConfig {
     pub leashed: bool,
     /// The safety rails every restart must pass.
     pub rails: Rails,
+    /// Who this service is, for the history: `hostname:pid`, or `--instance-id`.
+    pub service: std::sync::Arc<str>,
 }
 
 /// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
@@ -77,7 +79,7 @@ pub struct Restarter {
     link: Link,
     acker: Recipient<Outcomes>,
     load: Recipient<LoadRestarts>,
-    record: Recipient<RecordRestarts>,
+    record: Recipient<RecordAttempts>,
     action: Box<dyn RestartAction>,
     config: RestarterConfig,
     clock: Clock,
@@ -144,7 +146,7 @@ impl std::fmt::Display for Recent {
 /// What one handler call has to send once it is done.
 struct Finished {
     outcomes: Vec<Outcome>,
-    rows: Vec<RestartRow>,
+    rows: Vec<Attempt>,
     /// Read once per handler call.
     now_ms: i64,
 }
@@ -157,7 +159,7 @@ impl Restarter {
         link: Link,
         acker: Recipient<Outcomes>,
         load: Recipient<LoadRestarts>,
-        record: Recipient<RecordRestarts>,
+        record: Recipient<RecordAttempts>,
         action: Box<dyn RestartAction>,
         config: RestarterConfig,
         injector: Injector,
@@ -228,9 +230,10 @@ impl Restarter {
         let cap = self.config.rails.max_concurrent.unwrap_or(usize::MAX);
         let mut jobs = Vec::new();
         while self.active < cap {
-            let Some(job) = self.waiting.pop_front() else {
+            let Some(mut job) = self.waiting.pop_front() else {
                 break;
             };
+            job.started_ms = self.clock.now_ms();
             // One the shutdown gave up on is no longer running.
             if self.running.get(&job.host) == Some(&job.id) {
                 self.active += 1;
@@ -277,6 +280,28 @@ impl Restarter {
         self.send(out.outcomes, out.rows, ctx);
     }
 
+    /// One attempt's row for the history.
+    fn attempt(
+        &self,
+        job: &RestartJob,
+        finished_ms: i64,
+        outcome: AttemptOutcome,
+        reason: Option<String>,
+    ) -> Attempt {
+        Attempt {
+            message_id: job.message_id,
+            host: job.host,
+            domain: self.config.domain.clone(),
+            action: self.action.name(),
+            leashed: self.config.leashed,
+            started_ms: job.started_ms,
+            finished_ms,
+            outcome,
+            reason,
+            service: self.config.service.clone(),
+        }
+    }
+
     /// Takes in one restart's outcome, for its own delivery if it is `tracked` and for
     /// the `joiners`; returns the policy's directive on a failure, `Resume` on success.
     fn take_outcome(
@@ -299,11 +324,8 @@ impl Restarter {
         match result {
             Ok(()) => {
                 self.last_restart.insert(host, out.now_ms);
-                out.rows.push(RestartRow {
-                    host,
-                    at_ms: out.now_ms,
-                    message_id: job.message_id,
-                });
+                let row = self.attempt(&job, out.now_ms, AttemptOutcome::Restarted, None);
+                out.rows.push(row);
                 Metrics::inc(&self.link.metrics.restarted);
                 let hostname = host.hostname(&self.config.domain);
                 info!(target: FLOW, "Restarted {hostname}");
@@ -321,6 +343,12 @@ impl Restarter {
             }
             Err(e) => {
                 self.notice(host, || RestartOutcome::Failed(e.clone()));
+                let outcome = match e {
+                    RestartError::TimedOut { .. } => AttemptOutcome::TimedOut,
+                    _ => AttemptOutcome::Failed,
+                };
+                let row = self.attempt(&job, out.now_ms, outcome, Some(e.detail()));
+                out.rows.push(row);
                 let directive = fail(self, ctx, (&e).into(), &e);
                 // Each delivery the failure nacks is an error of its own.
                 for tag in joiners {
@@ -336,7 +364,7 @@ impl Restarter {
         }
     }
 
-    fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<RestartRow>, ctx: &mut Context<Self>) {
+    fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<Attempt>, ctx: &mut Context<Self>) {
         if !self.notices.is_empty() {
             let notices = HostRestarts(std::mem::take(&mut self.notices));
             for w in &self.watchers {
@@ -346,7 +374,7 @@ impl Restarter {
         if !rows.is_empty() {
             // A failed history write is a store failure like the Saver's, decided by the
             // policy; its answer comes back through the mailbox.
-            let written = self.record.send(RecordRestarts(rows));
+            let written = self.record.send(RecordAttempts(rows));
             let me = ctx.address();
             actix_rt::spawn(async move {
                 let res = written
@@ -461,6 +489,12 @@ impl Handler<Restart> for Restarter {
             };
             for (i, &d) in msg.0.iter().enumerate() {
                 let host = d.message.instance_name;
+                let job = RestartJob {
+                    id: d.tag,
+                    message_id: d.id(),
+                    host,
+                    started_ms: out.now_ms,
+                };
                 match act.plan(host, out.now_ms) {
                     Plan::Skip(why) => {
                         info!(
@@ -481,6 +515,9 @@ impl Handler<Restart> for Restarter {
                             rail.as_str()
                         );
                         act.link.metrics.refuse(rail);
+                        let outcome = AttemptOutcome::Refused(rail.as_str());
+                        let row = act.attempt(&job, out.now_ms, outcome, None);
+                        out.rows.push(row);
                         act.notice(host, || {
                             RestartOutcome::Skipped(format!(
                                 "refused by the {} rail",
@@ -494,6 +531,9 @@ impl Handler<Restart> for Restarter {
                         // is nacked and retried.
                         let e = RestartError::Unavailable(e.to_string());
                         report_error(&act.link.metrics, Self::NAME.as_str(), true, &e);
+                        let reason = Some(e.detail());
+                        let row = act.attempt(&job, out.now_ms, AttemptOutcome::Failed, reason);
+                        out.rows.push(row);
                         act.notice(host, || RestartOutcome::Failed(e.clone()));
                         let directive = fail(act, ctx, (&e).into(), &e);
                         out.outcomes.push(Outcome::err(d, e));
@@ -503,26 +543,19 @@ impl Handler<Restart> for Restarter {
                         }
                     }
                     Plan::Restart if act.config.leashed => {
-                        let job = RestartJob {
-                            id: d.tag,
-                            message_id: d.id(),
-                            host,
-                        };
+                        let would = act.action.describe(&job);
                         info!(
                             target: FLOW,
-                            "Would restart {} (leashed): {}",
-                            host.hostname(&act.config.domain),
-                            act.action.describe(&job)
+                            "Would restart {} (leashed): {would}",
+                            host.hostname(&act.config.domain)
                         );
                         Metrics::inc(&act.link.metrics.leashed);
+                        let row =
+                            act.attempt(&job, out.now_ms, AttemptOutcome::DryRun, Some(would));
+                        out.rows.push(row);
                         out.outcomes.push(Outcome::ok(d));
                     }
                     Plan::Restart => {
-                        let job = RestartJob {
-                            id: d.tag,
-                            message_id: d.id(),
-                            host,
-                        };
                         // An outcome known at once is taken in here, as if it had come
                         // back: no table, no trip through the mailbox.
                         if let Some(result) = act.action.at_once(&job) {
@@ -659,7 +692,7 @@ mod tests {
     struct Rig {
         restarter: Addr<Restarter>,
         outcomes: Got<Outcomes>,
-        history: Arc<Mutex<Vec<RestartRow>>>,
+        history: Arc<Mutex<Vec<Attempt>>>,
         failed: Got<crate::supervision::ChildFailed>,
         link: Link,
         store: Addr<FakeStore>,
@@ -694,6 +727,7 @@ mod tests {
             domain: "example.net".into(),
             leashed: false,
             rails,
+            service: "test".into(),
         };
         let action = simulated(io_delay, failure_rate);
         let injector = Injector::none(ChildName::Restarter);
@@ -760,11 +794,11 @@ mod tests {
             .as_millis() as i64;
         store
             .inner
-            .record_restarts(&[RestartRow {
-                host: name("cattle-old"),
-                at_ms: now_ms - 60_000,
-                message_id: uuid::Uuid::new_v4(),
-            }])
+            .record_attempts(&[Attempt::restarted(
+                name("cattle-old"),
+                now_ms - 60_000,
+                uuid::Uuid::new_v4(),
+            )])
             .unwrap();
         let r = rig(Duration::ZERO, 0.0, HOUR, store);
         r.restarter

@@ -1,11 +1,13 @@
 //! The in-memory store, for study runs and benchmarks: same contract, no disk. Its
-//! connections share one set of tables, as connections to a database do.
+//! connections share one set of tables, as connections to a database do. Of the history
+//! it keeps only each host's last restart, which the minimum interval needs; nothing is
+//! kept after the run, so `mandrill history` has nothing to read.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use super::{RestartRow, SaveRow, Store, StoreError, StoreOpener};
+use super::{Attempt, AttemptOutcome, SaveRow, Store, StoreError, StoreOpener};
 use crate::message::InstanceName;
 
 /// A map that grows a little on each insert instead of all at once.
@@ -70,11 +72,14 @@ impl Store for MemoryStore {
         Ok(new)
     }
 
-    fn record_restarts(&mut self, rows: &[RestartRow]) -> Result<(), StoreError> {
+    fn record_attempts(&mut self, rows: &[Attempt]) -> Result<(), StoreError> {
         let mut t = self.open_tables()?;
-        for r in rows {
-            let at = t.last_restart.entry(r.host).or_insert(r.at_ms);
-            *at = (*at).max(r.at_ms);
+        for r in rows
+            .iter()
+            .filter(|r| r.outcome == AttemptOutcome::Restarted)
+        {
+            let at = t.last_restart.entry(r.host).or_insert(r.finished_ms);
+            *at = (*at).max(r.finished_ms);
         }
         Ok(())
     }

@@ -47,13 +47,68 @@ pub struct SaveRow {
     pub attempt: u32,
 }
 
-/// One successful restart, for the history.
+/// What became of one restart attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartRow {
-    pub host: InstanceName,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: i64,
+pub enum AttemptOutcome {
+    Restarted,
+    /// A leashed action's dry run: logged, and nothing run.
+    DryRun,
+    Failed,
+    TimedOut,
+    /// Refused by the safety rail of this name.
+    Refused(&'static str),
+}
+
+impl AttemptOutcome {
+    /// The outcome as the history stores it: `restarted`, `dry_run`, `failed`,
+    /// `timed_out` or `refused:RAIL`.
+    pub fn text(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            AttemptOutcome::Restarted => "restarted".into(),
+            AttemptOutcome::DryRun => "dry_run".into(),
+            AttemptOutcome::Failed => "failed".into(),
+            AttemptOutcome::TimedOut => "timed_out".into(),
+            AttemptOutcome::Refused(rail) => format!("refused:{rail}").into(),
+        }
+    }
+}
+
+/// One restart attempt, for the history: every one is recorded, not only successes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
     pub message_id: Uuid,
+    pub host: InstanceName,
+    /// The hostname is `host.domain`.
+    pub domain: Arc<str>,
+    /// The action that ran it: `sim`, `command`.
+    pub action: &'static str,
+    pub leashed: bool,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub outcome: AttemptOutcome,
+    pub reason: Option<String>,
+    /// The service instance that made it: `hostname:pid`, or `--instance-id`.
+    pub service: Arc<str>,
+}
+
+impl Attempt {
+    /// A successful restart at `at_ms`, for tests and the in-memory index.
+    #[cfg(test)]
+    pub(crate) fn restarted(host: InstanceName, at_ms: i64, message_id: Uuid) -> Self {
+        Self {
+            message_id,
+            host,
+            domain: "example.net".into(),
+            action: "sim",
+            leashed: false,
+            started_ms: at_ms,
+            finished_ms: at_ms,
+            outcome: AttemptOutcome::Restarted,
+            reason: None,
+            service: "test".into(),
+        }
+    }
 }
 
 /// One connection to a place that keeps messages and the restart history.
@@ -63,10 +118,10 @@ pub trait Store: Send {
     /// messages were new.
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError>;
 
-    /// Appends successful restarts to the history.
-    fn record_restarts(&mut self, rows: &[RestartRow]) -> Result<(), StoreError>;
+    /// Appends restart attempts to the history.
+    fn record_attempts(&mut self, rows: &[Attempt]) -> Result<(), StoreError>;
 
-    /// Each host's latest restart at or after `since_ms`.
+    /// Each host's latest successful restart at or after `since_ms`.
     fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError>;
 
     /// Claims each host for a restart at `now_ms`, unless it was restarted or claimed
@@ -172,15 +227,15 @@ impl Handler<SaveBatch> for StoreWriter {
     }
 }
 
-/// Appends successful restarts to the history.
+/// Appends restart attempts to the history.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub(crate) struct RecordRestarts(pub Vec<RestartRow>);
+pub(crate) struct RecordAttempts(pub Vec<Attempt>);
 
-impl Handler<RecordRestarts> for StoreWriter {
+impl Handler<RecordAttempts> for StoreWriter {
     type Result = Result<(), StoreError>;
-    fn handle(&mut self, msg: RecordRestarts, _: &mut SyncContext<Self>) -> Self::Result {
-        self.call(|s| s.record_restarts(&msg.0))
+    fn handle(&mut self, msg: RecordAttempts, _: &mut SyncContext<Self>) -> Self::Result {
+        self.call(|s| s.record_attempts(&msg.0))
     }
 }
 
@@ -226,12 +281,8 @@ pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn St
     );
     assert_eq!(b.claim_restarts(&[h], 1_500, 500).unwrap(), [true]);
     // A recorded restart counts as a claim.
-    a.record_restarts(&[RestartRow {
-        host: third,
-        at_ms: 3_000,
-        message_id: Uuid::new_v4(),
-    }])
-    .unwrap();
+    a.record_attempts(&[Attempt::restarted(third, 3_000, Uuid::new_v4())])
+        .unwrap();
     assert_eq!(b.claim_restarts(&[third], 3_100, 500).unwrap(), [false]);
     assert_eq!(b.claim_restarts(&[third], 3_600, 500).unwrap(), [true]);
 }
@@ -256,7 +307,7 @@ mod tests {
             }
             Ok(rows.len() as u64)
         }
-        fn record_restarts(&mut self, _: &[RestartRow]) -> Result<(), StoreError> {
+        fn record_attempts(&mut self, _: &[Attempt]) -> Result<(), StoreError> {
             Ok(())
         }
         fn restarts_since(&mut self, _: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {

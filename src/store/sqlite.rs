@@ -1,11 +1,17 @@
-//! The SQLite store: WAL mode, `synchronous=NORMAL`, one transaction per batch.
+//! The SQLite store: WAL mode, `synchronous=NORMAL`, one transaction per batch, and a
+//! schema with a version number (`PRAGMA user_version`) that older files are migrated
+//! from in place when they are opened.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode};
 
-use super::{RestartRow, SaveRow, Store, StoreError, StoreOpener};
+use super::{Attempt, SaveRow, Store, StoreError, StoreOpener};
 use crate::message::InstanceName;
+
+/// The schema's version, kept in `PRAGMA user_version`. Version 0 is a file made before
+/// versions, whose `restarts` table kept successful restarts only.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -13,18 +19,74 @@ CREATE TABLE IF NOT EXISTS messages (
     instance_name TEXT NOT NULL,
     deliveries    INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS restarts (
-    id           INTEGER PRIMARY KEY,
-    host         TEXT NOT NULL,
-    restarted_at INTEGER NOT NULL,
-    message_id   BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS attempts (
+    id          INTEGER PRIMARY KEY,
+    message_id  TEXT NOT NULL,
+    instance    TEXT NOT NULL,
+    hostname    TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    leashed     INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    reason      TEXT,
+    service     TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS restarts_by_time ON restarts (restarted_at);
+CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (started_at);
+CREATE INDEX IF NOT EXISTS restarted_by_host ON attempts (instance, finished_at)
+    WHERE outcome = 'restarted';
 CREATE TABLE IF NOT EXISTS claims (
     host       TEXT PRIMARY KEY,
     claimed_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// From version 0: every successful restart of the old `restarts` table becomes an
+/// attempt; what it did not keep is marked unknown.
+const FROM_V0: &str = "
+INSERT INTO attempts (message_id, instance, hostname, action, leashed, started_at,
+                      finished_at, outcome, reason, service)
+SELECT lower(substr(hex(message_id), 1, 8) || '-' || substr(hex(message_id), 9, 4) || '-' ||
+             substr(hex(message_id), 13, 4) || '-' || substr(hex(message_id), 17, 4) || '-' ||
+             substr(hex(message_id), 21)),
+       host, host, 'unknown', 0, restarted_at, restarted_at, 'restarted',
+       'recorded before the history kept every attempt', 'unknown'
+FROM restarts ORDER BY id;
+DROP TABLE restarts;
+";
+
+/// The old `restarts` table, as a view of the successful attempts, so that queries
+/// written for it still work.
+const RESTARTS_VIEW: &str = "
+CREATE VIEW IF NOT EXISTS restarts AS
+    SELECT id, instance AS host, finished_at AS restarted_at, message_id
+    FROM attempts WHERE outcome = 'restarted';
+";
+
+/// Brings a file's schema to `SCHEMA_VERSION`, in one transaction.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Ok(Err(format!(
+            "its schema is version {version}, newer than this program's {SCHEMA_VERSION}"
+        )));
+    }
+    let tx = conn.transaction()?;
+    let old_restarts: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'restarts'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch(SCHEMA)?;
+    if version == 0 && old_restarts {
+        tx.execute_batch(FROM_V0)?;
+        tracing::info!("Migrated the store's schema from version 0 to {SCHEMA_VERSION}");
+    }
+    tx.execute_batch(RESTARTS_VIEW)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(Ok(()))
+}
 
 /// A SQLite file, opened with the schema in place.
 pub struct SqliteStore {
@@ -124,7 +186,7 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         // Bigger pages mean fewer WAL frames per commit; this takes effect on a new file
@@ -139,7 +201,12 @@ impl SqliteStore {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&mut conn)
+            .map_err(open_err)?
+            .map_err(|reason| StoreError::Open {
+                path: path.display().to_string(),
+                reason,
+            })?;
         let flusher = WalFlusher::start(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             reason: format!("cannot start the wal flusher: {e}"),
@@ -190,17 +257,30 @@ impl Store for SqliteStore {
         Ok(new)
     }
 
-    fn record_restarts(&mut self, rows: &[RestartRow]) -> Result<(), StoreError> {
+    fn record_attempts(&mut self, rows: &[Attempt]) -> Result<(), StoreError> {
         let tx = self.conn()?.transaction().map_err(classify)?;
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO restarts (host, restarted_at, message_id) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO attempts (message_id, instance, hostname, action, leashed,
+                         started_at, finished_at, outcome, reason, service)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(classify)?;
             for r in rows {
                 insert
-                    .execute(params![&*r.host.as_str(), r.at_ms, r.message_id.as_bytes()])
+                    .execute(params![
+                        r.message_id.hyphenated().to_string(),
+                        &*r.host.as_str(),
+                        r.host.hostname(&r.domain).to_string(),
+                        r.action,
+                        r.leashed,
+                        r.started_ms,
+                        r.finished_ms,
+                        &*r.outcome.text(),
+                        r.reason.as_deref(),
+                        &*r.service,
+                    ])
                     .map_err(classify)?;
             }
         }
@@ -211,8 +291,8 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare(
-                "SELECT host, max(restarted_at) FROM restarts
-                 WHERE restarted_at >= ?1 GROUP BY host",
+                "SELECT instance, max(finished_at) FROM attempts
+                 WHERE outcome = 'restarted' AND finished_at >= ?1 GROUP BY instance",
             )
             .map_err(classify)?;
         let rows = stmt
@@ -237,9 +317,8 @@ impl Store for SqliteStore {
         interval_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
         // One write transaction: SQLite serialises writers, so no other connection can
-        // claim between the check and the claim. The history is searched without an
-        // index on the host; the pipeline does not claim yet, and an index would cost
-        // every recorded restart.
+        // claim between the check and the claim. The history is searched through the
+        // index of successful restarts by host.
         let tx = self
             .conn()?
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -250,7 +329,8 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "INSERT INTO claims (host, claimed_at)
                      SELECT ?1, ?2 WHERE NOT EXISTS (
-                         SELECT 1 FROM restarts WHERE host = ?1 AND restarted_at > ?2 - ?3)
+                         SELECT 1 FROM attempts WHERE outcome = 'restarted'
+                             AND instance = ?1 AND finished_at > ?2 - ?3)
                      ON CONFLICT (host) DO UPDATE SET claimed_at = excluded.claimed_at
                      WHERE claims.claimed_at <= excluded.claimed_at - ?3",
                 )
@@ -275,6 +355,94 @@ impl Store for SqliteStore {
             None => Ok(()),
         }
     }
+}
+
+/// What to read of the restart history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only instance names that match this glob, in SQLite's `GLOB` syntax.
+    pub host: Option<String>,
+    /// Only attempts started at or after this, in ms since the epoch.
+    pub since_ms: Option<i64>,
+    /// Only this outcome; `refused` stands for every `refused:RAIL`.
+    pub outcome: Option<String>,
+    pub limit: u64,
+}
+
+/// One attempt as the history holds it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryRow {
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub instance: String,
+    pub hostname: String,
+    pub action: String,
+    pub leashed: bool,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub service: String,
+    pub message_id: String,
+}
+
+/// Reads the newest attempts that match `q`, newest first. The file is opened read-only,
+/// so this runs beside a service writing it.
+pub fn read_history(path: &Path, q: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+    use rusqlite::OpenFlags;
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!(
+                "its schema is version {version}, not {SCHEMA_VERSION}; \
+                 run the service on it once to migrate it"
+            ),
+        });
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT started_at, finished_at, instance, hostname, action, leashed, outcome,
+                    reason, service, message_id
+             FROM attempts
+             WHERE (?1 IS NULL OR instance GLOB ?1)
+               AND (?2 IS NULL OR started_at >= ?2)
+               AND (?3 IS NULL OR outcome = ?3 OR (?3 = 'refused' AND outcome LIKE 'refused:%'))
+             ORDER BY started_at DESC, id DESC
+             LIMIT ?4",
+        )
+        .map_err(classify)?;
+    let rows = stmt
+        .query_map(
+            params![q.host, q.since_ms, q.outcome, q.limit as i64],
+            |r| {
+                Ok(HistoryRow {
+                    started_ms: r.get(0)?,
+                    finished_ms: r.get(1)?,
+                    instance: r.get(2)?,
+                    hostname: r.get(3)?,
+                    action: r.get(4)?,
+                    leashed: r.get(5)?,
+                    outcome: r.get(6)?,
+                    reason: r.get(7)?,
+                    service: r.get(8)?,
+                    message_id: r.get(9)?,
+                })
+            },
+        )
+        .map_err(classify)?;
+    rows.collect::<Result<_, _>>().map_err(classify)
 }
 
 impl Drop for SqliteStore {
@@ -345,12 +513,8 @@ mod tests {
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let h = InstanceName::parse("cattle-a").unwrap();
         let id = uuid::Uuid::new_v4();
-        let r = |at_ms| RestartRow {
-            host: h,
-            at_ms,
-            message_id: id,
-        };
-        s.record_restarts(&[r(100), r(300), r(200)]).unwrap();
+        let r = |at_ms| Attempt::restarted(h, at_ms, id);
+        s.record_attempts(&[r(100), r(300), r(200)]).unwrap();
         assert_eq!(s.restarts_since(0).unwrap(), vec![(h, 300)]);
         assert!(s.restarts_since(301).unwrap().is_empty());
     }
@@ -379,5 +543,69 @@ mod tests {
         let mut a = SqliteStore::open(&path).unwrap();
         let mut b = SqliteStore::open(&path).unwrap();
         crate::store::claims_are_won_once_per_interval(&mut a, &mut b);
+    }
+
+    /// The schema of files made before the schema had a version.
+    const V0: &str = "
+        CREATE TABLE messages (message_id BLOB PRIMARY KEY, instance_name TEXT NOT NULL,
+                               deliveries INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE restarts (id INTEGER PRIMARY KEY, host TEXT NOT NULL,
+                               restarted_at INTEGER NOT NULL, message_id BLOB NOT NULL);
+        CREATE INDEX restarts_by_time ON restarts (restarted_at);
+    ";
+
+    #[test]
+    fn an_old_file_is_migrated_in_place_with_nothing_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let id = uuid::Uuid::parse_str("6f1c2a9e-5b7d-4c1e-9a3f-2d8e4b6c0a17").unwrap();
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(V0).unwrap();
+            old.execute(
+                "INSERT INTO messages VALUES (?1, 'cattle-a', 2)",
+                [id.as_bytes()],
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO restarts (host, restarted_at, message_id) VALUES ('cattle-a', 5000, ?1)",
+                [id.as_bytes()],
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let h = InstanceName::parse("cattle-a").unwrap();
+        assert_eq!(s.restarts_since(0).unwrap(), vec![(h, 5000)]);
+        s.close().unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let (version, messages): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version),
+                        (SELECT count(*) FROM messages)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, messages), (SCHEMA_VERSION, 1));
+        let (mid, outcome): (String, String) = conn
+            .query_row("SELECT message_id, outcome FROM attempts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((mid, outcome.as_str()), (id.to_string(), "restarted"));
+        // Opened again, it is left as it is.
+        SqliteStore::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = SqliteStore::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("newer than this program"), "{err}");
     }
 }
