@@ -16,9 +16,10 @@ use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::monitor::MonitorConfig;
 use crate::actors::publisher::{Publisher, PublisherConfig};
+use crate::actors::restarter::Reconfigure;
 use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
-use crate::actors::signal::{Cause, ShutdownConfig, SignalActor};
+use crate::actors::signal::{Cause, LiveSettings, Reloader, ShutdownConfig, SignalActor};
 use crate::actors::Pipeline;
 use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
 use crate::broker::{Broker, Extend, Pending, Publish, Pull, Settle};
@@ -167,6 +168,8 @@ pub fn run_extended(
                     Source::Simulated => Cause::Done,
                     Source::Stdin => Cause::Eof,
                 },
+                on_sighup: cfg.on_sighup,
+                reloader: reloader(cfg),
             };
             let monitor = MonitorConfig {
                 lag_warn: cfg.lag_warn,
@@ -178,6 +181,56 @@ pub fn run_extended(
     system.run_with_code()?;
     let report = report.lock().expect("report slot").take();
     report.ok_or(RunError::NoReport)
+}
+
+/// The restart action the configuration names.
+fn make_action(config: &Config) -> Box<dyn RestartAction> {
+    let domain: Arc<str> = config.domain.as_str().into();
+    match &config.action {
+        ActionSpec::Simulated => Box::new(SimulatedRestarts::new(
+            SimulatedConfig {
+                io_delay: config.io_delay,
+                io_jitter: config.io_jitter,
+                clock: AlarmClock::Thread,
+                failure_rate: config.failure_rate,
+                domain,
+            },
+            rng_for(config.seed, Purpose::SimulatedRestarts),
+        )),
+        ActionSpec::Command { template, timeout } => Box::new(CommandAction::new(CommandConfig {
+            template: template.clone(),
+            timeout: *timeout,
+            domain,
+        })),
+    }
+}
+
+/// How SIGHUP reloads the configuration, when the configuration says where from: the
+/// settings that can change live are taken from the new one, and the others are named
+/// and keep the values the service started with.
+fn reloader(config: &Config) -> Option<Reloader> {
+    let source = config.reload.clone()?;
+    let running = config.clone();
+    Some(Reloader(Arc::new(move || {
+        let new = (source.0)()?;
+        let mut live = running.clone();
+        live.log_level = new.log_level;
+        live.rails = new.rails.clone();
+        live.action = new.action.clone();
+        live.unleash = new.unleash;
+        live.failure_rate = new.failure_rate;
+        live.min_restart_interval = new.min_restart_interval;
+        Ok(LiveSettings {
+            log_level: live.log_level,
+            restarter: Reconfigure {
+                rails: live.rails.clone(),
+                leashed: live.action.is_real() && !live.unleash,
+                min_interval: live.min_restart_interval,
+                action: make_action(&live),
+            },
+            fixed: running.fixed_changes(&new),
+        })
+    })))
 }
 
 /// Who this service is in the history: `--instance-id`, or `hostname:pid`.
@@ -344,23 +397,7 @@ fn start_pipeline(
 
     // 5. The Restarter, which reports to the Acker too, and its restart action.
     let domain: Arc<str> = config.domain.as_str().into();
-    let action: Box<dyn RestartAction> = match &config.action {
-        ActionSpec::Simulated => Box::new(SimulatedRestarts::new(
-            SimulatedConfig {
-                io_delay: config.io_delay,
-                io_jitter: config.io_jitter,
-                clock: AlarmClock::Thread,
-                failure_rate: config.failure_rate,
-                domain: domain.clone(),
-            },
-            rng_for(seed, Purpose::SimulatedRestarts),
-        )),
-        ActionSpec::Command { template, timeout } => Box::new(CommandAction::new(CommandConfig {
-            template: template.clone(),
-            timeout: *timeout,
-            domain: domain.clone(),
-        })),
-    };
+    let action = make_action(config);
     let (to_acker, store_w) = (acker.clone().recipient(), store.clone());
     let cfg = RestarterConfig {
         min_interval: config.min_restart_interval,

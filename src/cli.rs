@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::action::command::Template;
+use crate::actors::signal::OnSighup;
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
 use crate::history::HistoryArgs;
@@ -323,6 +324,11 @@ pub struct Cli {
     /// Rail: at most N host restarts started within WINDOW (`1h=10`); past it, refused.
     #[arg(long, value_name = "WINDOW=N", value_parser = parse_rail::<Rate>)]
     pub max_host_restarts: Option<Rate>,
+
+    /// What SIGHUP does: the ordered shutdown, or a reload of the config file that
+    /// applies the log level, the safety rails, the action and the failure rate live.
+    #[arg(long, value_enum, default_value_t = OnSighup::Shutdown)]
+    pub on_sighup: OnSighup,
 
     /// Who this service is in the restart history [default: hostname:pid].
     #[arg(long, value_name = "ID")]
@@ -656,6 +662,9 @@ impl Cli {
                 max_concurrent: self.max_concurrent_host_restarts.map(|n| n as usize),
             },
             instance_id: self.instance_id,
+            log_level: self.log,
+            on_sighup: self.on_sighup,
+            reload: None,
             handle_signals: true,
         })
     }

@@ -1,13 +1,59 @@
 //! The service's runtime configuration, the aggregate of every part's settings,
 //! independent of where it came from: flags, a config file, or code.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::action::command::Template;
+pub use crate::actors::signal::OnSighup;
 use crate::faults::Faults;
+use crate::logging::LogLevel;
 use crate::rails::Rails;
 use crate::supervision::policy::{Decider, RestartTypes, ShutdownTimeouts};
 pub use crate::supervision::strategy::{Backoff, Strategy};
+
+/// Reads the configuration again, as it was read at start: the command line and the
+/// config file it names.
+#[derive(Clone)]
+pub struct ConfigSource(pub Arc<dyn Fn() -> Result<Config, String> + Send + Sync>);
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigSource")
+    }
+}
+
+/// Compares settings by how they print, which every one of them can.
+macro_rules! changed {
+    ($a:expr, $b:expr, $($name:literal => $field:ident),* $(,)?) => {{
+        let mut out = Vec::new();
+        $(if format!("{:?}", $a.$field) != format!("{:?}", $b.$field) {
+            out.push($name);
+        })*
+        out
+    }};
+}
+
+impl Config {
+    /// The settings that differ in `new` but cannot change while the service runs, by
+    /// their flag names.
+    pub fn fixed_changes(&self, new: &Config) -> Vec<&'static str> {
+        changed!(self, new,
+            "source" => source, "messages" => messages, "publish-delay" => publish_delay,
+            "publish-rate" => publish_rate, "seed" => seed, "io-delay" => io_delay,
+            "domain" => domain, "max-deliveries" => max_deliveries,
+            "max-in-flight" => max_in_flight, "ack-deadline" => ack_deadline,
+            "redelivery-delay" => redelivery_delay, "message-timeout" => message_timeout,
+            "store" => store, "batch-size" => batch_size, "flush-interval" => flush_interval,
+            "drain-timeout" => drain_timeout, "shield-timeout" => shield_timeout,
+            "shutdown-timeout" => shutdown_timeouts, "max-restarts" => max_restarts,
+            "restart-window" => restart_window, "strategy" => strategy, "backoff" => backoff,
+            "decider" => decider, "restart-type" => restart_types,
+            "handler-deadline" => handler_deadline, "slow-handler-ms" => slow_handler,
+            "lag-warn-ms" => lag_warn, "status" => status_every, "inject" => faults,
+            "instance-id" => instance_id, "on-sighup" => on_sighup,
+        )
+    }
+}
 
 /// What restarts a host.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +147,12 @@ pub struct Config {
     pub rails: Rails,
     /// Who this service is in the history; `hostname:pid` when unset.
     pub instance_id: Option<String>,
+    /// How much is logged; a reload can change it.
+    pub log_level: LogLevel,
+    /// What SIGHUP does.
+    pub on_sighup: OnSighup,
+    /// Where a reload reads the configuration again; none, nothing to reload from.
+    pub reload: Option<ConfigSource>,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
 }
@@ -145,6 +197,9 @@ impl Default for Config {
             unleash: false,
             rails: Rails::default(),
             instance_id: None,
+            log_level: LogLevel::Info,
+            on_sighup: OnSighup::Shutdown,
+            reload: None,
             handle_signals: true,
         }
     }

@@ -44,6 +44,21 @@ const BUFFERED_LINES: usize = 128_000;
 /// with `std::process::exit` skips every destructor in `main`.
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
+/// Sets the level of the subscriber `init` installed, for a live reload.
+type SetLevel = Box<dyn Fn(LogLevel) -> Result<(), String> + Send>;
+
+/// How to change the level while the service runs; set by `init`.
+static SET_LEVEL: Mutex<Option<SetLevel>> = Mutex::new(None);
+
+/// Changes how much is logged from now on, as a reload of the config asks.
+pub fn set_level(level: LogLevel) -> Result<(), String> {
+    let slot = SET_LEVEL.lock().map_err(|e| e.to_string())?;
+    match &*slot {
+        Some(set) => set(level),
+        None => Err("logging was not set up by this program".into()),
+    }
+}
+
 /// Flushes every buffered line when dropped; `init` returns it.
 #[must_use = "dropping the guard flushes and stops the log writer"]
 pub struct LogGuard(());
@@ -85,9 +100,30 @@ pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
         // is a closed pipe: every log line would then panic, and a log reader that goes
         // away would stop the service. Losing log lines is the lesser harm.
         .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let set: SetLevel = match format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |l: LogLevel| {
+                handle
+                    .reload(EnvFilter::new(l.directives()))
+                    .map_err(|e| e.to_string())
+            })
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |l: LogLevel| {
+                handle
+                    .reload(EnvFilter::new(l.directives()))
+                    .map_err(|e| e.to_string())
+            })
+        }
+    };
+    if let Ok(mut slot) = SET_LEVEL.lock() {
+        *slot = Some(set);
     }
     if let Ok(mut slot) = WRITER.lock() {
         *slot = Some(guard);

@@ -4,7 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use std::sync::Arc;
+
 use mandrill::cli::{ArgsError, Cli, Command};
+use mandrill::config::{ConfigSource, OnSighup};
 use mandrill::{app, history, logging, metrics};
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -42,13 +45,22 @@ fn main() -> anyhow::Result<ExitCode> {
         tracing::info!("Serving Prometheus metrics at http://{addr}/metrics");
     }
     let linger = cli.metrics_linger;
-    let config = match cli.into_config() {
+    let mut config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
     };
+    if config.on_sighup == OnSighup::Reload {
+        // A reload reads the same command line, and so the config file it names, again.
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        config.reload = Some(ConfigSource(Arc::new(move || {
+            Cli::parse_with_file(argv.clone())
+                .and_then(Cli::into_config)
+                .map_err(|e| e.to_string().lines().next().unwrap_or("").to_string())
+        })));
+    }
     let report = app::run(config)?;
     // A closed stdout must not turn a clean shutdown into a panic: say so and keep the
     // exit status.

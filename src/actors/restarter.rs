@@ -106,6 +106,8 @@ pub struct Restarter {
     started: RecentStarts,
     /// Whether any rail is set, decided once: none costs nothing per restart.
     rails_on: bool,
+    /// Actions a reload replaced, whose restarts may still run.
+    replaced: Vec<Box<dyn RestartAction>>,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
     watchers: Vec<Recipient<HostRestarts>>,
@@ -182,6 +184,7 @@ impl Restarter {
             active: 0,
             started: RecentStarts::default(),
             rails_on,
+            replaced: Vec::new(),
             watchers: Vec::new(),
             notices: Vec::new(),
             state: State::default(),
@@ -612,6 +615,33 @@ impl Handler<HistoryFailed> for Restarter {
     }
 }
 
+/// New settings from a reload of the configuration: they apply to restarts planned from
+/// now on; restarts running go on as they were started.
+pub struct Reconfigure {
+    pub rails: Rails,
+    pub leashed: bool,
+    pub min_interval: Duration,
+    pub action: Box<dyn RestartAction>,
+}
+
+impl Message for Reconfigure {
+    type Result = ();
+}
+
+impl Handler<Reconfigure> for Restarter {
+    type Result = ();
+    fn handle(&mut self, msg: Reconfigure, _: &mut Context<Self>) {
+        self.rails_on = msg.rails.any();
+        self.config.rails = msg.rails;
+        self.config.leashed = msg.leashed;
+        self.config.min_interval = msg.min_interval;
+        // The old action's restarts still report to this mailbox; it is kept so that the
+        // shutdown can stop them.
+        let old = std::mem::replace(&mut self.action, msg.action);
+        self.replaced.push(old);
+    }
+}
+
 /// Adds an actor that hears of every host restart's outcome, from now on.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -639,6 +669,9 @@ impl Handler<Shutdown> for Restarter {
         self.send(failed, Vec::new(), ctx);
         // Restarts still running end here: a command's process group is killed.
         self.action.stop();
+        for old in &mut self.replaced {
+            old.stop();
+        }
         self.waiting.clear();
         self.active = 0;
         self.retired = true;

@@ -18,9 +18,11 @@ use tracing::{error, info, warn};
 
 use crate::actors::acker::{InFlight, ReleaseOutstanding, WhenIdle};
 use crate::actors::monitor::{Dump, Monitor, MonitorConfig};
+use crate::actors::restarter::Reconfigure;
 use crate::actors::restarter::Running;
 use crate::actors::Pipeline;
 use crate::broker::Pending;
+use crate::logging::LogLevel;
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Signal};
 use crate::protocol::{InputClosed, Shutdown};
@@ -67,6 +69,36 @@ impl Cause {
     }
 }
 
+/// What SIGHUP does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnSighup {
+    /// The ordered shutdown, as SIGINT and SIGTERM: the talk's.
+    #[default]
+    Shutdown,
+    /// Read the config file again and apply what can change while the service runs.
+    Reload,
+}
+
+/// What a reload of the configuration changes while the service runs.
+pub struct LiveSettings {
+    pub log_level: LogLevel,
+    /// The Restarter's new rails, leash, interval and action.
+    pub restarter: Reconfigure,
+    /// Settings that changed but cannot change live; they keep their old values.
+    pub fixed: Vec<&'static str>,
+}
+
+/// Reads the configuration again and says what to change, or why it cannot; it reads a
+/// file, so it runs on a blocking thread.
+#[derive(Clone)]
+pub struct Reloader(pub Arc<dyn Fn() -> Result<LiveSettings, String> + Send + Sync>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
 /// How the service stops; each child's own shutdown timeout stands in the tree.
 #[derive(Debug, Clone)]
 pub struct ShutdownConfig {
@@ -79,6 +111,9 @@ pub struct ShutdownConfig {
     /// What ends a finite run once everything is settled: `Done` when the publisher
     /// sent its last message, `Eof` at the end of input.
     pub settled_cause: Cause,
+    pub on_sighup: OnSighup,
+    /// How to reload, with `OnSighup::Reload`.
+    pub reloader: Option<Reloader>,
 }
 
 /// Where the report goes once written; `crate::app::run` collects it.
@@ -234,8 +269,45 @@ impl Handler<OsSignal> for SignalActor {
                 crate::logging::flush();
                 std::process::exit(code);
             }
+            Signal::Hup if self.config.on_sighup == OnSighup::Reload && !self.shutting_down => {
+                info!("Received SIGHUP; reloading the configuration");
+                self.reload(ctx);
+            }
             Signal::Int | Signal::Term | Signal::Hup => self.begin(Cause::Signal(sig), ctx),
         }
+    }
+}
+
+impl SignalActor {
+    /// Reads the configuration again on a blocking thread, then applies what can change
+    /// live. A configuration that does not parse changes nothing.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        let Some(Reloader(read)) = self.config.reloader.clone() else {
+            warn!("Nothing to reload from; the configuration stays as it is");
+            return;
+        };
+        let read = actix_rt::task::spawn_blocking(move || read());
+        ctx.spawn(read.into_actor(self).map(|res, act, _| {
+            let settings = match res {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return error!("Cannot reload the configuration; the old one stays: {e}")
+                }
+                Err(e) => return error!("Cannot reload the configuration; the old one stays: {e}"),
+            };
+            if let Err(e) = crate::logging::set_level(settings.log_level) {
+                warn!("Cannot change the log level: {e}");
+            }
+            if !settings.fixed.is_empty() {
+                warn!(
+                    "These settings cannot change while the service runs and keep their \
+                     values: {}",
+                    settings.fixed.join(", ")
+                );
+            }
+            act.pipeline.restarter.do_send(settings.restarter);
+            info!("Reloaded the configuration");
+        }));
     }
 }
 

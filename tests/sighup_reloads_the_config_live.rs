@@ -1,0 +1,76 @@
+//! With `--on-sighup reload`, SIGHUP reads the config file again and applies what can
+//! change live: a rail changed in the file refuses the next restart, a file that does not
+//! parse leaves the old config in force, a setting that cannot change live is named, and
+//! no message is lost or counted twice across the reloads.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Mandrill;
+use nix::sys::signal::Signal;
+
+fn line(i: usize, host: &str) -> String {
+    format!("{{\"message_id\":\"00000000-0000-4000-8000-{i:012}\",\"instance_name\":\"{host}\"}}\n")
+}
+
+#[test]
+fn a_rail_changed_in_the_file_takes_effect_and_a_broken_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mandrill.toml");
+    std::fs::write(&file, "failure-rate = 0\nio-delay = 0\n").unwrap();
+    let mut m = Mandrill::spawn_with_stdin(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--on-sighup",
+            "reload",
+            "--source",
+            "stdin",
+        ],
+        true,
+    );
+    m.write_stdin(line(1, "pet-a").as_bytes());
+    m.wait_for("Restarted pet-a.example.net", Duration::from_secs(20));
+
+    std::fs::write(
+        &file,
+        "failure-rate = 0\nio-delay = 0\ndeny = \"pet-*\"\nmax-in-flight = 7\n",
+    )
+    .unwrap();
+    m.signal(Signal::SIGHUP);
+    m.wait_for("Reloaded the configuration", Duration::from_secs(20));
+    m.wait_for(
+        "cannot change while the service runs",
+        Duration::from_secs(5),
+    );
+    m.write_stdin(line(2, "pet-b").as_bytes());
+    m.wait_for(
+        "Refused restarting pet-b.example.net",
+        Duration::from_secs(20),
+    );
+
+    std::fs::write(&file, "this is [not toml").unwrap();
+    m.signal(Signal::SIGHUP);
+    m.wait_for("Cannot reload the configuration", Duration::from_secs(20));
+    m.write_stdin(line(3, "pet-c").as_bytes());
+    m.wait_for(
+        "Refused restarting pet-c.example.net",
+        Duration::from_secs(20),
+    );
+    m.close_stdin();
+
+    let f = m.finish(Duration::from_secs(30));
+    assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
+    assert_eq!(f.report["stopped_by"], "eof", "{}", f.report);
+    f.assert_conserved();
+    assert_eq!(
+        (f.n("published"), f.n("acked"), f.n("restarted")),
+        (3, 3, 1),
+        "{}",
+        f.report
+    );
+    assert_eq!(f.report["refused"]["deny"], 2, "{}", f.report);
+    let fixed = &f.log[f.line_index("cannot change while the service runs")];
+    assert!(fixed.contains("max-in-flight"), "{fixed}");
+}
