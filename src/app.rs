@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::action::command::{CommandAction, CommandConfig};
 use crate::action::simulated::{SimulatedConfig, SimulatedRestarts};
+use crate::action::webhook::{WebhookAction, WebhookConfig};
 use crate::action::RestartAction;
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
@@ -199,6 +200,16 @@ fn make_action(config: &Config) -> Box<dyn RestartAction> {
         )),
         ActionSpec::Command { template, timeout } => Box::new(CommandAction::new(CommandConfig {
             template: template.clone(),
+            timeout: *timeout,
+            domain,
+        })),
+        ActionSpec::Webhook {
+            url,
+            headers,
+            timeout,
+        } => Box::new(WebhookAction::new(WebhookConfig {
+            url: url.clone(),
+            headers: headers.clone(),
             timeout: *timeout,
             domain,
         })),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::action::command::Template;
+use crate::action::webhook::{Header, Url};
 use crate::actors::signal::OnSighup;
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
@@ -39,6 +40,8 @@ pub enum ActionArg {
     Sim,
     /// Run a program per host (see --command).
     Command,
+    /// POST a JSON request per host to --webhook-url.
+    Webhook,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -281,6 +284,18 @@ pub struct Cli {
           action = clap::ArgAction::Append)]
     pub command_args: Vec<String>,
 
+    /// The endpoint `--action webhook` POSTs to: {"message_id", "instance_name",
+    /// "hostname", "attempt", "dry_run"}. 2xx is a restart; 4xx is a refusal, and the
+    /// message goes to the dead letters at once; 5xx, a timeout or a failed connection is
+    /// retried.
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    pub webhook_url: Option<Url>,
+
+    /// A header for every webhook request, NAME=VALUE; repeat it for each. `${VAR}` in
+    /// the value is that environment variable's value. Values are never logged.
+    #[arg(long = "webhook-header", value_name = "NAME=VALUE", action = clap::ArgAction::Append)]
+    pub webhook_headers: Vec<String>,
+
     /// A restart still running after this is a timeout: its whole process group is killed.
     #[arg(long, value_name = "S", default_value = "60", value_parser = parse_positive_duration)]
     pub action_timeout: Duration,
@@ -454,7 +469,14 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
                     })
                     .collect();
                 let parts = parts?;
-                if flag == "command" {
+                let appends = command.get_arguments().any(|a| {
+                    a.get_long() == Some(flag.as_str())
+                        && matches!(a.get_action(), clap::ArgAction::Append)
+                });
+                if appends {
+                    // A flag given once per value: its values are never joined.
+                    parts.iter().map(|p| format!("--{flag}={p}")).collect()
+                } else if flag == "command" {
                     // The program, then its arguments, each one flag: never joined.
                     let mut parts = parts.into_iter();
                     let program = parts.next().map(|p| format!("--command={p}"));
@@ -549,6 +571,11 @@ fn parse_policy<T: std::str::FromStr<Err = PolicyError>>(s: &str) -> Result<T, S
     s.parse().map_err(|e: PolicyError| e.to_string())
 }
 
+fn parse_url(s: &str) -> Result<Url, String> {
+    s.parse()
+        .map_err(|e: crate::action::webhook::WebhookError| e.to_string())
+}
+
 fn parse_rail<T: std::str::FromStr<Err = RailSpecError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: RailSpecError| e.to_string())
 }
@@ -570,12 +597,33 @@ impl Cli {
     /// The configuration the flags describe, checked as a whole: a command template with
     /// an unknown placeholder or a program that is not there is an error here.
     pub fn into_config(self) -> Result<Config, ArgsError> {
+        if self.action != ActionArg::Webhook && self.webhook_url.is_some() {
+            return Err(ArgsError::Action(
+                "--webhook-url is given, but --action is not webhook".into(),
+            ));
+        }
         let action = match (self.action, self.command) {
             (ActionArg::Sim, None) => ActionSpec::Simulated,
-            (ActionArg::Sim, Some(_)) => {
+            (ActionArg::Sim | ActionArg::Webhook, Some(_)) => {
                 return Err(ArgsError::Action(
-                    "--command is given, but --action is sim; add --action command".into(),
+                    "--command is given, but --action is not command".into(),
                 ))
+            }
+            (ActionArg::Webhook, None) => {
+                let url = self.webhook_url.ok_or_else(|| {
+                    ArgsError::Action("--action webhook needs --webhook-url URL".into())
+                })?;
+                let headers = self
+                    .webhook_headers
+                    .iter()
+                    .map(|h| Header::parse(h))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ArgsError::Action(format!("--webhook-header: {e}")))?;
+                ActionSpec::Webhook {
+                    url,
+                    headers,
+                    timeout: self.action_timeout,
+                }
             }
             (ActionArg::Command, None) => {
                 return Err(ArgsError::Action(
@@ -869,7 +917,7 @@ mod tests {
     fn a_bad_action_is_a_clear_error() {
         for (args, says) in [
             (&["--action", "command"][..], "needs --command"),
-            (&["--command", "sh"], "--action is sim"),
+            (&["--command", "sh"], "--action is not command"),
             (
                 &[
                     "--action",

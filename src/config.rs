@@ -4,6 +4,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::action::command::Template;
+use crate::action::webhook::{Header, Url};
 pub use crate::actors::signal::OnSighup;
 use crate::faults::Faults;
 use crate::logging::LogLevel;
@@ -63,6 +64,12 @@ pub enum ActionSpec {
     /// A program run per host, killed with its process group after `timeout`.
     Command {
         template: Template,
+        timeout: Duration,
+    },
+    /// A JSON POST per host to `url`, with `headers`, given up after `timeout`.
+    Webhook {
+        url: Url,
+        headers: Vec<Header>,
         timeout: Duration,
     },
 }

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "adapters",
         &[
             "action::command",
+            "action::webhook",
             "action::simulated",
             "broker::memory",
             "store::memory",

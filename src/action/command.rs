@@ -348,6 +348,7 @@ mod tests {
             message_id: uuid::Uuid::nil(),
             host: crate::message::InstanceName::parse("cattle-zpsk").unwrap(),
             started_ms: 0,
+            attempt: 1,
         };
         let args = t.render(&job, &"example.net".into());
         assert_eq!(args, ["-c", "x cattle-zpsk.example.net 'cattle-zpsk' {ok}"]);

@@ -13,6 +13,7 @@
 
 pub mod command;
 pub mod simulated;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -45,6 +46,12 @@ pub enum RestartError {
 }
 
 impl RestartError {
+    /// Whether retrying cannot help: the action refused the host, so its message goes
+    /// to the dead letters at once rather than back to the broker.
+    pub fn is_final(&self) -> bool {
+        matches!(self, RestartError::Refused { .. })
+    }
+
     /// What went wrong, without the host, which the history keeps beside it.
     pub fn detail(&self) -> String {
         match self {
@@ -67,6 +74,8 @@ pub struct RestartJob {
     pub host: InstanceName,
     /// When the restart was handed to the action, in ms since the epoch, for the history.
     pub started_ms: i64,
+    /// The delivery attempt that asked for it, from 1.
+    pub attempt: u32,
 }
 
 /// What became of one job.

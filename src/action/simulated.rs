@@ -156,6 +156,7 @@ mod tests {
                 message_id: uuid::Uuid::now_v7(),
                 host: InstanceName::parse("cattle-a").unwrap(),
                 started_ms: 0,
+                attempt: 1,
             })
             .collect()
     }

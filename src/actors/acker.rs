@@ -157,6 +157,10 @@ impl Acker {
                 self.latencies.push(took);
                 Verdict::Ack
             }
+            (Err(e), _) | (_, Err(e)) if e.is_final() => {
+                warn!(target: FLOW, "Dead-lettered {msg} at once: {e}");
+                Verdict::DeadLetter
+            }
             (Err(e), _) | (_, Err(e)) => {
                 warn!(target: FLOW, "Nacked {msg}: {e}");
                 self.failed(&p.delivery)

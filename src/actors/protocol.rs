@@ -31,6 +31,13 @@ pub(crate) enum StepError {
     Stopped(crate::names::ChildName),
 }
 
+impl StepError {
+    /// Whether retrying cannot help, so that the message is dead-lettered at once.
+    pub(crate) fn is_final(&self) -> bool {
+        matches!(self, StepError::Restart(e) if e.is_final())
+    }
+}
+
 /// A batch of dispatched deliveries. The Consumer sends one batch to the Acker, the Saver
 /// and the Restarter; sharing it saves two copies of every delivery.
 pub(crate) type Batch = std::sync::Arc<[Delivery]>;

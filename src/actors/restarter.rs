@@ -497,6 +497,7 @@ impl Handler<Restart> for Restarter {
                     message_id: d.id(),
                     host,
                     started_ms: out.now_ms,
+                    attempt: d.attempt,
                 };
                 match act.plan(host, out.now_ms) {
                     Plan::Skip(why) => {
