@@ -61,7 +61,6 @@ fn serve() -> (String, Seen) {
     (url, seen)
 }
 
-
 #[test]
 fn statuses_decide_restarts_retries_and_dead_letters() {
     let (url, seen) = serve();

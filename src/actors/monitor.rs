@@ -84,6 +84,9 @@ impl Monitor {
     /// Feeds the exporter: counters from the atomics, the in-flight gauge from the Acker.
     fn export(&mut self, ctx: &mut Context<Self>) {
         self.metrics.snapshot().export();
+        for (rail, n) in self.metrics.refusals() {
+            metrics::counter!("mandrill_refused_total", "rail" => rail).absolute(n);
+        }
         let ask = self.tree.acker.send(InFlight);
         ctx.spawn(ask.into_actor(self).map(|n, act, _| {
             if let Ok(n) = n {
