@@ -416,6 +416,7 @@ fn start_pipeline(
         leashed: config.action.is_real() && !config.unleash,
         rails: config.rails.clone(),
         service: service_id(config),
+        history: config.store != StoreKind::Memory,
     };
     let restarter = w.start_child(move |link, injector| {
         let (load, record) = (store_w.clone().recipient(), store_w.recipient());

@@ -169,11 +169,11 @@ impl Handler<RecordAttempts> for FakeStore {
     fn handle(&mut self, msg: RecordAttempts, _: &mut Context<Self>) -> Self::Result {
         self.check()?;
         let restarted = msg
-            .0
+            .rows
             .iter()
             .filter(|a| a.outcome == AttemptOutcome::Restarted);
         self.restarts.lock().unwrap().extend(restarted.cloned());
-        self.inner.record_attempts(&msg.0)
+        self.inner.record_attempts(&msg.context, &msg.rows)
     }
 }
 

@@ -53,13 +53,13 @@ impl RestartError {
     }
 
     /// What went wrong, without the host, which the history keeps beside it.
-    pub fn detail(&self) -> String {
+    pub fn detail(&self) -> Reason {
         match self {
             RestartError::Failed { reason, .. } | RestartError::Refused { reason, .. } => {
-                reason.to_string()
+                reason.clone()
             }
-            RestartError::TimedOut { after, .. } => format!("timed out after {after:?}"),
-            RestartError::Unavailable(reason) => reason.clone(),
+            RestartError::TimedOut { after, .. } => format!("timed out after {after:?}").into(),
+            RestartError::Unavailable(reason) => reason.clone().into(),
         }
     }
 }

@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::rails::{Rail, RailError, Rails, RecentStarts};
-use crate::store::{Attempt, AttemptOutcome, LoadRestarts, RecordAttempts, StoreError};
+use crate::store::{
+    Attempt, AttemptContext, AttemptOutcome, LoadRestarts, RecordAttempts, StoreError,
+};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
 
@@ -41,6 +43,9 @@ pub(crate) struct RestarterConfig {
     pub rails: Rails,
     /// Who this service is, for the history: `hostname:pid`, or `--instance-id`.
     pub service: std::sync::Arc<str>,
+    /// Whether the store keeps a history of every attempt. Without one, only successful
+    /// restarts are sent to it, for the index of last restarts.
+    pub history: bool,
 }
 
 /// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
@@ -289,19 +294,15 @@ impl Restarter {
         job: &RestartJob,
         finished_ms: i64,
         outcome: AttemptOutcome,
-        reason: Option<String>,
+        reason: Option<std::borrow::Cow<'static, str>>,
     ) -> Attempt {
         Attempt {
             message_id: job.message_id,
             host: job.host,
-            domain: self.config.domain.clone(),
-            action: self.action.name(),
-            leashed: self.config.leashed,
             started_ms: job.started_ms,
             finished_ms,
             outcome,
             reason,
-            service: self.config.service.clone(),
         }
     }
 
@@ -350,8 +351,10 @@ impl Restarter {
                     RestartError::TimedOut { .. } => AttemptOutcome::TimedOut,
                     _ => AttemptOutcome::Failed,
                 };
-                let row = self.attempt(&job, out.now_ms, outcome, Some(e.detail()));
-                out.rows.push(row);
+                if self.config.history {
+                    let row = self.attempt(&job, out.now_ms, outcome, Some(e.detail()));
+                    out.rows.push(row);
+                }
                 let directive = fail(self, ctx, (&e).into(), &e);
                 // Each delivery the failure nacks is an error of its own.
                 for tag in joiners {
@@ -377,7 +380,13 @@ impl Restarter {
         if !rows.is_empty() {
             // A failed history write is a store failure like the Saver's, decided by the
             // policy; its answer comes back through the mailbox.
-            let written = self.record.send(RecordAttempts(rows));
+            let context = AttemptContext {
+                domain: self.config.domain.clone(),
+                action: self.action.name(),
+                leashed: self.config.leashed,
+                service: self.config.service.clone(),
+            };
+            let written = self.record.send(RecordAttempts { context, rows });
             let me = ctx.address();
             actix_rt::spawn(async move {
                 let res = written
@@ -519,9 +528,10 @@ impl Handler<Restart> for Restarter {
                             rail.as_str()
                         );
                         act.link.metrics.refuse(rail);
-                        let outcome = AttemptOutcome::Refused(rail.as_str());
-                        let row = act.attempt(&job, out.now_ms, outcome, None);
-                        out.rows.push(row);
+                        if act.config.history {
+                            let outcome = AttemptOutcome::Refused(rail.as_str());
+                            out.rows.push(act.attempt(&job, out.now_ms, outcome, None));
+                        }
                         act.notice(host, || {
                             RestartOutcome::Skipped(format!(
                                 "refused by the {} rail",
@@ -535,9 +545,11 @@ impl Handler<Restart> for Restarter {
                         // is nacked and retried.
                         let e = RestartError::Unavailable(e.to_string());
                         report_error(&act.link.metrics, Self::NAME.as_str(), true, &e);
-                        let reason = Some(e.detail());
-                        let row = act.attempt(&job, out.now_ms, AttemptOutcome::Failed, reason);
-                        out.rows.push(row);
+                        if act.config.history {
+                            let reason = Some(e.detail());
+                            let failed = AttemptOutcome::Failed;
+                            out.rows.push(act.attempt(&job, out.now_ms, failed, reason));
+                        }
                         act.notice(host, || RestartOutcome::Failed(e.clone()));
                         let directive = fail(act, ctx, (&e).into(), &e);
                         out.outcomes.push(Outcome::err(d, e));
@@ -554,9 +566,11 @@ impl Handler<Restart> for Restarter {
                             host.hostname(&act.config.domain)
                         );
                         Metrics::inc(&act.link.metrics.leashed);
-                        let row =
-                            act.attempt(&job, out.now_ms, AttemptOutcome::DryRun, Some(would));
-                        out.rows.push(row);
+                        if act.config.history {
+                            let dry = AttemptOutcome::DryRun;
+                            out.rows
+                                .push(act.attempt(&job, out.now_ms, dry, Some(would.into())));
+                        }
                         out.outcomes.push(Outcome::ok(d));
                     }
                     Plan::Restart => {
@@ -762,6 +776,7 @@ mod tests {
             leashed: false,
             rails,
             service: "test".into(),
+            history: true,
         };
         let action = simulated(io_delay, failure_rate);
         let injector = Injector::none(ChildName::Restarter);
@@ -828,11 +843,14 @@ mod tests {
             .as_millis() as i64;
         store
             .inner
-            .record_attempts(&[Attempt::restarted(
-                name("cattle-old"),
-                now_ms - 60_000,
-                uuid::Uuid::new_v4(),
-            )])
+            .record_attempts(
+                &AttemptContext::test(),
+                &[Attempt::restarted(
+                    name("cattle-old"),
+                    now_ms - 60_000,
+                    uuid::Uuid::new_v4(),
+                )],
+            )
             .unwrap();
         let r = rig(Duration::ZERO, 0.0, HOUR, store);
         r.restarter

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use super::{Attempt, AttemptOutcome, SaveRow, Store, StoreError, StoreOpener};
+use super::{Attempt, AttemptContext, AttemptOutcome, SaveRow, Store, StoreError, StoreOpener};
 use crate::message::InstanceName;
 
 /// A map that grows a little on each insert instead of all at once.
@@ -72,7 +72,7 @@ impl Store for MemoryStore {
         Ok(new)
     }
 
-    fn record_attempts(&mut self, rows: &[Attempt]) -> Result<(), StoreError> {
+    fn record_attempts(&mut self, _: &AttemptContext, rows: &[Attempt]) -> Result<(), StoreError> {
         let mut t = self.open_tables()?;
         for r in rows
             .iter()

@@ -73,40 +73,55 @@ impl AttemptOutcome {
     }
 }
 
+/// What the attempts recorded together have in common: who made them, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptContext {
+    /// The hostname is `host.domain`.
+    pub domain: Arc<str>,
+    /// The action that ran them: `sim`, `command`, `webhook`.
+    pub action: &'static str,
+    pub leashed: bool,
+    /// The service instance that made them: `hostname:pid`, or `--instance-id`.
+    pub service: Arc<str>,
+}
+
+impl AttemptContext {
+    /// The context of tests' attempts.
+    #[cfg(test)]
+    pub(crate) fn test() -> Self {
+        Self {
+            domain: "example.net".into(),
+            action: "sim",
+            leashed: false,
+            service: "test".into(),
+        }
+    }
+}
+
 /// One restart attempt, for the history: every one is recorded, not only successes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub message_id: Uuid,
     pub host: InstanceName,
-    /// The hostname is `host.domain`.
-    pub domain: Arc<str>,
-    /// The action that ran it: `sim`, `command`.
-    pub action: &'static str,
-    pub leashed: bool,
     /// Milliseconds since the Unix epoch, UTC.
     pub started_ms: i64,
     pub finished_ms: i64,
     pub outcome: AttemptOutcome,
-    pub reason: Option<String>,
-    /// The service instance that made it: `hostname:pid`, or `--instance-id`.
-    pub service: Arc<str>,
+    /// Why it failed or what a dry run would have run; a fixed text costs nothing.
+    pub reason: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl Attempt {
-    /// A successful restart at `at_ms`, for tests and the in-memory index.
+    /// A successful restart at `at_ms`, for tests.
     #[cfg(test)]
     pub(crate) fn restarted(host: InstanceName, at_ms: i64, message_id: Uuid) -> Self {
         Self {
             message_id,
             host,
-            domain: "example.net".into(),
-            action: "sim",
-            leashed: false,
             started_ms: at_ms,
             finished_ms: at_ms,
             outcome: AttemptOutcome::Restarted,
             reason: None,
-            service: "test".into(),
         }
     }
 }
@@ -118,8 +133,12 @@ pub trait Store: Send {
     /// messages were new.
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError>;
 
-    /// Appends restart attempts to the history.
-    fn record_attempts(&mut self, rows: &[Attempt]) -> Result<(), StoreError>;
+    /// Appends restart attempts, which share `context`, to the history.
+    fn record_attempts(
+        &mut self,
+        context: &AttemptContext,
+        rows: &[Attempt],
+    ) -> Result<(), StoreError>;
 
     /// Each host's latest successful restart at or after `since_ms`.
     fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError>;
@@ -230,12 +249,15 @@ impl Handler<SaveBatch> for StoreWriter {
 /// Appends restart attempts to the history.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub(crate) struct RecordAttempts(pub Vec<Attempt>);
+pub(crate) struct RecordAttempts {
+    pub context: AttemptContext,
+    pub rows: Vec<Attempt>,
+}
 
 impl Handler<RecordAttempts> for StoreWriter {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, msg: RecordAttempts, _: &mut SyncContext<Self>) -> Self::Result {
-        self.call(|s| s.record_attempts(&msg.0))
+        self.call(|s| s.record_attempts(&msg.context, &msg.rows))
     }
 }
 
@@ -281,8 +303,12 @@ pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn St
     );
     assert_eq!(b.claim_restarts(&[h], 1_500, 500).unwrap(), [true]);
     // A recorded restart counts as a claim.
-    a.record_attempts(&[Attempt::restarted(third, 3_000, Uuid::new_v4())])
-        .unwrap();
+    let context = AttemptContext::test();
+    a.record_attempts(
+        &context,
+        &[Attempt::restarted(third, 3_000, Uuid::new_v4())],
+    )
+    .unwrap();
     assert_eq!(b.claim_restarts(&[third], 3_100, 500).unwrap(), [false]);
     assert_eq!(b.claim_restarts(&[third], 3_600, 500).unwrap(), [true]);
 }
@@ -307,7 +333,7 @@ mod tests {
             }
             Ok(rows.len() as u64)
         }
-        fn record_attempts(&mut self, _: &[Attempt]) -> Result<(), StoreError> {
+        fn record_attempts(&mut self, _: &AttemptContext, _: &[Attempt]) -> Result<(), StoreError> {
             Ok(())
         }
         fn restarts_since(&mut self, _: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, ErrorCode};
 
-use super::{Attempt, SaveRow, Store, StoreError, StoreOpener};
+use super::{Attempt, AttemptContext, SaveRow, Store, StoreError, StoreOpener};
 use crate::message::InstanceName;
 
 /// The schema's version, kept in `PRAGMA user_version`. Version 0 is a file made before
@@ -257,7 +257,11 @@ impl Store for SqliteStore {
         Ok(new)
     }
 
-    fn record_attempts(&mut self, rows: &[Attempt]) -> Result<(), StoreError> {
+    fn record_attempts(
+        &mut self,
+        context: &AttemptContext,
+        rows: &[Attempt],
+    ) -> Result<(), StoreError> {
         let tx = self.conn()?.transaction().map_err(classify)?;
         {
             let mut insert = tx
@@ -272,14 +276,14 @@ impl Store for SqliteStore {
                     .execute(params![
                         r.message_id.hyphenated().to_string(),
                         &*r.host.as_str(),
-                        r.host.hostname(&r.domain).to_string(),
-                        r.action,
-                        r.leashed,
+                        r.host.hostname(&context.domain).to_string(),
+                        context.action,
+                        context.leashed,
                         r.started_ms,
                         r.finished_ms,
                         &*r.outcome.text(),
                         r.reason.as_deref(),
-                        &*r.service,
+                        &*context.service,
                     ])
                     .map_err(classify)?;
             }
@@ -514,7 +518,8 @@ mod tests {
         let h = InstanceName::parse("cattle-a").unwrap();
         let id = uuid::Uuid::new_v4();
         let r = |at_ms| Attempt::restarted(h, at_ms, id);
-        s.record_attempts(&[r(100), r(300), r(200)]).unwrap();
+        s.record_attempts(&AttemptContext::test(), &[r(100), r(300), r(200)])
+            .unwrap();
         assert_eq!(s.restarts_since(0).unwrap(), vec![(h, 300)]);
         assert!(s.restarts_since(301).unwrap().is_empty());
     }
