@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::action::command::{CommandAction, CommandConfig};
 use crate::action::simulated::{SimulatedConfig, SimulatedRestarts};
 use crate::action::webhook::{WebhookAction, WebhookConfig};
-use crate::action::RestartAction;
+use crate::action::{RestartAction, Unavailable};
 use crate::actors::acker::{Acker, AckerConfig};
 use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::monitor::MonitorConfig;
@@ -198,11 +198,19 @@ fn make_action(config: &Config) -> Box<dyn RestartAction> {
             },
             rng_for(config.seed, Purpose::SimulatedRestarts),
         )),
-        ActionSpec::Command { template, timeout } => Box::new(CommandAction::new(CommandConfig {
-            template: template.clone(),
-            timeout: *timeout,
-            domain,
-        })),
+        ActionSpec::Command { template, timeout } => {
+            let config = CommandConfig {
+                template: template.clone(),
+                timeout: *timeout,
+                domain,
+            };
+            match CommandAction::new(config) {
+                Ok(action) => Box::new(action),
+                Err(e) => Box::new(Unavailable(format!(
+                    "cannot start the thread that runs commands: {e}"
+                ))),
+            }
+        }
         ActionSpec::Webhook {
             url,
             headers,

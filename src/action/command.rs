@@ -1,8 +1,9 @@
 //! `CommandAction`: restarts a host by running a program, such as `ssh HOST sudo
 //! systemctl reboot`, from an argv template.
 //!
-//! Each job runs as its own tokio task, so restarts run at once and the event loop never
-//! waits on a child. The template's placeholders are filled inside one argv element each
+//! Each job runs as its own task on a runtime of the action's own, on its own thread:
+//! starting a process forks the service, which takes long enough that a thousand of them
+//! held the event loop for a second, so no process is started on the event loop. The template's placeholders are filled inside one argv element each
 //! and never go through a shell. The child gets an environment cleared down to an
 //! allow-list, a closed stdin, and a process group of its own, which is killed whole at
 //! the timeout, when the service stops, or when the task is dropped: no child, and no
@@ -175,13 +176,32 @@ type Groups = Arc<Mutex<FastSet<i32>>>;
 pub struct CommandAction {
     config: Arc<CommandConfig>,
     groups: Groups,
+    /// Where the commands run; `None` once shut down.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl CommandAction {
-    pub fn new(config: CommandConfig) -> Self {
-        Self {
+    /// Starts the action's runtime; it fails only if a thread cannot be started.
+    pub fn new(config: CommandConfig) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mandrill-commands")
+            .enable_all()
+            .build()?;
+        Ok(Self {
             config: Arc::new(config),
             groups: Groups::default(),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for CommandAction {
+    fn drop(&mut self) {
+        // Dropped on the event loop, which must not wait: the tasks are dropped, and
+        // their guards kill what they started.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -192,9 +212,21 @@ impl RestartAction for CommandAction {
     }
 
     fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>) {
+        let Some(runtime) = &self.runtime else {
+            let outcomes = jobs
+                .into_iter()
+                .map(|job| JobDone {
+                    job,
+                    result: Err(RestartError::Unavailable(
+                        "the command action is stopped".into(),
+                    )),
+                })
+                .collect();
+            return done.do_send(ActionsDone(outcomes));
+        };
         for job in jobs {
             let (config, groups, done) = (self.config.clone(), self.groups.clone(), done.clone());
-            actix_rt::spawn(async move {
+            runtime.spawn(async move {
                 let result = run(&config, &job, &groups).await;
                 done.do_send(ActionsDone(vec![JobDone { job, result }]));
             });

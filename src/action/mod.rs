@@ -90,6 +90,27 @@ pub struct JobDone {
 #[rtype(result = "()")]
 pub struct ActionsDone(pub Vec<JobDone>);
 
+/// An action that cannot run at all: every restart fails as `Unavailable`, with the
+/// reason, which the decider then handles.
+pub struct Unavailable(pub String);
+
+impl RestartAction for Unavailable {
+    fn name(&self) -> &'static str {
+        "unavailable"
+    }
+
+    fn start(&mut self, jobs: Vec<RestartJob>, done: &Recipient<ActionsDone>) {
+        let outcomes = jobs
+            .into_iter()
+            .map(|job| JobDone {
+                job,
+                result: Err(RestartError::Unavailable(self.0.clone())),
+            })
+            .collect();
+        done.do_send(ActionsDone(outcomes));
+    }
+}
+
 /// Something that restarts hosts.
 pub trait RestartAction: Send + 'static {
     /// Its name in the history: `sim`, `command`.
