@@ -713,6 +713,7 @@ impl Cli {
             log_level: self.log,
             on_sighup: self.on_sighup,
             reload: None,
+            metrics_addr: self.metrics_addr,
             handle_signals: true,
         })
     }

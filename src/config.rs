@@ -52,6 +52,7 @@ impl Config {
             "handler-deadline" => handler_deadline, "slow-handler-ms" => slow_handler,
             "lag-warn-ms" => lag_warn, "status" => status_every, "inject" => faults,
             "instance-id" => instance_id, "on-sighup" => on_sighup,
+            "metrics-addr" => metrics_addr,
         )
     }
 }
@@ -160,6 +161,8 @@ pub struct Config {
     pub on_sighup: OnSighup,
     /// Where a reload reads the configuration again; none, nothing to reload from.
     pub reload: Option<ConfigSource>,
+    /// Where `main` serves Prometheus metrics, if anywhere; it cannot change live.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
 }
@@ -207,6 +210,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             on_sighup: OnSighup::Shutdown,
             reload: None,
+            metrics_addr: None,
             handle_signals: true,
         }
     }

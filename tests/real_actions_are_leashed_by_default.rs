@@ -15,8 +15,6 @@ fn without_unleash_no_command_runs() {
         &[
             "--source",
             "stdin",
-            "--store",
-            "memory",
             "--action",
             "command",
             "--command",
@@ -54,4 +52,14 @@ fn without_unleash_no_command_runs() {
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "a leashed action ran its command"
     );
+    // The history records the dry run, with what would have run.
+    let (outcome, leashed, reason): (String, bool, String) =
+        rusqlite::Connection::open(f.dir.path().join("mandrill.db"))
+            .unwrap()
+            .query_row("SELECT outcome, leashed, reason FROM attempts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+    assert_eq!((outcome.as_str(), leashed), ("dry_run", true));
+    assert!(reason.contains("touch"), "{reason}");
 }
