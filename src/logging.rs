@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use clap::ValueEnum;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{reload, EnvFilter};
 
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +59,15 @@ pub fn set_level(level: LogLevel) -> Result<(), String> {
     }
 }
 
+/// Wraps a filter's reload handle, whatever subscriber it belongs to, as a `SetLevel`.
+fn level_setter<S: 'static>(handle: reload::Handle<EnvFilter, S>) -> SetLevel {
+    Box::new(move |l: LogLevel| {
+        handle
+            .reload(EnvFilter::new(l.directives()))
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// Flushes every buffered line when dropped; `init` returns it.
 #[must_use = "dropping the guard flushes and stops the log writer"]
 pub struct LogGuard(());
@@ -105,21 +114,13 @@ pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
             let builder = builder.with_filter_reloading();
             let handle = builder.reload_handle();
             builder.init();
-            Box::new(move |l: LogLevel| {
-                handle
-                    .reload(EnvFilter::new(l.directives()))
-                    .map_err(|e| e.to_string())
-            })
+            level_setter(handle)
         }
         LogFormat::Json => {
             let builder = builder.json().flatten_event(true).with_filter_reloading();
             let handle = builder.reload_handle();
             builder.init();
-            Box::new(move |l: LogLevel| {
-                handle
-                    .reload(EnvFilter::new(l.directives()))
-                    .map_err(|e| e.to_string())
-            })
+            level_setter(handle)
         }
     };
     if let Ok(mut slot) = SET_LEVEL.lock() {
