@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_lines, Mandrill};
 
 const SCRIPT: &str = r#"case "$3" in *fail*) echo "boom on $3" >&2; exit 3;; esac
 printf '%s\n' "$1" >> "$2"; env > "$2.env""#;
@@ -46,15 +46,7 @@ fn a_command_restarts_hosts_and_a_failing_one_is_reported() {
         ],
         &[("MANDRILL_TEST_SECRET", "leak")],
     );
-    m.write_stdin(
-        concat!(
-            r#"{"message_id":"00000000-0000-4000-8000-000000000001","instance_name":"cattle-ok"}"#,
-            "\n",
-            r#"{"message_id":"00000000-0000-4000-8000-000000000002","instance_name":"cattle-fail"}"#,
-            "\n"
-        )
-        .as_bytes(),
-    );
+    m.write_stdin(stdin_lines(&["cattle-ok", "cattle-fail"]).as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{process_alive as alive, Mandrill};
+use common::{process_alive as alive, stdin_line, Mandrill};
 
 #[test]
 fn a_timed_out_command_leaves_no_process_behind() {
@@ -37,13 +37,7 @@ fn a_timed_out_command_leaves_no_process_behind() {
         ],
         true,
     );
-    m.write_stdin(
-        concat!(
-            r#"{"message_id":"00000000-0000-4000-8000-000000000001","instance_name":"cattle-slow"}"#,
-            "\n"
-        )
-        .as_bytes(),
-    );
+    m.write_stdin(stdin_line(1, "cattle-slow").as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

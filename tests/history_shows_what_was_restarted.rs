@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_lines as lines, Mandrill};
 use serde_json::Value;
 
 fn history(db: &std::path::Path, args: &[&str]) -> (i32, String, String) {
@@ -24,16 +24,6 @@ fn history(db: &std::path::Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn lines(hosts: &[&str]) -> String {
-    hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            format!("{{\"message_id\":\"00000000-0000-4000-8000-{i:012}\",\"instance_name\":\"{h}\"}}\n")
-        })
-        .collect()
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_lines, Mandrill};
 
 #[test]
 fn names_with_shell_syntax_are_rejected_and_never_run() {
@@ -33,20 +33,13 @@ fn names_with_shell_syntax_are_rejected_and_never_run() {
         true,
     );
     let touch = pwned.display().to_string();
-    let lines = [
-        format!(
-            r#"{{"message_id":"00000000-0000-4000-8000-000000000001","instance_name":"cattle;touch {touch}"}}"#
-        ),
-        format!(
-            r#"{{"message_id":"00000000-0000-4000-8000-000000000002","instance_name":"cattle$(touch {touch})"}}"#
-        ),
-        format!(
-            r#"{{"message_id":"00000000-0000-4000-8000-000000000003","instance_name":"`touch {touch}`"}}"#
-        ),
-        r#"{"message_id":"00000000-0000-4000-8000-000000000004","instance_name":"cattle-ok"}"#
-            .to_string(),
-    ];
-    m.write_stdin((lines.join("\n") + "\n").as_bytes());
+    let lines = stdin_lines(&[
+        &format!("cattle;touch {touch}"),
+        &format!("cattle$(touch {touch})"),
+        &format!("`touch {touch}`"),
+        "cattle-ok",
+    ]);
+    m.write_stdin(lines.as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

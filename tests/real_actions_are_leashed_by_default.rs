@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_line, Mandrill};
 
 #[test]
 fn without_unleash_no_command_runs() {
@@ -24,13 +24,7 @@ fn without_unleash_no_command_runs() {
         ],
         true,
     );
-    m.write_stdin(
-        concat!(
-            r#"{"message_id":"00000000-0000-4000-8000-000000000001","instance_name":"cattle-a"}"#,
-            "\n"
-        )
-        .as_bytes(),
-    );
+    m.write_stdin(stdin_line(1, "cattle-a").as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_line, Mandrill};
 
 #[test]
 fn redeliveries_update_one_row() {
@@ -26,12 +26,8 @@ fn redeliveries_update_one_row() {
         ],
         true,
     );
-    for n in 0..10u32 {
-        let line = format!(
-            r#"{{"message_id": "00000000-0000-4000-8000-{n:012}", "instance_name": "cattle-{n}"}}"#
-        );
-        m.write_stdin(line.as_bytes());
-        m.write_stdin(b"\n");
+    for n in 0..10 {
+        m.write_stdin(stdin_line(n, &format!("cattle-{n}")).as_bytes());
     }
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));

@@ -5,20 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_lines, Mandrill};
 
 fn run(extra: &[&str], hosts: &[&str]) -> common::Finished {
     let mut args = vec!["--source", "stdin", "--store", "memory", "--io-delay", "0"];
     args.extend_from_slice(extra);
     let mut m = Mandrill::spawn_with_stdin(&args, true);
-    let lines: String = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            format!("{{\"message_id\":\"00000000-0000-4000-8000-{i:012}\",\"instance_name\":\"{h}\"}}\n")
-        })
-        .collect();
-    m.write_stdin(lines.as_bytes());
+    m.write_stdin(stdin_lines(hosts).as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

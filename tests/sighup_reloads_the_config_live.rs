@@ -7,12 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mandrill;
+use common::{stdin_line as line, Mandrill};
 use nix::sys::signal::Signal;
-
-fn line(i: usize, host: &str) -> String {
-    format!("{{\"message_id\":\"00000000-0000-4000-8000-{i:012}\",\"instance_name\":\"{host}\"}}\n")
-}
 
 #[test]
 fn a_rail_changed_in_the_file_takes_effect_and_a_broken_file_changes_nothing() {

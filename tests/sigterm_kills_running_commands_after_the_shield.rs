@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{process_alive as alive, Mandrill};
+use common::{process_alive as alive, stdin_line, Mandrill};
 use nix::sys::signal::Signal;
 
 const RESTARTS: usize = 50;
@@ -44,11 +44,7 @@ fn no_command_outlives_the_service() {
         true,
     );
     let lines: String = (0..RESTARTS)
-        .map(|i| {
-            format!(
-                "{{\"message_id\":\"00000000-0000-4000-8000-{i:012}\",\"instance_name\":\"cattle-{i}\"}}\n"
-            )
-        })
+        .map(|i| stdin_line(i, &format!("cattle-{i}")))
         .collect();
     m.write_stdin(lines.as_bytes());
     // Every command has started once each wrote its own pid and its sleeper's.

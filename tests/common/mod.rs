@@ -13,6 +13,22 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// One line for the stdin source: message number `i`, naming `host`, newline included.
+/// The name is JSON-escaped, so a test may send any name it likes.
+pub fn stdin_line(i: usize, host: &str) -> String {
+    let id = format!("00000000-0000-4000-8000-{i:012}");
+    serde_json::json!({ "message_id": id, "instance_name": host }).to_string() + "\n"
+}
+
+/// Stdin lines for `hosts`, one message each, numbered from 0.
+pub fn stdin_lines(hosts: &[&str]) -> String {
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| stdin_line(i, h))
+        .collect()
+}
+
 /// Flags for a fast run under injected faults: no pacing and no simulated IO, lifecycle
 /// logs only, no escalation, and small pulls and batches, which mean many handler calls
 /// and so many chances to fail.
