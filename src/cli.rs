@@ -13,6 +13,7 @@ use crate::faults::Faults;
 use crate::history::HistoryArgs;
 use crate::logging::{LogFormat, LogLevel};
 use crate::message::InstanceName;
+use crate::publish::PublishArgs;
 use crate::rails::{Days, Globs, Hours, RailSpecError, Rails, Rate, Weekdays, Zone};
 use crate::supervision::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
 use crate::supervision::strategy::{Backoff, Strategy};
@@ -32,6 +33,9 @@ pub enum Command {
     /// What was restarted, when and why: reads the restart history, read-only, so it
     /// runs beside the service.
     History(HistoryArgs),
+    /// The talk's publisher as a load generator into a real broker, or a replay of a
+    /// file of messages; prints what it published.
+    Publish(PublishArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

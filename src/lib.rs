@@ -27,6 +27,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod history;
+pub mod publish;
 #[cfg(test)]
 mod testkit;
 

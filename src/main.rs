@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use mandrill::cli::{ArgsError, Cli, Command};
 use mandrill::config::{ConfigSource, OnSighup};
-use mandrill::{app, history, logging, metrics};
+use mandrill::{app, history, logging, metrics, publish};
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = match Cli::parse_with_file(std::env::args_os()) {
@@ -22,6 +22,18 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(Command::History(args)) = &cli.subcommand {
         return match history::run(args, &mut std::io::stdout().lock()) {
             Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    if let Some(Command::Publish(args)) = &cli.subcommand {
+        return match publish::run(args) {
+            Ok(published) => {
+                println!("{}", serde_json::to_string(&published)?);
+                Ok(ExitCode::SUCCESS)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 Ok(ExitCode::from(1))

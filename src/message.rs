@@ -248,6 +248,35 @@ impl Message {
     }
 }
 
+/// The letters of a simulated host's name: the talk's `cattle-` and four of these.
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A simulated message, as the talk's publisher makes them: a `cattle-xxxx` host and a
+/// UUIDv7 id stamped `now_ms`, everything else drawn from `rng`.
+#[inline]
+pub(crate) fn cattle(rng: &mut impl rand::Rng, now_ms: u64) -> Message {
+    // One draw gives the four letters and the id's random part: a draw per letter
+    // and per byte was most of what publishing cost. Taking letters by remainder is
+    // biased by about 26^4 / 2^64, which nothing can observe.
+    let bits: u128 = rng.random();
+    let mut name = *b"cattle-xxxx";
+    let mut letters = (bits >> 80) as u64;
+    for c in &mut name[7..] {
+        *c = ALPHABET[(letters % ALPHABET.len() as u64) as usize];
+        letters /= ALPHABET.len() as u64;
+    }
+    let name = std::str::from_utf8(&name).expect("ascii");
+    // Ids are UUIDv7: time first, so that a store's key index grows at its end instead
+    // of dirtying pages all over it. With random v4 ids a batched SQLite insert ran at
+    // about 180k rows/s; with these, above 1M (see BENCHMARKS.md). The random part
+    // comes from the seeded stream, so `--seed` reproduces every id but its time.
+    let random: [u8; 10] = bits.to_le_bytes()[..10].try_into().expect("10 bytes");
+    Message {
+        message_id: uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid(),
+        instance_name: InstanceName::parse(name).expect("generated names are valid"),
+    }
+}
+
 /// The talk's rendering, so that log lines read like its slides.
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

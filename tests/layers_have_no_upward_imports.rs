@@ -36,6 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "action::command",
             "action::webhook",
             "action::simulated",
+            "broker::jetstream",
             "broker::memory",
             "store::memory",
             "store::sqlite",
@@ -56,7 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "source",
         ],
     ),
-    ("wiring", &["app", "config", "cli", "history"]),
+    ("wiring", &["app", "config", "cli", "history", "publish"]),
 ];
 
 /// Modules that only tests compile.

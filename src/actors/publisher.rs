@@ -14,7 +14,7 @@ use crate::broker::Publish;
 use crate::faults::Injector;
 use crate::iowait::Alarm;
 use crate::iowait::AlarmClock;
-use crate::message::{InstanceName, Message};
+use crate::message::{cattle, Message};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{InputClosed, Probe, Probed, Shutdown};
@@ -23,7 +23,6 @@ use crate::FLOW;
 
 /// How many messages an unpaced publisher makes before it yields to the event loop.
 const CHUNK: u64 = 1024;
-const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// The publisher's pace and limit.
@@ -90,26 +89,7 @@ impl Publisher {
     }
 
     fn make(&mut self, now_ms: u64) -> Message {
-        // One draw gives the four letters and the id's random part: a draw per letter
-        // and per byte was most of what publishing cost. Taking letters by remainder is
-        // biased by about 26^4 / 2^64, which nothing can observe.
-        let bits: u128 = self.rng.random();
-        let mut name = *b"cattle-xxxx";
-        let mut letters = (bits >> 80) as u64;
-        for c in &mut name[7..] {
-            *c = ALPHABET[(letters % ALPHABET.len() as u64) as usize];
-            letters /= ALPHABET.len() as u64;
-        }
-        let name = std::str::from_utf8(&name).expect("ascii");
-        // Ids are UUIDv7: time first, so that a store's key index grows at its end instead
-        // of dirtying pages all over it. With random v4 ids a batched SQLite insert ran at
-        // about 180k rows/s; with these, above 1M (see BENCHMARKS.md). The random part
-        // comes from the seeded stream, so `--seed` reproduces every id but its time.
-        let random: [u8; 10] = bits.to_le_bytes()[..10].try_into().expect("10 bytes");
-        Message {
-            message_id: uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid(),
-            instance_name: InstanceName::parse(name).expect("generated names are valid"),
-        }
+        cattle(&mut self.rng, now_ms)
     }
 
     fn remaining(&self) -> u64 {

@@ -35,6 +35,7 @@
 //! `Settled`, which keeps the run's counts exact; a broker that cannot tell (JetStream's
 //! acks carry no answer) reports none.
 
+pub mod jetstream;
 pub mod memory;
 
 use std::time::Duration;

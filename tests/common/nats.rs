@@ -1,0 +1,93 @@
+//! A NATS server with JetStream for tests: the one `MANDRILL_TEST_NATS_URL` names, or a
+//! `nats-server -js` of the test's own on a free port with its own store directory,
+//! stopped when dropped.
+//!
+//! Without a server program the test skips with a loud message, except under `CI=true`,
+//! where a skip would hide a broker test that never ran, so it fails.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server to test against; an own one is killed when this is dropped.
+pub struct Nats {
+    pub url: String,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where `nats-server` is installed, if anywhere.
+fn program() -> Option<std::path::PathBuf> {
+    which::which("nats-server").ok().or_else(|| {
+        Some("/usr/sbin/nats-server".into()).filter(|p: &std::path::PathBuf| p.exists())
+    })
+}
+
+impl Nats {
+    /// The server for this test, or `None` when the test should skip.
+    pub fn get() -> Option<Self> {
+        if let Ok(url) = std::env::var("MANDRILL_TEST_NATS_URL") {
+            return Some(Self {
+                url,
+                child: None,
+                _dir: None,
+            });
+        }
+        let Some(program) = program() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "nats-server is not installed and MANDRILL_TEST_NATS_URL is not set; \
+                 under CI=true a broker test must run, not skip"
+            );
+            eprintln!(
+                "\n*** SKIPPED: nats-server is not installed and MANDRILL_TEST_NATS_URL is \
+                 not set; this JetStream test did not run ***\n"
+            );
+            return None;
+        };
+        Some(Self::start(&program))
+    }
+
+    fn start(program: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(program)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let server = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            child: Some(child),
+            _dir: Some(dir),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen within 10s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+/// A name no other test run uses, for a stream or a consumer.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
