@@ -2,6 +2,7 @@
 //! replay of newline-delimited messages from a file. It prints one JSON line saying what
 //! it published.
 
+use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +13,11 @@ use rand::SeedableRng;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::broker::jetstream::{JetStreamError, Stored, Stream, Target};
+use crate::broker::jetstream::{JetStreamError, Stored, Stream, Target, Unconfirmed};
 use crate::message::{cattle, parse_line, Message};
+
+/// Publishes sent and not yet confirmed, at most.
+const WINDOW: usize = 256;
 
 /// The broker `mandrill publish` writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -112,14 +116,18 @@ async fn publish(args: &PublishArgs) -> Result<Published, PublishError> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick
     });
+    // Up to WINDOW publishes are sent before the oldest answer is awaited: one at a time,
+    // the round trip to the server bounded the rate.
+    let mut unconfirmed = VecDeque::with_capacity(WINDOW);
     let mut send = async |m: Message, out: &mut Published| -> Result<(), PublishError> {
         if let Some(tick) = pace.as_mut() {
             tick.tick().await;
         }
-        match stream.publish(&m).await? {
-            Stored::New => out.published += 1,
-            Stored::Duplicate => out.duplicates += 1,
+        if unconfirmed.len() == WINDOW {
+            let oldest: Unconfirmed = unconfirmed.pop_front().expect("full");
+            out.count(oldest.confirmed().await?);
         }
+        unconfirmed.push_back(stream.send(&m).await?);
         Ok(())
     };
     match &args.input {
@@ -163,5 +171,17 @@ async fn publish(args: &PublishArgs) -> Result<Published, PublishError> {
             }
         }
     }
+    for rest in unconfirmed {
+        out.count(rest.confirmed().await?);
+    }
     Ok(out)
+}
+
+impl Published {
+    fn count(&mut self, stored: Stored) {
+        match stored {
+            Stored::New => self.published += 1,
+            Stored::Duplicate => self.duplicates += 1,
+        }
+    }
 }

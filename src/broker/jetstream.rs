@@ -126,15 +126,11 @@ impl Stream {
             })
     }
 
-    /// Publishes one message, its id in `Nats-Msg-Id`, and waits for the stream to
-    /// store it.
-    pub async fn publish(&self, message: &Message) -> Result<Stored, JetStreamError> {
+    /// Sends one message, its id in `Nats-Msg-Id`; the answer says when the stream has
+    /// stored it. Sending the next before that answer keeps the link busy.
+    pub async fn send(&self, message: &Message) -> Result<Unconfirmed, JetStreamError> {
         let subject = self.target.subject();
-        let fail = |e: &dyn std::fmt::Display| JetStreamError::Publish {
-            subject: subject.to_string(),
-            reason: e.to_string(),
-        };
-        let payload = serde_json::to_vec(message).map_err(|e| fail(&e))?;
+        let payload = serde_json::to_vec(message).map_err(|e| publish_error(subject, &e))?;
         let publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(message.message_id.to_string());
@@ -142,13 +138,10 @@ impl Stream {
             .js
             .send_publish(subject.to_string(), publish)
             .await
-            .map_err(|e| fail(&e))?
-            .await
-            .map_err(|e| fail(&e))?;
-        Ok(if ack.duplicate {
-            Stored::Duplicate
-        } else {
-            Stored::New
+            .map_err(|e| publish_error(subject, &e))?;
+        Ok(Unconfirmed {
+            ack,
+            subject: subject.to_string(),
         })
     }
 }
@@ -157,4 +150,32 @@ impl Stream {
 fn not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
     matches!(kind, jetstream::context::GetStreamErrorKind::JetStream(e)
         if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// A message sent to the stream and not yet confirmed.
+pub struct Unconfirmed {
+    ack: jetstream::context::PublishAckFuture,
+    subject: String,
+}
+
+impl Unconfirmed {
+    /// Waits for the stream's answer.
+    pub async fn confirmed(self) -> Result<Stored, JetStreamError> {
+        let ack = self
+            .ack
+            .await
+            .map_err(|e| publish_error(&self.subject, &e))?;
+        Ok(if ack.duplicate {
+            Stored::Duplicate
+        } else {
+            Stored::New
+        })
+    }
+}
+
+fn publish_error(subject: &str, e: &dyn std::fmt::Display) -> JetStreamError {
+    JetStreamError::Publish {
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    }
 }
