@@ -22,6 +22,7 @@ use crate::actors::restarter::{Restarter, RestarterConfig};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::actors::signal::{Cause, LiveSettings, Reloader, ShutdownConfig, SignalActor};
 use crate::actors::Pipeline;
+use crate::broker::jetstream::JetStreamBroker;
 use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
 use crate::broker::{Broker, Extend, Pending, Publish, Pull, Settle};
 use crate::config::{ActionSpec, Config, Source, StoreKind};
@@ -166,7 +167,7 @@ pub fn run_extended(
                 shield: cfg.shield_timeout,
                 handle_signals: cfg.handle_signals,
                 settled_cause: match cfg.source {
-                    Source::Simulated => Cause::Done,
+                    Source::Simulated | Source::JetStream(_) => Cause::Done,
                     Source::Stdin => Cause::Eof,
                 },
                 on_sighup: cfg.on_sighup,
@@ -381,12 +382,20 @@ fn start_pipeline(
     let store = StoreWriter::start(store.opener, store.first);
 
     // 2. The broker adapter, which everything else talks to.
-    let memory = MemoryBrokerConfig {
-        max_in_flight: config.max_in_flight,
-        max_deliveries: config.max_deliveries,
-        ack_deadline: config.ack_deadline,
+    let broker = match &config.source {
+        Source::JetStream(js) => {
+            let js = js.clone();
+            w.start_broker(move |link, injector| JetStreamBroker::new(link, js, injector))
+        }
+        Source::Simulated | Source::Stdin => {
+            let memory = MemoryBrokerConfig {
+                max_in_flight: config.max_in_flight,
+                max_deliveries: config.max_deliveries,
+                ack_deadline: config.ack_deadline,
+            };
+            w.start_broker(move |link, injector| MemoryBroker::new(link, memory, injector))
+        }
     };
-    let broker = w.start_broker(move |link, injector| MemoryBroker::new(link, memory, injector));
 
     // 3. The Acker, which settles with the broker.
     let (settle, extend) = (broker.settle.clone(), broker.extend.clone());

@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use crate::action::command::Template;
 use crate::action::webhook::{Header, Url};
 use crate::actors::signal::OnSighup;
+use crate::broker::jetstream::{ConsumerSpec, JetStreamConfig, Target};
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
 use crate::history::HistoryArgs;
@@ -25,6 +26,9 @@ pub enum SourceArg {
     Sim,
     /// Newline-delimited JSON messages on standard input.
     Stdin,
+    /// A durable pull consumer on a NATS JetStream stream (see --nats-url, --stream,
+    /// --consumer).
+    Jetstream,
 }
 
 /// What the binary does besides running the service.
@@ -78,6 +82,24 @@ pub struct Cli {
     /// Where messages come from.
     #[arg(long, value_enum, default_value_t = SourceArg::Sim)]
     pub source: SourceArg,
+
+    /// The NATS server, for --source jetstream.
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// The JetStream stream, for --source jetstream; its subject is its name.
+    #[arg(long, value_name = "NAME", default_value = "MAYHEM")]
+    pub stream: String,
+
+    /// The durable consumer, for --source jetstream; every instance naming it shares
+    /// the work.
+    #[arg(long, value_name = "NAME", default_value = "mandrill")]
+    pub consumer: String,
+
+    /// Create the stream and the consumer when they are missing: with explicit acks,
+    /// --ack-deadline as their ack wait, --max-deliveries and --max-in-flight.
+    #[arg(long)]
+    pub create: bool,
 
     /// Publish this many messages, then shut down once every one is settled
     /// [default: publish until a signal].
@@ -652,6 +674,19 @@ impl Cli {
             source: match self.source {
                 SourceArg::Sim => Source::Simulated,
                 SourceArg::Stdin => Source::Stdin,
+                SourceArg::Jetstream => Source::JetStream(JetStreamConfig {
+                    target: Target {
+                        url: self.nats_url.clone(),
+                        stream: self.stream.clone(),
+                    },
+                    consumer: ConsumerSpec {
+                        name: self.consumer.clone(),
+                        ack_wait: self.ack_deadline,
+                        max_deliver: self.max_deliveries,
+                        max_ack_pending: u32::try_from(self.max_in_flight).unwrap_or(u32::MAX),
+                    },
+                    create: self.create,
+                }),
             },
             messages: self.messages,
             publish_delay,

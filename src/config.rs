@@ -6,6 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use crate::action::command::Template;
 use crate::action::webhook::{Header, Url};
 pub use crate::actors::signal::OnSighup;
+use crate::broker::jetstream::JetStreamConfig;
 use crate::faults::Faults;
 use crate::logging::LogLevel;
 use crate::rails::Rails;
@@ -83,12 +84,14 @@ impl ActionSpec {
 }
 
 /// Where messages come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// The talk's simulated publisher.
     Simulated,
     /// Newline-delimited JSON on standard input.
     Stdin,
+    /// A durable consumer on a NATS JetStream stream.
+    JetStream(JetStreamConfig),
 }
 
 /// Which store the Saver writes to.

@@ -8,10 +8,20 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use actix::prelude::*;
+use async_nats::jetstream::{self, message::PublishMessage, stream, AckKind};
+use futures_util::future::{join_all, Either};
 use thiserror::Error;
+use tracing::{info, warn};
 
-use crate::message::Message;
+use super::{BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Verdict};
+use crate::faults::Injector;
+use crate::message::{AckId, Delivery, Message};
+use crate::metrics::Metrics;
+use crate::names::ChildName;
+use crate::protocol::{Probe, Probed, Shutdown};
+use crate::supervision::{guard, note_restart, Child, Link};
+use crate::FastMap;
 
 /// How long the stream remembers a message id to drop a second publish of it. Two
 /// minutes is the server's own default, said out loud so the guarantee is ours.
@@ -30,6 +40,10 @@ pub enum JetStreamError {
     StreamInfo { stream: String, reason: String },
     #[error("cannot publish to {subject}: {reason}")]
     Publish { subject: String, reason: String },
+    #[error("cannot use consumer {consumer}: {reason}")]
+    Consumer { consumer: String, reason: String },
+    #[error("cannot fetch from consumer {consumer}: {reason}")]
+    Fetch { consumer: String, reason: String },
 }
 
 /// Where messages go: a server and a stream whose one subject is the stream's name.
@@ -44,9 +58,16 @@ impl Target {
     pub fn subject(&self) -> &str {
         &self.stream
     }
+
+    /// The stream, and its one subject, that keeps the dead letters: JetStream has no
+    /// dead-letter queue of its own.
+    pub fn dead_letters(&self) -> String {
+        format!("{}_DLQ", self.stream)
+    }
 }
 
 /// An open connection to a stream.
+#[derive(Clone)]
 pub struct Stream {
     target: Target,
     js: jetstream::Context,
@@ -92,14 +113,46 @@ impl Stream {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
+        let dlq = self.target.dead_letters();
+        let dead_letters = stream::Config {
+            name: dlq.clone(),
+            subjects: vec![dlq.clone()],
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        for (name, config) in [(&self.target.stream, config), (&dlq, dead_letters)] {
+            self.js.get_or_create_stream(config).await.map_err(|e| {
+                JetStreamError::CreateStream {
+                    stream: name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Copies a delivery's payload to the dead letters and waits until it is stored; the
+    /// original's stream and sequence in `Nats-Msg-Id` keep a retried copy single.
+    pub async fn copy_to_dead_letters(
+        &self,
+        handle: &jetstream::Message,
+    ) -> Result<(), JetStreamError> {
+        let subject = self.target.dead_letters();
+        let id = match handle.info() {
+            Ok(info) => format!("{}:{}", info.stream, info.stream_sequence),
+            Err(e) => return Err(publish_error(&subject, &e)),
+        };
+        let copy = PublishMessage::build()
+            .payload(handle.payload.clone())
+            .message_id(id);
         self.js
-            .get_or_create_stream(config)
+            .send_publish(subject.clone(), copy)
             .await
-            .map(drop)
-            .map_err(|e| JetStreamError::CreateStream {
-                stream: self.target.stream.clone(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| publish_error(&subject, &e))?
+            .await
+            .map_err(|e| publish_error(&subject, &e))?;
+        Ok(())
     }
 
     /// How many messages the stream holds: published and not yet acked.
@@ -177,5 +230,439 @@ fn publish_error(subject: &str, e: &dyn std::fmt::Display) -> JetStreamError {
     JetStreamError::Publish {
         subject: subject.to_string(),
         reason: e.to_string(),
+    }
+}
+/// A durable pull consumer's settings; every instance that names it shares its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub name: String,
+    /// How long a delivery is leased before the server redelivers it.
+    pub ack_wait: Duration,
+    /// Deliveries before the server stops redelivering a message.
+    pub max_deliver: u32,
+    /// Deliveries out at once, across every instance: the server's flow control.
+    pub max_ack_pending: u32,
+}
+
+/// A durable pull consumer on the stream.
+#[derive(Clone)]
+pub struct Consumer {
+    inner: jetstream::consumer::PullConsumer,
+    name: String,
+}
+
+/// One delivery as the server made it: the message, or why its payload is not one, and
+/// the handle that settles it.
+pub struct Fetched {
+    pub message: Result<Message, String>,
+    /// 1 on the first delivery; the server counts every one.
+    pub attempt: u32,
+    pub published_at: std::time::SystemTime,
+    pub handle: jetstream::Message,
+}
+
+impl Stream {
+    /// Binds to the durable consumer, or creates it with explicit acks when `create` is
+    /// set.
+    pub async fn consumer(
+        &self,
+        spec: &ConsumerSpec,
+        create: bool,
+    ) -> Result<Consumer, JetStreamError> {
+        let fail = |e: &dyn std::fmt::Display| JetStreamError::Consumer {
+            consumer: spec.name.clone(),
+            reason: e.to_string(),
+        };
+        let stream = self
+            .js
+            .get_stream(&self.target.stream)
+            .await
+            .map_err(|e| fail(&e))?;
+        let inner = if create {
+            let config = jetstream::consumer::pull::Config {
+                durable_name: Some(spec.name.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_deliver: i64::from(spec.max_deliver),
+                max_ack_pending: i64::from(spec.max_ack_pending),
+                ..Default::default()
+            };
+            stream
+                .get_or_create_consumer(&spec.name, config)
+                .await
+                .map_err(|e| fail(&e))?
+        } else {
+            stream
+                .get_consumer(&spec.name)
+                .await
+                .map_err(|e| fail(&e))?
+        };
+        Ok(Consumer {
+            inner,
+            name: spec.name.clone(),
+        })
+    }
+}
+
+impl Consumer {
+    /// Takes up to `max` deliveries that are there now; when there are none, waits up to
+    /// `wait` for one.
+    pub async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Fetched>, JetStreamError> {
+        let now = self.take(self.inner.fetch().max_messages(max).messages().await, max);
+        let now = now.await?;
+        if !now.is_empty() || wait.is_zero() {
+            return Ok(now);
+        }
+        // A request for more would stay open until it filled or expired. One for a single
+        // message ends as soon as it arrives.
+        let one = self.inner.batch().max_messages(1).expires(wait).messages();
+        self.take(one.await, 1).await
+    }
+
+    async fn take(
+        &self,
+        batch: Result<jetstream::consumer::pull::Batch, jetstream::consumer::pull::BatchError>,
+        max: usize,
+    ) -> Result<Vec<Fetched>, JetStreamError> {
+        use futures_util::StreamExt as _;
+        let fail = |e: &dyn std::fmt::Display| JetStreamError::Fetch {
+            consumer: self.name.clone(),
+            reason: e.to_string(),
+        };
+        let mut batch = batch.map_err(|e| fail(&e))?;
+        let mut out = Vec::with_capacity(max);
+        while let Some(next) = batch.next().await {
+            let handle = next.map_err(|e| fail(&e))?;
+            let info = handle.info().map_err(|e| fail(&e))?;
+            let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+            let published_at = std::time::SystemTime::from(info.published);
+            let message = crate::message::parse_line(&handle.payload).map_err(|e| e.to_string());
+            out.push(Fetched {
+                message,
+                attempt,
+                published_at,
+                handle,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deliveries not yet made plus deliveries out and not yet acked, by the server's count.
+    pub async fn pending(&mut self) -> Result<u64, JetStreamError> {
+        let info = self
+            .inner
+            .info()
+            .await
+            .map_err(|e| JetStreamError::Consumer {
+                consumer: self.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+}
+
+/// How long a pull made while connecting waits before it answers, empty.
+const CONNECTING_NAP: Duration = Duration::from_millis(50);
+
+/// What the JetStream adapter connects to and how it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConfig {
+    pub target: Target,
+    pub consumer: ConsumerSpec,
+    /// Create the stream and the consumer when they are missing.
+    pub create: bool,
+}
+
+/// The adapter: pulls from a durable consumer, settles with the server, and keeps each
+/// delivery's handle under an `AckId` until it is settled.
+///
+/// The messages and the count of their deliveries are the server's; a restart of this
+/// actor keeps the connection and the handles, and a lost connection is the client's to
+/// win back, with its own backoff.
+pub struct JetStreamBroker {
+    link: Link,
+    config: JetStreamConfig,
+    injector: Injector,
+    retired: bool,
+    conn: Option<(Stream, Consumer)>,
+    connecting: bool,
+    handles: FastMap<AckId, jetstream::Message>,
+    next_tag: u64,
+}
+
+impl JetStreamBroker {
+    pub fn new(link: Link, config: JetStreamConfig, injector: Injector) -> Self {
+        Self {
+            link,
+            config,
+            injector,
+            retired: false,
+            conn: None,
+            connecting: false,
+            handles: FastMap::default(),
+            next_tag: 0,
+        }
+    }
+
+    /// Opens the stream and binds the consumer, once at a time; a failure is tried again
+    /// on the next pull.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.conn.is_some() || self.connecting {
+            return;
+        }
+        self.connecting = true;
+        let config = self.config.clone();
+        let open = async move {
+            let stream = Stream::open(config.target.clone(), config.create).await?;
+            let consumer = stream.consumer(&config.consumer, config.create).await?;
+            Ok::<_, JetStreamError>((stream, consumer))
+        };
+        ctx.spawn(open.into_actor(self).map(|res, act, _| {
+            act.connecting = false;
+            match res {
+                Ok(conn) => {
+                    info!(
+                        "Consuming {} through consumer {}",
+                        act.config.target.stream, act.config.consumer.name
+                    );
+                    act.conn = Some(conn);
+                }
+                Err(e) => warn!("Cannot reach JetStream: {e}"),
+            }
+        }));
+    }
+
+    /// Turns fetched messages into deliveries; a payload that is not a message is
+    /// terminated, so that no instance sees it again, and logged with its reason.
+    fn admit(&mut self, fetched: Vec<Fetched>) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(fetched.len());
+        for f in fetched {
+            match f.message {
+                Ok(message) => {
+                    self.next_tag += 1;
+                    let tag = AckId(self.next_tag);
+                    self.handles.insert(tag, f.handle);
+                    out.push(Delivery {
+                        tag,
+                        message,
+                        attempt: f.attempt,
+                        published_at: f.published_at,
+                    });
+                }
+                Err(reason) => {
+                    warn!("Terminated a JetStream message that is not a message: {reason}");
+                    Metrics::inc(&self.link.metrics.rejected);
+                    if let Some((stream, _)) = &self.conn {
+                        actix_rt::spawn(dead_letter(stream.clone(), f.handle));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sends one acknowledgement; the server's answer to it is not awaited, as JetStream
+/// gives none without a double ack.
+async fn settle_one(handle: jetstream::Message, kind: AckKind) {
+    if let Err(e) = handle.ack_with(kind).await {
+        warn!("Cannot settle a JetStream delivery: {e}");
+    }
+}
+
+/// Copies a delivery to the dead letters, then terminates it so the server never
+/// delivers it again. A copy that fails leaves the message to a later delivery instead:
+/// terminated first, it would be lost.
+async fn dead_letter(stream: Stream, handle: jetstream::Message) {
+    match stream.copy_to_dead_letters(&handle).await {
+        Ok(()) => settle_one(handle, AckKind::Term).await,
+        Err(e) => {
+            warn!("Cannot dead-letter a JetStream delivery, so it stays for redelivery: {e}");
+            settle_one(handle, AckKind::Nak(None)).await;
+        }
+    }
+}
+
+impl Actor for JetStreamBroker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        crate::supervision::hold_for_backoff(self, ctx);
+        self.connect(ctx);
+    }
+}
+
+impl Child for JetStreamBroker {
+    const NAME: ChildName = ChildName::Broker;
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+    fn is_retired(&self) -> bool {
+        self.retired
+    }
+}
+
+crate::restart_on_request!(JetStreamBroker);
+
+impl Supervised for JetStreamBroker {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // A restart drops the context's futures, a connection attempt among them.
+        self.connecting = false;
+        note_restart(self);
+    }
+}
+
+/// Publishes into the stream, for the stdin source; each id in `Nats-Msg-Id`.
+impl Handler<Publish> for JetStreamBroker {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        self.connect(ctx);
+        let stream = self.conn.as_ref().map(|(s, _)| s.clone());
+        Box::pin(
+            async move {
+                let Some(stream) = stream else {
+                    return Err(format!(
+                        "{} messages not published: not connected",
+                        msg.0.len()
+                    ));
+                };
+                for m in &msg.0 {
+                    stream
+                        .send(m)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .confirmed()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            .into_actor(self)
+            .map(|res, _, _| {
+                if let Err(e) = res {
+                    warn!("Cannot publish to JetStream: {e}");
+                }
+            }),
+        )
+    }
+}
+
+impl Handler<Pull> for JetStreamBroker {
+    type Result = ResponseActFuture<Self, Result<Vec<Delivery>, BrokerError>>;
+    fn handle(&mut self, pull: Pull, ctx: &mut Context<Self>) -> Self::Result {
+        if self.retired {
+            return Box::pin(fut::ready(Err(BrokerError::Closed)));
+        }
+        guard(self, ctx, "Pull", |act, _| act.injector.maybe_fail());
+        self.connect(ctx);
+        let Some((_, consumer)) = self.conn.clone() else {
+            if self.connecting {
+                // The first pulls come while the connection is still being made: wait a
+                // little, as a pull waits for messages, rather than report an error.
+                let nap = tokio::time::sleep(pull.wait.min(CONNECTING_NAP));
+                return Box::pin(
+                    async move {
+                        nap.await;
+                        Ok(Vec::new())
+                    }
+                    .into_actor(self),
+                );
+            }
+            let e = BrokerError::Unavailable("not connected to JetStream".into());
+            return Box::pin(fut::ready(Err(e)));
+        };
+        let fetch = async move { consumer.fetch(pull.max, pull.wait).await };
+        Box::pin(fetch.into_actor(self).map(|res, act, _| match res {
+            Ok(fetched) => Ok(act.admit(fetched)),
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+        }))
+    }
+}
+
+/// Sends each verdict to the server and answers once every one is sent, so that the
+/// shutdown's wait for the Acker covers them. JetStream's acks carry no answer, so none
+/// is reported stale.
+impl Handler<Settle> for JetStreamBroker {
+    type Result = ResponseFuture<Settled>;
+    fn handle(&mut self, settle: Settle, _: &mut Context<Self>) -> Self::Result {
+        let mut sends = Vec::with_capacity(settle.0.len());
+        for s in settle.0 {
+            let Some(handle) = self.handles.remove(&s.tag) else {
+                continue;
+            };
+            let kind = match s.verdict {
+                Verdict::Ack => AckKind::Ack,
+                Verdict::Nack { delay } => AckKind::Nak(Some(delay)),
+                Verdict::Release => AckKind::Nak(None),
+                Verdict::DeadLetter => match &self.conn {
+                    Some((stream, _)) => {
+                        sends.push(Either::Left(dead_letter(stream.clone(), handle)));
+                        continue;
+                    }
+                    // Without a connection the message cannot be copied: leave it to
+                    // a later delivery, which dead-letters it again.
+                    None => AckKind::Nak(None),
+                },
+            };
+            sends.push(Either::Right(settle_one(handle, kind)));
+        }
+        Box::pin(async move {
+            join_all(sends).await;
+            Settled::default()
+        })
+    }
+}
+
+/// Tells the server the deliveries are still being worked on.
+impl Handler<Extend> for JetStreamBroker {
+    type Result = ();
+    fn handle(&mut self, ext: Extend, _: &mut Context<Self>) {
+        for tag in ext.tags {
+            if let Some(handle) = self.handles.get(&tag) {
+                actix_rt::spawn(settle_one(handle.clone(), AckKind::Progress));
+            }
+        }
+    }
+}
+
+/// Asks the server what the consumer has not yet had acked.
+impl Handler<Pending> for JetStreamBroker {
+    type Result = ResponseFuture<Result<u64, BrokerError>>;
+    fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> Self::Result {
+        let consumer = self.conn.as_ref().map(|(_, c)| c.clone());
+        Box::pin(async move {
+            let Some(mut consumer) = consumer else {
+                return Err(BrokerError::Unavailable(
+                    "not connected to JetStream".into(),
+                ));
+            };
+            consumer
+                .pending()
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        })
+    }
+}
+
+/// Nothing to let go of at shutdown: the Acker releases what is in flight, and the rest
+/// stays with the server.
+impl Handler<Shutdown> for JetStreamBroker {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {}
+}
+
+/// Describes the adapter for the live dump.
+impl Handler<Probe> for JetStreamBroker {
+    type Result = MessageResult<Probe>;
+    fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
+        let state = match () {
+            _ if self.retired => "retired",
+            _ if self.conn.is_some() => "connected",
+            _ => "connecting",
+        };
+        MessageResult(Probed::new(state, &[("leased", self.handles.len())]))
     }
 }
