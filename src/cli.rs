@@ -682,7 +682,7 @@ impl Cli {
                     consumer: ConsumerSpec {
                         name: self.consumer.clone(),
                         ack_wait: self.ack_deadline,
-                        max_deliver: self.max_deliveries,
+                        max_deliveries: self.max_deliveries,
                         max_ack_pending: u32::try_from(self.max_in_flight).unwrap_or(u32::MAX),
                     },
                     create: self.create,

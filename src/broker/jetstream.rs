@@ -238,8 +238,9 @@ pub struct ConsumerSpec {
     pub name: String,
     /// How long a delivery is leased before the server redelivers it.
     pub ack_wait: Duration,
-    /// Deliveries before the server stops redelivering a message.
-    pub max_deliver: u32,
+    /// Deliveries the service allows a message; the server allows one more (see
+    /// `JetStreamBroker::pull`).
+    pub max_deliveries: u32,
     /// Deliveries out at once, across every instance: the server's flow control.
     pub max_ack_pending: u32,
 }
@@ -283,7 +284,10 @@ impl Stream {
                 durable_name: Some(spec.name.clone()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: spec.ack_wait,
-                max_deliver: i64::from(spec.max_deliver),
+                // One more than the service allows: a message whose lease ran out on its
+                // last allowed delivery comes back once more, to be dead-lettered, rather
+                // than staying in the stream for good.
+                max_deliver: i64::from(spec.max_deliveries) + 1,
                 max_ack_pending: i64::from(spec.max_ack_pending),
                 ..Default::default()
             };
@@ -432,34 +436,76 @@ impl JetStreamBroker {
         }));
     }
 
-    /// Turns fetched messages into deliveries; a payload that is not a message is
-    /// terminated, so that no instance sees it again, and logged with its reason.
-    fn admit(&mut self, fetched: Vec<Fetched>) -> Vec<Delivery> {
-        let mut out = Vec::with_capacity(fetched.len());
-        for f in fetched {
-            match f.message {
-                Ok(message) => {
-                    self.next_tag += 1;
-                    let tag = AckId(self.next_tag);
-                    self.handles.insert(tag, f.handle);
-                    out.push(Delivery {
-                        tag,
-                        message,
-                        attempt: f.attempt,
-                        published_at: f.published_at,
-                    });
+    /// Logs and counts what `screen` took: nobody settled those deliveries, so nobody
+    /// else counts them, as with the memory broker's own dead letters.
+    fn count(&mut self, unfit: Vec<Unfit>) {
+        let m = &self.link.metrics;
+        for u in unfit {
+            match u {
+                Unfit::Malformed(reason) => {
+                    warn!("Dead-lettered a JetStream message that is not a message: {reason}");
+                    Metrics::inc(&m.rejected);
                 }
-                Err(reason) => {
-                    warn!("Terminated a JetStream message that is not a message: {reason}");
-                    Metrics::inc(&self.link.metrics.rejected);
-                    if let Some((stream, _)) = &self.conn {
-                        actix_rt::spawn(dead_letter(stream.clone(), f.handle));
-                    }
+                Unfit::Expired(message, attempt) => {
+                    warn!(
+                        target: crate::FLOW,
+                        "Dead-lettered {message} after {} deliveries (lease expired)",
+                        attempt - 1
+                    );
+                    Metrics::inc(&m.lease_expired);
+                    Metrics::inc(&m.dead_lettered);
+                    m.mark_outcome();
                 }
             }
         }
+    }
+
+    /// Turns fetched messages into deliveries, keeping each handle under a tag.
+    fn admit(&mut self, fetched: Vec<Fetched>) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(fetched.len());
+        for f in fetched {
+            let Ok(message) = f.message else { continue };
+            self.next_tag += 1;
+            let tag = AckId(self.next_tag);
+            self.handles.insert(tag, f.handle);
+            out.push(Delivery {
+                tag,
+                message,
+                attempt: f.attempt,
+                published_at: f.published_at,
+            });
+        }
         out
     }
+}
+
+/// What a fetch gave that the pipeline never sees.
+enum Unfit {
+    /// The payload is not a message.
+    Malformed(String),
+    /// Delivered once more than allowed: the last allowed delivery's lease ran out.
+    Expired(Message, u32),
+}
+
+/// Takes out of `fetched` what the pipeline must not see, copies each to the dead letters
+/// and terminates it, and says what it took.
+async fn screen(stream: Stream, fetched: &mut Vec<Fetched>, max_deliveries: u32) -> Vec<Unfit> {
+    let mut unfit = Vec::new();
+    let mut kept = Vec::with_capacity(fetched.len());
+    for f in fetched.drain(..) {
+        let why = match &f.message {
+            Err(reason) => Unfit::Malformed(reason.clone()),
+            Ok(m) if f.attempt > max_deliveries => Unfit::Expired(*m, f.attempt),
+            Ok(_) => {
+                kept.push(f);
+                continue;
+            }
+        };
+        dead_letter(stream.clone(), f.handle).await;
+        unfit.push(why);
+    }
+    *fetched = kept;
+    unfit
 }
 
 /// Sends one acknowledgement; the server's answer to it is not awaited, as JetStream
@@ -558,7 +604,7 @@ impl Handler<Pull> for JetStreamBroker {
         }
         guard(self, ctx, "Pull", |act, _| act.injector.maybe_fail());
         self.connect(ctx);
-        let Some((_, consumer)) = self.conn.clone() else {
+        let Some((stream, consumer)) = self.conn.clone() else {
             if self.connecting {
                 // The first pulls come while the connection is still being made: wait a
                 // little, as a pull waits for messages, rather than report an error.
@@ -574,9 +620,17 @@ impl Handler<Pull> for JetStreamBroker {
             let e = BrokerError::Unavailable("not connected to JetStream".into());
             return Box::pin(fut::ready(Err(e)));
         };
-        let fetch = async move { consumer.fetch(pull.max, pull.wait).await };
+        let max_deliveries = self.config.consumer.max_deliveries;
+        let fetch = async move {
+            let mut fetched = consumer.fetch(pull.max, pull.wait).await?;
+            let unfit = screen(stream, &mut fetched, max_deliveries).await;
+            Ok::<_, JetStreamError>((fetched, unfit))
+        };
         Box::pin(fetch.into_actor(self).map(|res, act, _| match res {
-            Ok(fetched) => Ok(act.admit(fetched)),
+            Ok((fetched, unfit)) => {
+                act.count(unfit);
+                Ok(act.admit(fetched))
+            }
             Err(e) => Err(BrokerError::Unavailable(e.to_string())),
         }))
     }

@@ -1,0 +1,95 @@
+//! A message pulled by an instance that dies before settling it comes back, from the
+//! server, to another instance on the same durable consumer. Where the dead instance
+//! held its last allowed delivery, the survivor dead-letters it on sight, copying it to
+//! `<stream>_DLQ`, instead of leaving it in the stream for good.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::nats::{unique, Nats};
+use common::Mandrill;
+use nix::sys::signal::Signal;
+
+const MESSAGES: usize = 20;
+
+/// How many messages each stream holds, by the server's own count; deletes them.
+fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut out = Vec::new();
+        for name in streams {
+            let mut s = js.get_stream(*name).await.unwrap();
+            out.push(s.info().await.unwrap().state.messages);
+            js.delete_stream(*name).await.unwrap();
+        }
+        out
+    })
+}
+
+fn instance(url: &str, stream: &str, io_delay: &str) -> Mandrill {
+    Mandrill::spawn(&[
+        "--source",
+        "jetstream",
+        "--nats-url",
+        url,
+        "--stream",
+        stream,
+        "--consumer",
+        "shared",
+        "--create",
+        "--ack-deadline",
+        "1",
+        "--max-deliveries",
+        "1",
+        "--io-delay",
+        io_delay,
+        "--io-fixed",
+        "--failure-rate",
+        "0",
+        "--store",
+        "memory",
+    ])
+}
+
+#[test]
+fn the_survivor_dead_letters_what_the_dead_instance_held_last() {
+    let Some(nats) = Nats::get() else { return };
+    let stream = unique("KILLED");
+    let out = Command::new(env!("CARGO_BIN_EXE_mandrill"))
+        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
+        .args([&nats.url, "--stream", &stream])
+        .args(["--messages", &MESSAGES.to_string()])
+        .output()
+        .expect("run mandrill publish");
+    assert!(out.status.success(), "{out:?}");
+
+    // Its restarts take a minute, so it holds every message when it dies.
+    let mut first = instance(&nats.url, &stream, "60");
+    first.wait_for_count("Pulled", MESSAGES, Duration::from_secs(30));
+    first.signal(Signal::SIGKILL);
+    let _ = first.finish(Duration::from_secs(10));
+
+    let mut second = instance(&nats.url, &stream, "0");
+    second.wait_for_count("(lease expired)", MESSAGES, Duration::from_secs(30));
+    second.signal(Signal::SIGTERM);
+    let f = second.finish(Duration::from_secs(30));
+    assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
+    assert_eq!(
+        (f.n("dead_lettered"), f.n("lease_expired"), f.n("acked")),
+        (MESSAGES as u64, MESSAGES as u64, 0),
+        "{}",
+        f.report
+    );
+    let dlq = format!("{stream}_DLQ");
+    assert_eq!(
+        counts_and_delete(&nats.url, &[&stream, &dlq]),
+        vec![0, MESSAGES as u64]
+    );
+}
