@@ -171,6 +171,10 @@ pub fn run_extended(
                     Source::Stdin => Cause::Eof,
                 },
                 on_sighup: cfg.on_sighup,
+                settle_target: cfg
+                    .messages
+                    .filter(|_| matches!(cfg.source, Source::JetStream(_))),
+                idle_exit: cfg.idle_exit,
                 reloader: reloader(cfg),
             };
             let monitor = MonitorConfig {

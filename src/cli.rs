@@ -101,10 +101,16 @@ pub struct Cli {
     #[arg(long)]
     pub create: bool,
 
-    /// Publish this many messages, then shut down once every one is settled
-    /// [default: publish until a signal].
+    /// Publish this many messages, then shut down once every one is settled; with
+    /// --source jetstream, shut down once this many are settled [default: run until a
+    /// signal].
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
+
+    /// Run the ordered shutdown once nothing has been pulled for this long, for batch
+    /// runs against a broker that has no end of its own.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_exit: Option<Duration>,
 
     /// Fixed delay between published messages; 0 publishes as fast as possible
     /// [default: random() * 1s, the talk's pace].
@@ -689,6 +695,7 @@ impl Cli {
                 }),
             },
             messages: self.messages,
+            idle_exit: self.idle_exit,
             publish_delay,
             publish_jitter,
             seed: self.seed,

@@ -107,6 +107,8 @@ pub struct Config {
     pub source: Source,
     /// Stop publishing after this many messages; `None` publishes until shutdown.
     pub messages: Option<u64>,
+    /// Shut down once nothing has been pulled for this long.
+    pub idle_exit: Option<Duration>,
     pub publish_delay: Duration,
     /// When set, each publish delay is `random() * publish_delay`.
     pub publish_jitter: bool,
@@ -175,6 +177,7 @@ impl Default for Config {
         Self {
             source: Source::Simulated,
             messages: None,
+            idle_exit: None,
             publish_delay: Duration::from_secs(1),
             publish_jitter: true,
             seed: None,

@@ -41,10 +41,13 @@ const SETTLED_POLL: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
     Signal(Signal),
-    /// The simulated publisher sent its `--messages` and every one is settled.
+    /// The simulated publisher sent its `--messages` and every one is settled, or a
+    /// remote source settled its `--messages`.
     Done,
     /// Standard input ended and every message is settled.
     Eof,
+    /// Nothing was pulled for `--idle-exit`.
+    Idle,
     Escalation {
         child: ChildName,
         reason: String,
@@ -57,6 +60,7 @@ impl Cause {
             Cause::Signal(signal) => signal.name().to_string(),
             Cause::Done => "done".into(),
             Cause::Eof => "eof".into(),
+            Cause::Idle => "idle".into(),
             Cause::Escalation { .. } => "escalation".into(),
         }
     }
@@ -112,6 +116,11 @@ pub struct ShutdownConfig {
     /// sent its last message, `Eof` at the end of input.
     pub settled_cause: Cause,
     pub on_sighup: OnSighup,
+    /// For a source with no end of its own (a remote broker): end once this many
+    /// messages are settled, acked or dead-lettered.
+    pub settle_target: Option<u64>,
+    /// End once nothing has been pulled for this long.
+    pub idle_exit: Option<Duration>,
     /// How to reload, with `OnSighup::Reload`.
     pub reloader: Option<Reloader>,
 }
@@ -219,6 +228,31 @@ impl Actor for SignalActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.config.handle_signals {
             self.listen(ctx);
+        }
+        if self.config.settle_target.is_some() || self.config.idle_exit.is_some() {
+            let mut last = (0, Instant::now());
+            ctx.run_interval(SETTLED_POLL, move |act, ctx| {
+                if act.shutting_down {
+                    return;
+                }
+                let c = act.metrics.snapshot();
+                if act
+                    .config
+                    .settle_target
+                    .is_some_and(|n| c.acked + c.dead_lettered >= n)
+                {
+                    return act.begin(Cause::Done, ctx);
+                }
+                if c.consumed != last.0 {
+                    last = (c.consumed, Instant::now());
+                } else if act.config.idle_exit.is_some_and(|s| last.1.elapsed() >= s) {
+                    info!(
+                        "Nothing pulled for {:?}",
+                        act.config.idle_exit.unwrap_or_default()
+                    );
+                    act.begin(Cause::Idle, ctx);
+                }
+            });
         }
     }
 }
@@ -380,6 +414,7 @@ async fn shutdown(
         Cause::Signal(sig) => info!("Received exit signal {sig}..."),
         Cause::Done => info!("Published every message and all are settled; shutting down..."),
         Cause::Eof => info!("Input ended and all messages are settled; shutting down..."),
+        Cause::Idle => info!("Nothing to pull for a while; shutting down..."),
         Cause::Escalation { child, reason } => {
             error!("Supervisor escalated a failure of {child} ({reason}); shutting down...")
         }
