@@ -4,20 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::nats::{unique, Nats};
+use common::nats::{counts_and_delete, publish, unique, Nats};
 use common::Mandrill;
-
-fn publish(url: &str, stream: &str, n: usize) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mandrill"))
-        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
-        .args([url, "--stream", stream, "--messages", &n.to_string()])
-        .output()
-        .expect("run mandrill publish");
-    assert!(out.status.success(), "{out:?}");
-}
 
 fn run(url: &str, stream: &str, extra: &[&str]) -> common::Finished {
     let mut args = vec![
@@ -43,20 +33,6 @@ fn run(url: &str, stream: &str, extra: &[&str]) -> common::Finished {
     f
 }
 
-/// Deletes the stream and its dead letters.
-fn delete(url: &str, stream: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-        for name in [stream.to_string(), format!("{stream}_DLQ")] {
-            js.delete_stream(&name).await.unwrap();
-        }
-    });
-}
-
 #[test]
 fn messages_n_stops_after_n_settled() {
     let Some(nats) = Nats::get() else { return };
@@ -71,7 +47,7 @@ fn messages_n_stops_after_n_settled() {
     // The count is checked as outcomes arrive, so a few more may settle meanwhile.
     let acked = f.n("acked");
     assert!((50..80).contains(&acked), "{}", f.report);
-    delete(&nats.url, &stream);
+    counts_and_delete(&nats.url, &[&stream, &format!("{stream}_DLQ")]);
 }
 
 #[test]
@@ -83,5 +59,5 @@ fn idle_exit_stops_once_nothing_is_pulled() {
     assert_eq!(f.report["stopped_by"], "idle", "{}", f.report);
     assert_eq!(f.n("acked"), 30, "{}", f.report);
     assert_eq!(f.n("pending_at_exit"), 0, "{}", f.report);
-    delete(&nats.url, &stream);
+    counts_and_delete(&nats.url, &[&stream, &format!("{stream}_DLQ")]);
 }

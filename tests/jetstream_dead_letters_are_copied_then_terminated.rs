@@ -4,45 +4,19 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::nats::{unique, Nats};
+use common::nats::{counts_and_delete, publish, unique, Nats};
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
 const MESSAGES: usize = 40;
 
-/// How many messages each stream holds, by the server's own count; deletes them.
-fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut out = Vec::new();
-        for name in streams {
-            let mut s = js.get_stream(*name).await.unwrap();
-            out.push(s.info().await.unwrap().state.messages);
-            js.delete_stream(*name).await.unwrap();
-        }
-        out
-    })
-}
-
 #[test]
 fn the_last_failed_delivery_lands_in_the_dead_letter_stream() {
     let Some(nats) = Nats::get() else { return };
     let stream = unique("DEAD");
-    let out = Command::new(env!("CARGO_BIN_EXE_mandrill"))
-        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
-        .args([&nats.url, "--stream", &stream])
-        .args(["--messages", &MESSAGES.to_string()])
-        .output()
-        .expect("run mandrill publish");
-    assert!(out.status.success(), "{out:?}");
+    publish(&nats.url, &stream, MESSAGES);
 
     let mut m = Mandrill::spawn(&[
         "--source",

@@ -5,33 +5,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::nats::{unique, Nats};
+use common::nats::{counts_and_delete, publish, unique, Nats};
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
 const MESSAGES: usize = 20;
-
-/// How many messages each stream holds, by the server's own count; deletes them.
-fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut out = Vec::new();
-        for name in streams {
-            let mut s = js.get_stream(*name).await.unwrap();
-            out.push(s.info().await.unwrap().state.messages);
-            js.delete_stream(*name).await.unwrap();
-        }
-        out
-    })
-}
 
 fn instance(url: &str, stream: &str, io_delay: &str) -> Mandrill {
     Mandrill::spawn(&[
@@ -62,13 +42,7 @@ fn instance(url: &str, stream: &str, io_delay: &str) -> Mandrill {
 fn the_survivor_dead_letters_what_the_dead_instance_held_last() {
     let Some(nats) = Nats::get() else { return };
     let stream = unique("KILLED");
-    let out = Command::new(env!("CARGO_BIN_EXE_mandrill"))
-        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
-        .args([&nats.url, "--stream", &stream])
-        .args(["--messages", &MESSAGES.to_string()])
-        .output()
-        .expect("run mandrill publish");
-    assert!(out.status.success(), "{out:?}");
+    publish(&nats.url, &stream, MESSAGES);
 
     // Its restarts take a minute, so it holds every message when it dies.
     let mut first = instance(&nats.url, &stream, "60");

@@ -5,42 +5,19 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::nats::{unique, Nats};
+use common::nats::{counts_and_delete, publish, unique, Nats};
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
 const MESSAGES: usize = 300;
 
-/// How many messages the stream still holds, by the server's own count; deletes it.
-fn count_and_delete(url: &str, stream: &str) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let mut s = js.get_stream(stream).await.unwrap();
-        let n = s.info().await.unwrap().state.messages;
-        js.delete_stream(stream).await.unwrap();
-        n
-    })
-}
-
 #[test]
 fn every_message_is_acked_once_and_leaves_the_stream() {
     let Some(nats) = Nats::get() else { return };
     let stream = unique("SOURCE");
-    let out = Command::new(env!("CARGO_BIN_EXE_mandrill"))
-        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
-        .args([&nats.url, "--stream", &stream])
-        .args(["--messages", &MESSAGES.to_string(), "--seed", "7"])
-        .output()
-        .expect("run mandrill publish");
-    assert!(out.status.success(), "{out:?}");
+    publish(&nats.url, &stream, MESSAGES);
 
     let mut m = Mandrill::spawn(&[
         "--source",
@@ -71,5 +48,6 @@ fn every_message_is_acked_once_and_leaves_the_stream() {
     assert_eq!(f.n("pending_at_exit"), 0, "{}", f.report);
     let stored = f.db_rows("SELECT count(*) FROM messages");
     assert_eq!(stored, MESSAGES as i64);
-    assert_eq!(count_and_delete(&nats.url, &stream), 0);
+    let dlq = format!("{stream}_DLQ");
+    assert_eq!(counts_and_delete(&nats.url, &[&stream, &dlq]), vec![0, 0]);
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::nats::{unique, Nats};
+use common::nats::{counts_and_delete, unique, Nats};
 use common::stdin_lines;
 use serde_json::Value;
 
@@ -27,29 +27,6 @@ fn line(out: &Output) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("one json line")
-}
-
-/// How many messages the stream holds, by the server's own count; deletes it after.
-fn count_and_delete(url: &str, stream: &str) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let n = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .get_info()
-            .await
-            .unwrap()
-            .state
-            .messages;
-        js.delete_stream(stream).await.unwrap();
-        n
-    })
 }
 
 #[test]
@@ -86,7 +63,8 @@ fn a_replayed_file_is_stored_once_and_bad_lines_are_named() {
         (&0.into(), &3.into()),
         "{again}"
     );
-    assert_eq!(count_and_delete(&nats.url, &stream), 103);
+    let dlq = format!("{stream}_DLQ");
+    assert_eq!(counts_and_delete(&nats.url, &[&stream, &dlq]), vec![103, 0]);
 }
 
 #[test]

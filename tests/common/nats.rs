@@ -91,3 +91,32 @@ impl Nats {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
+
+/// Publishes `n` simulated messages into `stream` with `mandrill publish --create`.
+pub fn publish(url: &str, stream: &str, n: usize) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mandrill"))
+        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
+        .args([url, "--stream", stream, "--messages", &n.to_string()])
+        .output()
+        .expect("run mandrill publish");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// How many messages each stream holds, by the server's own count; deletes them after.
+pub fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let mut out = Vec::new();
+        for name in streams {
+            let mut s = js.get_stream(*name).await.expect("stream");
+            out.push(s.info().await.expect("stream info").state.messages);
+            js.delete_stream(*name).await.expect("delete stream");
+        }
+        out
+    })
+}
