@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{stdin_lines, Mandrill};
+use common::{sh_action, stdin_lines, Mandrill};
 
 const SCRIPT: &str = r#"case "$3" in *fail*) echo "boom on $3" >&2; exit 3;; esac
 printf '%s\n' "$1" >> "$2"; env > "$2.env""#;
@@ -16,36 +16,17 @@ fn a_command_restarts_hosts_and_a_failing_one_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("restarted");
     let out = out.to_str().unwrap();
-    let mut m = Mandrill::spawn_env(
+    let mut flags = sh_action(
+        SCRIPT,
         &[
-            "--source",
-            "stdin",
-            "--store",
-            "memory",
-            "--action",
-            "command",
-            "--unleash",
-            "--command",
             "sh",
-            "--command-arg",
-            "-c",
-            "--command-arg",
-            SCRIPT,
-            "--command-arg",
-            "sh",
-            "--command-arg",
             r#"{hostname} has "quotes", it's one"#,
-            "--command-arg",
             out,
-            "--command-arg",
             "{instance}",
-            "--max-deliveries",
-            "1",
-            "--min-restart-interval",
-            "0",
         ],
-        &[("MANDRILL_TEST_SECRET", "leak")],
     );
+    flags.extend(["--max-deliveries", "1", "--min-restart-interval", "0"]);
+    let mut m = Mandrill::spawn_env(&flags, &[("MANDRILL_TEST_SECRET", "leak")]);
     m.write_stdin(stdin_lines(&["cattle-ok", "cattle-fail"]).as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));

@@ -5,38 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{process_alive as alive, stdin_line, Mandrill};
+use common::{process_alive as alive, sh_action, stdin_line, Mandrill};
 
 #[test]
 fn a_timed_out_command_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let mut m = Mandrill::spawn_with_stdin(
-        &[
-            "--source",
-            "stdin",
-            "--store",
-            "memory",
-            "--action",
-            "command",
-            "--unleash",
-            "--command",
-            "sh",
-            "--command-arg",
-            "-c",
-            "--command-arg",
-            r#"sleep 60 & echo $! >> "$1"; echo $$ >> "$1"; wait"#,
-            "--command-arg",
-            "sh",
-            "--command-arg",
-            pids.to_str().unwrap(),
-            "--action-timeout",
-            "1",
-            "--max-deliveries",
-            "1",
-        ],
-        true,
+    let mut flags = sh_action(
+        r#"sleep 60 & echo $! >> "$1"; echo $$ >> "$1"; wait"#,
+        &["sh", pids.to_str().unwrap()],
     );
+    flags.extend(["--action-timeout", "1", "--max-deliveries", "1"]);
+    let mut m = Mandrill::spawn_with_stdin(&flags, true);
     m.write_stdin(stdin_line(1, "cattle-slow").as_bytes());
     m.close_stdin();
     let f = m.finish(Duration::from_secs(30));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{stdin_lines, Mandrill};
+use common::{sh_action, stdin_lines, Mandrill};
 
 #[test]
 fn names_with_shell_syntax_are_rejected_and_never_run() {
@@ -14,24 +14,8 @@ fn names_with_shell_syntax_are_rejected_and_never_run() {
     let out = dir.path().join("echoed");
     let pwned = dir.path().join("pwned");
     let script = format!("echo {{instance}} >> {}", out.display());
-    let mut m = Mandrill::spawn_with_stdin(
-        &[
-            "--source",
-            "stdin",
-            "--store",
-            "memory",
-            "--action",
-            "command",
-            "--unleash",
-            "--command",
-            "sh",
-            "--command-arg",
-            "-c",
-            "--command-arg",
-            &script,
-        ],
-        true,
-    );
+    let flags = sh_action(&script, &[]);
+    let mut m = Mandrill::spawn_with_stdin(&flags, true);
     let touch = pwned.display().to_string();
     let lines = stdin_lines(&[
         &format!("cattle;touch {touch}"),

@@ -10,12 +10,9 @@ use std::time::Duration;
 use common::{stdin_line as line, Mandrill};
 use nix::sys::signal::Signal;
 
-#[test]
-fn a_rail_changed_in_the_file_takes_effect_and_a_broken_file_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("mandrill.toml");
-    std::fs::write(&file, "failure-rate = 0\nio-delay = 0\n").unwrap();
-    let mut m = Mandrill::spawn_with_stdin(
+/// The service on stdin, reloading `file` on SIGHUP.
+fn reloading(file: &std::path::Path) -> Mandrill {
+    Mandrill::spawn_with_stdin(
         &[
             "--config",
             file.to_str().unwrap(),
@@ -25,7 +22,15 @@ fn a_rail_changed_in_the_file_takes_effect_and_a_broken_file_changes_nothing() {
             "stdin",
         ],
         true,
-    );
+    )
+}
+
+#[test]
+fn a_rail_changed_in_the_file_takes_effect_and_a_broken_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mandrill.toml");
+    std::fs::write(&file, "failure-rate = 0\nio-delay = 0\n").unwrap();
+    let mut m = reloading(&file);
     m.write_stdin(line(1, "pet-a").as_bytes());
     m.wait_for("Restarted pet-a.example.net", Duration::from_secs(20));
 
@@ -76,17 +81,7 @@ fn a_log_level_changed_in_the_file_holds_for_the_next_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mandrill.toml");
     std::fs::write(&file, "failure-rate = 0\nio-delay = 0\nlog = \"info\"\n").unwrap();
-    let mut m = Mandrill::spawn_with_stdin(
-        &[
-            "--config",
-            file.to_str().unwrap(),
-            "--on-sighup",
-            "reload",
-            "--source",
-            "stdin",
-        ],
-        true,
-    );
+    let mut m = reloading(&file);
     m.write_stdin(line(1, "pet-a").as_bytes());
     m.wait_for("Restarted pet-a.example.net", Duration::from_secs(20));
 

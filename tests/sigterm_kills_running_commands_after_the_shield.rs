@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{process_alive as alive, stdin_line, Mandrill};
+use common::{process_alive as alive, sh_action, stdin_line, Mandrill};
 use nix::sys::signal::Signal;
 
 const RESTARTS: usize = 50;
@@ -15,34 +15,19 @@ const RESTARTS: usize = 50;
 fn no_command_outlives_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let mut m = Mandrill::spawn_with_stdin(
-        &[
-            "--source",
-            "stdin",
-            "--store",
-            "memory",
-            "--action",
-            "command",
-            "--unleash",
-            "--command",
-            "sh",
-            "--command-arg",
-            "-c",
-            "--command-arg",
-            r#"echo $$ >> "$1"; sleep 60 & echo $! >> "$1"; wait"#,
-            "--command-arg",
-            "sh",
-            "--command-arg",
-            pids.to_str().unwrap(),
-            "--action-timeout",
-            "120",
-            "--shield-timeout",
-            "1",
-            "--drain-timeout",
-            "0",
-        ],
-        true,
+    let mut flags = sh_action(
+        r#"echo $$ >> "$1"; sleep 60 & echo $! >> "$1"; wait"#,
+        &["sh", pids.to_str().unwrap()],
     );
+    flags.extend([
+        "--action-timeout",
+        "120",
+        "--shield-timeout",
+        "1",
+        "--drain-timeout",
+        "0",
+    ]);
+    let mut m = Mandrill::spawn_with_stdin(&flags, true);
     let lines: String = (0..RESTARTS)
         .map(|i| stdin_line(i, &format!("cattle-{i}")))
         .collect();

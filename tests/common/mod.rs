@@ -15,6 +15,30 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// Flags for an unleashed command action that runs `sh -c SCRIPT`, with `args` as the
+/// script's `$0`, `$1` and so on, reading messages from stdin into the memory store.
+pub fn sh_action<'a>(script: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--source",
+        "stdin",
+        "--store",
+        "memory",
+        "--action",
+        "command",
+        "--unleash",
+        "--command",
+        "sh",
+        "--command-arg",
+        "-c",
+        "--command-arg",
+        script,
+    ];
+    for a in args {
+        flags.extend(["--command-arg", a]);
+    }
+    flags
+}
+
 /// One line for the stdin source: message number `i`, naming `host`, newline included.
 /// The name is JSON-escaped, so a test may send any name it likes.
 pub fn stdin_line(i: usize, host: &str) -> String {
