@@ -6,27 +6,24 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{counts_and_delete, publish, unique, Nats};
+use common::nats::{counts_and_delete, publish, source, unique, Nats};
 use common::Mandrill;
 
 fn run(url: &str, stream: &str, extra: &[&str]) -> common::Finished {
-    let mut args = vec![
-        "--source",
-        "jetstream",
-        "--nats-url",
+    let mut args = source(
         url,
-        "--stream",
         stream,
-        "--create",
-        "--io-delay",
-        "0",
-        "--failure-rate",
-        "0",
-        "--store",
-        "memory",
-        "--log",
-        "none",
-    ];
+        &[
+            "--io-delay",
+            "0",
+            "--failure-rate",
+            "0",
+            "--store",
+            "memory",
+            "--log",
+            "none",
+        ],
+    );
     args.extend_from_slice(extra);
     let f = Mandrill::spawn(&args).finish(Duration::from_secs(60));
     assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{counts_and_delete, publish, unique, Nats};
+use common::nats::{counts_and_delete, publish, source, unique, Nats};
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
@@ -18,25 +18,22 @@ fn the_last_failed_delivery_lands_in_the_dead_letter_stream() {
     let stream = unique("DEAD");
     publish(&nats.url, &stream, MESSAGES);
 
-    let mut m = Mandrill::spawn(&[
-        "--source",
-        "jetstream",
-        "--nats-url",
+    let mut m = Mandrill::spawn(&source(
         &nats.url,
-        "--stream",
         &stream,
-        "--create",
-        "--io-delay",
-        "0",
-        "--failure-rate",
-        "1",
-        "--max-deliveries",
-        "2",
-        "--redelivery-delay",
-        "0",
-        "--store",
-        "memory",
-    ]);
+        &[
+            "--io-delay",
+            "0",
+            "--failure-rate",
+            "1",
+            "--max-deliveries",
+            "2",
+            "--redelivery-delay",
+            "0",
+            "--store",
+            "memory",
+        ],
+    ));
     // Each message fails twice: once nacked, once dead-lettered.
     m.wait_for_count("Nacked", 2 * MESSAGES, Duration::from_secs(60));
     m.signal(Signal::SIGTERM);

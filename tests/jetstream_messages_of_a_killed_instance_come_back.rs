@@ -7,35 +7,32 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{counts_and_delete, publish, unique, Nats};
+use common::nats::{counts_and_delete, publish, source, unique, Nats};
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
 const MESSAGES: usize = 20;
 
 fn instance(url: &str, stream: &str, io_delay: &str) -> Mandrill {
-    Mandrill::spawn(&[
-        "--source",
-        "jetstream",
-        "--nats-url",
+    Mandrill::spawn(&source(
         url,
-        "--stream",
         stream,
-        "--consumer",
-        "shared",
-        "--create",
-        "--ack-deadline",
-        "1",
-        "--max-deliveries",
-        "1",
-        "--io-delay",
-        io_delay,
-        "--io-fixed",
-        "--failure-rate",
-        "0",
-        "--store",
-        "memory",
-    ])
+        &[
+            "--consumer",
+            "shared",
+            "--ack-deadline",
+            "1",
+            "--max-deliveries",
+            "1",
+            "--io-delay",
+            io_delay,
+            "--io-fixed",
+            "--failure-rate",
+            "0",
+            "--store",
+            "memory",
+        ],
+    ))
 }
 
 #[test]

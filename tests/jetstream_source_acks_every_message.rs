@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{counts_and_delete, publish, unique, Nats};
+use common::nats::{counts_and_delete, publish, source, unique, Nats};
 use common::Mandrill;
 use nix::sys::signal::Signal;
 
@@ -19,25 +19,22 @@ fn every_message_is_acked_once_and_leaves_the_stream() {
     let stream = unique("SOURCE");
     publish(&nats.url, &stream, MESSAGES);
 
-    let mut m = Mandrill::spawn(&[
-        "--source",
-        "jetstream",
-        "--nats-url",
+    let mut m = Mandrill::spawn(&source(
         &nats.url,
-        "--stream",
         &stream,
-        "--consumer",
-        "mandrill",
-        "--create",
-        "--io-delay",
-        "0",
-        "--failure-rate",
-        "0.25",
-        "--max-deliveries",
-        "1000",
-        "--min-restart-interval",
-        "0",
-    ]);
+        &[
+            "--consumer",
+            "mandrill",
+            "--io-delay",
+            "0",
+            "--failure-rate",
+            "0.25",
+            "--max-deliveries",
+            "1000",
+            "--min-restart-interval",
+            "0",
+        ],
+    ));
     m.wait_for_count("Done. Acked", MESSAGES, Duration::from_secs(60));
     m.signal(Signal::SIGTERM);
     let f = m.finish(Duration::from_secs(30));

@@ -120,3 +120,19 @@ pub fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
         out
     })
 }
+
+/// Flags for the service consuming `stream` on `url`, creating what is missing, then
+/// `extra`.
+pub fn source<'a>(url: &'a str, stream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--source",
+        "jetstream",
+        "--nats-url",
+        url,
+        "--stream",
+        stream,
+        "--create",
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}
