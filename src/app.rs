@@ -24,6 +24,7 @@ use crate::actors::signal::{Cause, LiveSettings, Reloader, ShutdownConfig, Signa
 use crate::actors::Pipeline;
 use crate::broker::jetstream::JetStreamBroker;
 use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
+use crate::broker::pubsub::PubSubBroker;
 use crate::broker::{Broker, Extend, Pending, Publish, Pull, Settle};
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::{rng_for, Injector, Purpose};
@@ -167,13 +168,11 @@ pub fn run_extended(
                 shield: cfg.shield_timeout,
                 handle_signals: cfg.handle_signals,
                 settled_cause: match cfg.source {
-                    Source::Simulated | Source::JetStream(_) => Cause::Done,
+                    Source::Simulated | Source::JetStream(_) | Source::PubSub(_) => Cause::Done,
                     Source::Stdin => Cause::Eof,
                 },
                 on_sighup: cfg.on_sighup,
-                settle_target: cfg
-                    .messages
-                    .filter(|_| matches!(cfg.source, Source::JetStream(_))),
+                settle_target: cfg.messages.filter(|_| cfg.source.is_remote()),
                 idle_exit: cfg.idle_exit,
                 reloader: reloader(cfg),
             };
@@ -390,6 +389,10 @@ fn start_pipeline(
         Source::JetStream(js) => {
             let js = js.clone();
             w.start_broker(move |link, injector| JetStreamBroker::new(link, js, injector))
+        }
+        Source::PubSub(ps) => {
+            let ps = ps.clone();
+            w.start_broker(move |link, injector| PubSubBroker::new(link, ps, injector))
         }
         Source::Simulated | Source::Stdin => {
             let memory = MemoryBrokerConfig {

@@ -9,6 +9,7 @@ use crate::action::command::Template;
 use crate::action::webhook::{Header, Url};
 use crate::actors::signal::OnSighup;
 use crate::broker::jetstream::{ConsumerSpec, JetStreamConfig, Target};
+use crate::broker::pubsub::{self, PubSubConfig, PubSubError, SubscriptionSpec};
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
 use crate::history::HistoryArgs;
@@ -18,7 +19,7 @@ use crate::publish::PublishArgs;
 use crate::rails::{Days, Globs, Hours, RailSpecError, Rails, Rate, Weekdays, Zone};
 use crate::supervision::policy::{Decider, PolicyError, RestartTypes, ShutdownTimeouts};
 use crate::supervision::strategy::{Backoff, Strategy};
-use crate::units::{parse_duration, parse_probability};
+use crate::units::{parse_duration, parse_positive_duration, parse_probability};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceArg {
@@ -29,6 +30,9 @@ pub enum SourceArg {
     /// A durable pull consumer on a NATS JetStream stream (see --nats-url, --stream,
     /// --consumer).
     Jetstream,
+    /// A Google Cloud Pub/Sub subscription (see --subscription, --topic); the emulator
+    /// at PUBSUB_EMULATOR_HOST when that is set.
+    Pubsub,
 }
 
 /// What the binary does besides running the service.
@@ -96,14 +100,25 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", default_value = "mandrill")]
     pub consumer: String,
 
-    /// Create the stream and the consumer when they are missing: with explicit acks,
-    /// --ack-deadline as their ack wait, --max-deliveries and --max-in-flight.
+    /// The subscription, for --source pubsub: projects/PROJECT/subscriptions/NAME.
+    #[arg(long, value_name = "NAME")]
+    pub subscription: Option<String>,
+
+    /// The topic --create subscribes --subscription to, for --source pubsub
+    /// [default: the topic of the subscription's own name].
+    #[arg(long, value_name = "NAME")]
+    pub topic: Option<String>,
+
+    /// Create what is missing. JetStream: the stream and the consumer, with explicit
+    /// acks, --ack-deadline as their ack wait, --max-deliveries and --max-in-flight.
+    /// Pub/Sub: the topic, a dead-letter topic with a subscription that keeps its
+    /// messages, and the subscription, with --ack-deadline and a dead-letter policy.
     #[arg(long)]
     pub create: bool,
 
     /// Publish this many messages, then shut down once every one is settled; with
-    /// --source jetstream, shut down once this many are settled [default: run until a
-    /// signal].
+    /// --source jetstream or pubsub, shut down once this many are settled [default: run
+    /// until a signal].
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
 
@@ -421,6 +436,11 @@ pub enum ArgsError {
     /// The restart action's settings do not make a usable action.
     #[error("{0}")]
     Action(String),
+    /// A broker's name or setting is unusable.
+    #[error(transparent)]
+    PubSub(#[from] PubSubError),
+    #[error("--source pubsub needs --subscription projects/PROJECT/subscriptions/NAME")]
+    NoSubscription,
 }
 
 impl Cli {
@@ -592,13 +612,6 @@ fn off_if_zero(ms: u64) -> Duration {
     }
 }
 
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err(format!("{s:?} must be more than zero")),
-        d => Ok(d),
-    }
-}
-
 fn parse_policy<T: std::str::FromStr<Err = PolicyError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: PolicyError| e.to_string())
 }
@@ -693,6 +706,26 @@ impl Cli {
                     },
                     create: self.create,
                 }),
+                SourceArg::Pubsub => {
+                    let name = self
+                        .subscription
+                        .as_deref()
+                        .ok_or(ArgsError::NoSubscription)?;
+                    Source::PubSub(PubSubConfig {
+                        subscription: SubscriptionSpec {
+                            name: pubsub::Name::subscription("--subscription", name)?,
+                            topic: self
+                                .topic
+                                .as_deref()
+                                .map(|t| pubsub::Name::topic("--topic", t))
+                                .transpose()?,
+                            ack_deadline: self.ack_deadline,
+                            max_deliveries: self.max_deliveries,
+                        },
+                        create: self.create,
+                        max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+                    })
+                }
             },
             messages: self.messages,
             idle_exit: self.idle_exit,

@@ -7,6 +7,7 @@ use crate::action::command::Template;
 use crate::action::webhook::{Header, Url};
 pub use crate::actors::signal::OnSighup;
 use crate::broker::jetstream::JetStreamConfig;
+use crate::broker::pubsub::PubSubConfig;
 use crate::faults::Faults;
 use crate::logging::LogLevel;
 use crate::rails::Rails;
@@ -92,6 +93,16 @@ pub enum Source {
     Stdin,
     /// A durable consumer on a NATS JetStream stream.
     JetStream(JetStreamConfig),
+    /// A Google Cloud Pub/Sub subscription.
+    PubSub(PubSubConfig),
+}
+
+impl Source {
+    /// Whether the source is a broker of its own, with no end: a run against it ends on
+    /// `--messages`, `--idle-exit` or a signal.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::JetStream(_) | Self::PubSub(_))
+    }
 }
 
 /// Which store the Saver writes to.

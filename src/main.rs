@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = match Cli::parse_with_file(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ArgsError::Clap(e)) => e.exit(),
-        Err(e @ (ArgsError::File(_) | ArgsError::Action(_))) => {
+        Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }

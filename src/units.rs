@@ -14,6 +14,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is neither seconds nor a duration like 30s or 7d: {e}"))
 }
 
+/// Parses a duration as `parse_duration` does, refusing zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be more than zero")),
+        d => Ok(d),
+    }
+}
+
 /// Parses a probability in `[0, 1]`.
 pub fn parse_probability(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

@@ -37,6 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "action::webhook",
             "action::simulated",
             "broker::jetstream",
+            "broker::pubsub",
             "broker::memory",
             "store::memory",
             "store::sqlite",

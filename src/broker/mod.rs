@@ -37,6 +37,7 @@
 
 pub mod jetstream;
 pub mod memory;
+pub mod pubsub;
 
 use std::time::Duration;
 
