@@ -175,6 +175,11 @@ pub fn run_extended(
                 settle_target: cfg.messages.filter(|_| cfg.source.is_remote()),
                 idle_exit: cfg.idle_exit,
                 reloader: reloader(cfg),
+                broker_counts: match cfg.source {
+                    Source::JetStream(_) => Some(crate::broker::jetstream::COUNTS),
+                    Source::PubSub(_) => Some(crate::broker::pubsub::COUNTS),
+                    Source::Simulated | Source::Stdin => None,
+                },
             };
             let monitor = MonitorConfig {
                 lag_warn: cfg.lag_warn,

@@ -16,6 +16,10 @@ pub struct Report {
     /// Messages the subscription still held at exit: never delivered, waiting for
     /// redelivery, or nacked at shutdown.
     pub pending_at_exit: u64,
+    /// For a remote broker, how `published` and `pending_at_exit` were taken: there the
+    /// broker, not this instance, knows what was published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_counts: Option<&'static str>,
     /// From start to the last outcome, or to the signal.
     pub elapsed_s: f64,
     /// `(acked + nacked) / elapsed_s`.

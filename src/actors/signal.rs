@@ -123,6 +123,9 @@ pub struct ShutdownConfig {
     pub idle_exit: Option<Duration>,
     /// How to reload, with `OnSighup::Reload`.
     pub reloader: Option<Reloader>,
+    /// For a remote broker, how the report's `published` and `pending_at_exit` were
+    /// taken.
+    pub broker_counts: Option<&'static str>,
 }
 
 /// Where the report goes once written; `crate::app::run` collects it.
@@ -522,6 +525,7 @@ async fn shutdown(
     let report = Report {
         counts,
         pending_at_exit: pending,
+        broker_counts: timeouts.broker_counts,
         elapsed_s,
         msgs_per_s: if elapsed_s > 0.0 {
             (counts.acked + counts.nacked) as f64 / elapsed_s

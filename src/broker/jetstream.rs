@@ -27,6 +27,12 @@ use crate::FastMap;
 /// minutes is the server's own default, said out loud so the guarantee is ours.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How the report's `published` and `pending_at_exit` are taken from the server.
+pub const COUNTS: &str = "published: the consumer's backlog when this instance connected, \
+    plus what the stream stored while it ran; pending_at_exit: the consumer's backlog at \
+    exit (num_pending + num_ack_pending). They balance acked + dead_lettered when this is \
+    the stream's only consumer instance";
+
 /// Why JetStream could not do what was asked.
 #[derive(Debug, Error)]
 pub enum JetStreamError {
@@ -98,7 +104,7 @@ impl Stream {
         if create {
             stream.create().await?;
         } else {
-            stream.messages().await?;
+            stream.state().await?;
         }
         Ok(stream)
     }
@@ -155,8 +161,8 @@ impl Stream {
         Ok(())
     }
 
-    /// How many messages the stream holds: published and not yet acked.
-    pub async fn messages(&self) -> Result<u64, JetStreamError> {
+    /// The stream's state: what it holds, and the sequence of the last message it stored.
+    pub async fn state(&self) -> Result<stream::State, JetStreamError> {
         let name = &self.target.stream;
         let info = match self.js.get_stream(name).await {
             Ok(s) => s.get_info().await,
@@ -172,7 +178,7 @@ impl Stream {
                 })
             }
         };
-        info.map(|i| i.state.messages)
+        info.map(|i| i.state)
             .map_err(|e| JetStreamError::StreamInfo {
                 stream: name.clone(),
                 reason: e.to_string(),
@@ -392,6 +398,8 @@ pub struct JetStreamBroker {
     connecting: bool,
     handles: FastMap<AckId, jetstream::Message>,
     next_tag: u64,
+    /// The stream's last sequence when `published` was last brought up to date.
+    counted_to: Option<u64>,
 }
 
 impl JetStreamBroker {
@@ -405,6 +413,7 @@ impl JetStreamBroker {
             connecting: false,
             handles: FastMap::default(),
             next_tag: 0,
+            counted_to: None,
         }
     }
 
@@ -418,17 +427,23 @@ impl JetStreamBroker {
         let config = self.config.clone();
         let open = async move {
             let stream = Stream::open(config.target.clone(), config.create).await?;
-            let consumer = stream.consumer(&config.consumer, config.create).await?;
-            Ok::<_, JetStreamError>((stream, consumer))
+            let mut consumer = stream.consumer(&config.consumer, config.create).await?;
+            let backlog = consumer.pending().await?;
+            let last = stream.state().await?.last_sequence;
+            Ok::<_, JetStreamError>(((stream, consumer), backlog, last))
         };
         ctx.spawn(open.into_actor(self).map(|res, act, _| {
             act.connecting = false;
             match res {
-                Ok(conn) => {
+                Ok((conn, backlog, last)) => {
                     info!(
-                        "Consuming {} through consumer {}",
+                        "Consuming {} through consumer {} ({backlog} pending)",
                         act.config.target.stream, act.config.consumer.name
                     );
+                    // What the server holds for the consumer now counts as published,
+                    // and so, from here on, does whatever the stream stores.
+                    Metrics::add(&act.link.metrics.published, backlog);
+                    act.counted_to = Some(last);
                     act.conn = Some(conn);
                 }
                 Err(e) => warn!("Cannot reach JetStream: {e}"),
@@ -444,7 +459,10 @@ impl JetStreamBroker {
             match u {
                 Unfit::Malformed(reason) => {
                     warn!("Dead-lettered a JetStream message that is not a message: {reason}");
+                    // It was published to the broker and is now in its dead letters.
                     Metrics::inc(&m.rejected);
+                    Metrics::inc(&m.dead_lettered);
+                    m.mark_outcome();
                 }
                 Unfit::Expired(message, attempt) => {
                     warn!(
@@ -682,22 +700,26 @@ impl Handler<Extend> for JetStreamBroker {
     }
 }
 
-/// Asks the server what the consumer has not yet had acked.
+/// Asks the server what the consumer has not yet had acked, and counts what the stream
+/// stored since the last question as published.
 impl Handler<Pending> for JetStreamBroker {
-    type Result = ResponseFuture<Result<u64, BrokerError>>;
+    type Result = ResponseActFuture<Self, Result<u64, BrokerError>>;
     fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> Self::Result {
-        let consumer = self.conn.as_ref().map(|(_, c)| c.clone());
-        Box::pin(async move {
-            let Some(mut consumer) = consumer else {
-                return Err(BrokerError::Unavailable(
-                    "not connected to JetStream".into(),
-                ));
-            };
-            consumer
-                .pending()
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))
-        })
+        let Some((stream, mut consumer)) = self.conn.clone() else {
+            let e = BrokerError::Unavailable("not connected to JetStream".into());
+            return Box::pin(fut::ready(Err(e)));
+        };
+        let ask = async move {
+            let pending = consumer.pending().await?;
+            let last = stream.state().await?.last_sequence;
+            Ok::<_, JetStreamError>((pending, last))
+        };
+        Box::pin(ask.into_actor(self).map(|res, act, _| {
+            let (pending, last) = res.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let before = act.counted_to.replace(last).unwrap_or(last);
+            Metrics::add(&act.link.metrics.published, last.saturating_sub(before));
+            Ok(pending)
+        }))
     }
 }
 

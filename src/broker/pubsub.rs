@@ -41,6 +41,13 @@ const DEADLINE_BOUNDS: (i32, i32) = (10, 600);
 /// Pub/Sub's bounds on a dead-letter policy's delivery attempts.
 const ATTEMPT_BOUNDS: (u32, u32) = (5, 100);
 
+/// How the report's `published` and `pending_at_exit` are taken: Pub/Sub tells a
+/// subscriber neither.
+pub const COUNTS: &str = "published: the first deliveries (deliveryAttempt 1) of messages \
+    this instance received; pending_at_exit: the deliveries it still held. Pub/Sub tells a \
+    subscriber no backlog, so they balance acked + dead_lettered only when this instance \
+    saw and settled every message";
+
 /// Why Pub/Sub could not do what was asked.
 #[derive(Debug, Error)]
 pub enum PubSubError {
@@ -603,9 +610,15 @@ impl PubSubBroker {
         let m = &self.link.metrics;
         for u in unfit {
             match u {
-                Unfit::Malformed(reason) => {
+                Unfit::Malformed(reason, attempt) => {
+                    if attempt == 1 {
+                        Metrics::inc(&m.published);
+                    }
                     warn!("Dead-lettered a Pub/Sub message that is not a message: {reason}");
+                    // It was published to the broker and is now in its dead letters.
                     Metrics::inc(&m.rejected);
+                    Metrics::inc(&m.dead_lettered);
+                    m.mark_outcome();
                 }
                 Unfit::Expired(message, attempt) => {
                     warn!(
@@ -626,6 +639,9 @@ impl PubSubBroker {
         let mut out = Vec::with_capacity(fetched.len());
         for f in fetched {
             let Ok(message) = f.message else { continue };
+            if f.attempt == 1 {
+                Metrics::inc(&self.link.metrics.published);
+            }
             self.next_tag += 1;
             let tag = AckId(self.next_tag);
             self.handles.insert(tag, f.handle);
@@ -642,8 +658,8 @@ impl PubSubBroker {
 
 /// What a pull gave that the pipeline never sees.
 enum Unfit {
-    /// The payload is not a message.
-    Malformed(String),
+    /// The payload is not a message; on which delivery.
+    Malformed(String, u32),
     /// Delivered once more than allowed: the last allowed delivery's lease ran out.
     Expired(Message, u32),
 }
@@ -656,7 +672,7 @@ async fn screen(sub: &Subscription, fetched: &mut Vec<Fetched>, max_deliveries: 
     let mut kept = Vec::with_capacity(fetched.len());
     for f in fetched.drain(..) {
         let why = match &f.message {
-            Err(reason) => Unfit::Malformed(reason.clone()),
+            Err(reason) => Unfit::Malformed(reason.clone(), f.attempt),
             Ok(m) if f.attempt > max_deliveries => Unfit::Expired(*m, f.attempt),
             Ok(_) => {
                 kept.push(f);

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod nats;
+pub mod pubsub;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -359,4 +361,74 @@ pub fn process_alive(pid: i32) -> bool {
     // The state follows the command name, which is in parentheses.
     let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
     !matches!(state.and_then(|s| s.chars().next()), None | Some('Z' | 'X'))
+}
+
+/// Payloads that are not messages, each with what its rejection says: not JSON, a
+/// hostile instance name, oversize, no id.
+pub fn bad_payloads() -> Vec<(Vec<u8>, &'static str)> {
+    let id = uuid::Uuid::new_v4();
+    vec![
+        (b"{not json".to_vec(), "key must be a string"),
+        (
+            format!(r#"{{"message_id":"{id}","instance_name":"cattle-1; rm -rf /"}}"#).into(),
+            "';'",
+        ),
+        (
+            format!(
+                r#"{{"message_id":"{id}","instance_name":"{}"}}"#,
+                "x".repeat(70 * 1024)
+            )
+            .into(),
+            "64 KiB",
+        ),
+        (
+            br#"{"instance_name":"cattle-abcd"}"#.to_vec(),
+            "missing field `message_id`",
+        ),
+    ]
+}
+
+/// Asserts that a run acked the `good` messages, and rejected and dead-lettered each bad
+/// payload with its reason on its first delivery, before any reached the store or an
+/// action; and that the counts balance.
+pub fn assert_only_good_passed(f: &Finished, bad: &[(Vec<u8>, &str)], good: usize) {
+    assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
+    assert_eq!(f.n("acked"), good as u64, "{}", f.report);
+    assert_eq!(f.n("rejected"), bad.len() as u64, "{}", f.report);
+    assert_eq!(f.n("dead_lettered"), bad.len() as u64, "{}", f.report);
+    assert_eq!(f.n("redelivered"), 0, "{}", f.report);
+    for (_, reason) in bad {
+        assert!(
+            f.log
+                .iter()
+                .any(|l| l.contains("not a message") && l.contains(reason)),
+            "no rejection says {reason:?}:\n{}",
+            f.log.join("\n")
+        );
+    }
+    assert_eq!(f.db_rows("SELECT count(*) FROM messages"), good as i64);
+    assert_eq!(f.db_rows("SELECT count(*) FROM attempts"), good as i64);
+    f.assert_conserved();
+}
+
+/// Whether `got` holds exactly the bad payloads, in any order.
+pub fn same_payloads(mut got: Vec<Vec<u8>>, bad: &[(Vec<u8>, &str)]) -> bool {
+    let mut want: Vec<Vec<u8>> = bad.iter().map(|(p, _)| p.clone()).collect();
+    got.sort();
+    want.sort();
+    got == want
+}
+
+impl Finished {
+    /// The ids of the messages in the run's SQLite store.
+    pub fn stored_ids(&self) -> std::collections::HashSet<Vec<u8>> {
+        let conn = rusqlite::Connection::open(self.dir.path().join("mandrill.db")).expect("db");
+        let mut q = conn
+            .prepare("SELECT message_id FROM messages")
+            .expect("query");
+        q.query_map([], |r| r.get(0))
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect()
+    }
 }

@@ -102,13 +102,49 @@ pub fn publish(url: &str, stream: &str, n: usize) {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// How many messages each stream holds, by the server's own count; deletes them after.
-pub fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Publishes payloads as they are, bad ones included, to the stream's subject, and
+/// waits until the stream has stored each one.
+pub fn publish_raw(url: &str, stream: &str, payloads: Vec<Vec<u8>>) {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        for p in payloads {
+            js.publish(stream.to_string(), p.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    })
+}
+
+/// The payloads a stream holds, by its own reading.
+pub fn payloads(url: &str, stream: &str) -> Vec<Vec<u8>> {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let s = js.get_stream(stream).await.expect("stream");
+        let last = s.cached_info().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push(m.payload.to_vec());
+            }
+        }
+        out
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(async {
+        .expect("runtime")
+}
+
+/// How many messages each stream holds, by the server's own count; deletes them after.
+pub fn counts_and_delete(url: &str, streams: &[&str]) -> Vec<u64> {
+    runtime().block_on(async {
         let client = async_nats::connect(url).await.expect("connect to nats");
         let js = async_nats::jetstream::new(client);
         let mut out = Vec::new();
