@@ -238,6 +238,9 @@ fn publish_error(subject: &str, e: &dyn std::fmt::Display) -> JetStreamError {
         reason: e.to_string(),
     }
 }
+/// How long a fetch of what is there now may stay open on the server.
+const FETCH_EXPIRY: Duration = Duration::from_millis(100);
+
 /// A durable pull consumer's settings; every instance that names it shares its work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSpec {
@@ -318,7 +321,12 @@ impl Consumer {
     /// Takes up to `max` deliveries that are there now; when there are none, waits up to
     /// `wait` for one.
     pub async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Fetched>, JetStreamError> {
-        let now = self.take(self.inner.fetch().max_messages(max).messages().await, max);
+        // A fetch of what is there now still waits when the consumer's other instances
+        // hold every lease it allows: the server keeps the request open, and the
+        // deliveries it later sends into it would wait there too, with their leases
+        // running. The expiry bounds that.
+        let fetch = self.inner.fetch().max_messages(max).expires(FETCH_EXPIRY);
+        let now = self.take(fetch.messages().await, max);
         let now = now.await?;
         if !now.is_empty() || wait.is_zero() {
             return Ok(now);
