@@ -100,6 +100,11 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", default_value = "mandrill")]
     pub consumer: String,
 
+    /// How long a remote broker may stay unreachable, while the adapter reconnects,
+    /// before it fails with broker-down, which escalates to the ordered shutdown.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_positive_duration)]
+    pub broker_down_timeout: Duration,
+
     /// The subscription, for --source pubsub: projects/PROJECT/subscriptions/NAME.
     #[arg(long, value_name = "NAME")]
     pub subscription: Option<String>,
@@ -705,6 +710,7 @@ impl Cli {
                         max_ack_pending: u32::try_from(self.max_in_flight).unwrap_or(u32::MAX),
                     },
                     create: self.create,
+                    down_timeout: self.broker_down_timeout,
                 }),
                 SourceArg::Pubsub => {
                     let name = self
@@ -723,6 +729,7 @@ impl Cli {
                             max_deliveries: self.max_deliveries,
                         },
                         create: self.create,
+                        down_timeout: self.broker_down_timeout,
                         max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
                     })
                 }

@@ -148,7 +148,7 @@ async fn publish(args: &PublishArgs) -> Result<Published, PublishError> {
                 stream: args.stream.clone(),
             };
             out.stream = Some(args.stream.clone());
-            Sink::JetStream(Stream::open(target, args.create).await?)
+            Sink::JetStream(Box::new(Stream::open(target, args.create).await?))
         }
         To::Pubsub => {
             let topic = args.topic.as_deref().ok_or(PublishError::NoTopic)?;
@@ -240,7 +240,7 @@ async fn publish(args: &PublishArgs) -> Result<Published, PublishError> {
 
 /// Where `mandrill publish` sends.
 enum Sink {
-    JetStream(Stream),
+    JetStream(Box<Stream>),
     PubSub(pubsub::Topic),
 }
 

@@ -14,13 +14,13 @@ use futures_util::future::{join_all, Either};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::{BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Verdict};
+use super::{BrokerError, Extend, Outage, Pending, Publish, Pull, Settle, Settled, Verdict};
 use crate::faults::Injector;
 use crate::message::{AckId, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
-use crate::supervision::{guard, note_restart, Child, Link};
+use crate::supervision::{fail, guard, note_restart, Child, FailureKind, Link};
 use crate::FastMap;
 
 /// How long the stream remembers a message id to drop a second publish of it. Two
@@ -76,6 +76,7 @@ impl Target {
 #[derive(Clone)]
 pub struct Stream {
     target: Target,
+    client: async_nats::Client,
     js: jetstream::Context,
 }
 
@@ -99,8 +100,8 @@ impl Stream {
                 url: target.url.clone(),
                 reason: e.to_string(),
             })?;
-        let js = jetstream::new(client);
-        let stream = Self { target, js };
+        let js = jetstream::new(client.clone());
+        let stream = Self { target, client, js };
         if create {
             stream.create().await?;
         } else {
@@ -159,6 +160,12 @@ impl Stream {
             .await
             .map_err(|e| publish_error(&subject, &e))?;
         Ok(())
+    }
+
+    /// Whether the client is connected now; between a lost connection and its return
+    /// it is reconnecting, with its own backoff.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The stream's state: what it holds, and the sequence of the last message it stored.
@@ -389,6 +396,9 @@ pub struct JetStreamConfig {
     pub consumer: ConsumerSpec,
     /// Create the stream and the consumer when they are missing.
     pub create: bool,
+    /// How long the server may stay unreachable before the adapter fails with
+    /// `broker-down`.
+    pub down_timeout: Duration,
 }
 
 /// The adapter: pulls from a durable consumer, settles with the server, and keeps each
@@ -406,6 +416,7 @@ pub struct JetStreamBroker {
     connecting: bool,
     handles: FastMap<AckId, jetstream::Message>,
     next_tag: u64,
+    outage: Outage,
     /// The stream's last sequence when `published` was last brought up to date.
     counted_to: Option<u64>,
 }
@@ -413,6 +424,7 @@ pub struct JetStreamBroker {
 impl JetStreamBroker {
     pub fn new(link: Link, config: JetStreamConfig, injector: Injector) -> Self {
         Self {
+            outage: Outage::new(config.down_timeout),
             link,
             config,
             injector,
@@ -440,7 +452,7 @@ impl JetStreamBroker {
             let last = stream.state().await?.last_sequence;
             Ok::<_, JetStreamError>(((stream, consumer), backlog, last))
         };
-        ctx.spawn(open.into_actor(self).map(|res, act, _| {
+        ctx.spawn(open.into_actor(self).map(|res, act, ctx| {
             act.connecting = false;
             match res {
                 Ok((conn, backlog, last)) => {
@@ -454,9 +466,25 @@ impl JetStreamBroker {
                     act.counted_to = Some(last);
                     act.conn = Some(conn);
                 }
-                Err(e) => warn!("Cannot reach JetStream: {e}"),
+                Err(e) => {
+                    warn!("Cannot reach JetStream: {e}");
+                    if let Some(down) = act.outage.note(false) {
+                        act.down(down, ctx);
+                    }
+                }
             }
         }));
+    }
+
+    /// Fails with `broker-down`: the server has been unreachable for `down`.
+    fn down(&mut self, down: Duration, ctx: &mut Context<Self>) -> BrokerError {
+        let reason = format!(
+            "JetStream at {} unreachable for {}s",
+            self.config.target.url,
+            down.as_secs()
+        );
+        fail(self, ctx, FailureKind::BrokerDown, &reason);
+        BrokerError::Unavailable(reason)
     }
 
     /// Logs and counts what `screen` took: nobody settled those deliveries, so nobody
@@ -630,6 +658,11 @@ impl Handler<Pull> for JetStreamBroker {
         }
         guard(self, ctx, "Pull", |act, _| act.injector.maybe_fail());
         self.connect(ctx);
+        // Before the first connection, a failed attempt is what tells.
+        let up = self.conn.as_ref().map(|(s, _)| s.connected());
+        if let Some(down) = up.and_then(|up| self.outage.note(up)) {
+            return Box::pin(fut::ready(Err(self.down(down, ctx))));
+        }
         let Some((stream, consumer)) = self.conn.clone() else {
             if self.connecting {
                 // The first pulls come while the connection is still being made: wait a

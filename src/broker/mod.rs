@@ -123,6 +123,31 @@ pub struct Publish(pub Vec<PubSubMessage>);
 #[rtype(result = "Result<u64, BrokerError>")]
 pub struct Pending;
 
+/// How long an adapter has found its broker unreachable; past the limit, the adapter
+/// fails with `broker-down`, which escalates by default.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    limit: Duration,
+    since: Option<std::time::Instant>,
+}
+
+impl Outage {
+    pub fn new(limit: Duration) -> Self {
+        Self { limit, since: None }
+    }
+
+    /// Notes whether the broker answered; says how long it has been down once that is
+    /// past the limit.
+    pub fn note(&mut self, reachable: bool) -> Option<Duration> {
+        if reachable {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        Some(since.elapsed()).filter(|d| *d >= self.limit)
+    }
+}
+
 /// A broker adapter as the pipeline holds it: a recipient for each message of the
 /// contract.
 #[derive(Clone)]

@@ -23,13 +23,13 @@ use gcloud_pubsub::subscription::SubscriptionConfig;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::{BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Verdict};
+use super::{BrokerError, Extend, Outage, Pending, Publish, Pull, Settle, Settled, Verdict};
 use crate::faults::Injector;
 use crate::message::{AckId, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
-use crate::supervision::{guard, note_restart, Child, Link};
+use crate::supervision::{fail, guard, note_restart, Child, FailureKind, Link};
 use crate::FastMap;
 
 /// The most messages one pull or one publish request carries: Pub/Sub's own limit.
@@ -551,6 +551,9 @@ pub struct PubSubConfig {
     pub create: bool,
     /// Deliveries this instance holds at once: Pub/Sub's flow control is the client's.
     pub max_in_flight: usize,
+    /// How long Pub/Sub may stay unreachable before the adapter fails with
+    /// `broker-down`.
+    pub down_timeout: Duration,
 }
 
 /// The adapter: pulls from a subscription, settles with Pub/Sub, and keeps each
@@ -567,11 +570,13 @@ pub struct PubSubBroker {
     connecting: bool,
     handles: FastMap<AckId, Handle>,
     next_tag: u64,
+    outage: Outage,
 }
 
 impl PubSubBroker {
     pub fn new(link: Link, config: PubSubConfig, injector: Injector) -> Self {
         Self {
+            outage: Outage::new(config.down_timeout),
             link,
             config,
             injector,
@@ -592,16 +597,28 @@ impl PubSubBroker {
         let spec = self.config.subscription.clone();
         let create = self.config.create;
         let open = async move { Subscription::open(&spec, create).await };
-        ctx.spawn(open.into_actor(self).map(|res, act, _| {
+        ctx.spawn(open.into_actor(self).map(|res, act, ctx| {
             act.connecting = false;
             match res {
                 Ok(sub) => {
                     info!("Consuming {}", act.config.subscription.name);
                     act.conn = Some(sub);
                 }
-                Err(e) => warn!("Cannot reach Pub/Sub: {e}"),
+                Err(e) => {
+                    warn!("Cannot reach Pub/Sub: {e}");
+                    act.note_reach(false, ctx);
+                }
             }
         }));
+    }
+
+    /// Notes whether Pub/Sub answered, and fails with `broker-down` once it has not for
+    /// too long.
+    fn note_reach(&mut self, reachable: bool, ctx: &mut Context<Self>) {
+        if let Some(down) = self.outage.note(reachable) {
+            let reason = format!("Pub/Sub unreachable for {}s", down.as_secs());
+            fail(self, ctx, FailureKind::BrokerDown, &reason);
+        }
     }
 
     /// Logs and counts what `screen` took: nobody settled those deliveries, so nobody
@@ -789,12 +806,18 @@ impl Handler<Pull> for PubSubBroker {
             }
             Ok::<_, PubSubError>((fetched, unfit))
         };
-        Box::pin(fetch.into_actor(self).map(|res, act, _| match res {
-            Ok((fetched, unfit)) => {
-                act.count(unfit);
-                Ok(act.admit(fetched))
+        Box::pin(fetch.into_actor(self).map(|res, act, ctx| {
+            act.note_reach(res.is_ok(), ctx);
+            match res {
+                Ok((fetched, unfit)) => {
+                    act.count(unfit);
+                    Ok(act.admit(fetched))
+                }
+                Err(e) => {
+                    warn!("{e}");
+                    Err(BrokerError::Unavailable(e.to_string()))
+                }
             }
-            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
         }))
     }
 }

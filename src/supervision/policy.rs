@@ -42,10 +42,12 @@ pub enum FailureKind {
     RestartRefused,
     /// `RestartError::Unavailable`: the action could not be run at all.
     RestartUnavailable,
+    /// The broker stayed unreachable past `--broker-down-timeout`.
+    BrokerDown,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 11] = [
+    pub const ALL: [FailureKind; 12] = [
         FailureKind::Panic,
         FailureKind::Stall,
         FailureKind::StoreOpen,
@@ -57,6 +59,7 @@ impl FailureKind {
         FailureKind::RestartTimedOut,
         FailureKind::RestartRefused,
         FailureKind::RestartUnavailable,
+        FailureKind::BrokerDown,
     ];
 
     /// The name used in flags, the config file, logs and the report.
@@ -73,6 +76,7 @@ impl FailureKind {
             FailureKind::RestartTimedOut => "restart-timed-out",
             FailureKind::RestartRefused => "restart-refused",
             FailureKind::RestartUnavailable => "restart-unavailable",
+            FailureKind::BrokerDown => "broker-down",
         }
     }
 
@@ -234,7 +238,9 @@ impl Default for Decider {
     /// - a store that cannot be opened or is corrupt escalates: no restart mends it;
     /// - a write after the store was closed resumes: it happens only at shutdown, and its
     ///   message is nacked;
-    /// - a panic inside the store's own code restarts the Saver, as any panic does.
+    /// - a panic inside the store's own code restarts the Saver, as any panic does;
+    /// - a broker that stays unreachable escalates: the adapter has already retried for
+    ///   `--broker-down-timeout`, and the operator must know.
     fn default() -> Self {
         let mut d = Decider([Directive::Restart; FailureKind::ALL.len()]);
         d.set(FailureKind::StoreOpen, Directive::Escalate);
@@ -248,6 +254,7 @@ impl Default for Decider {
             FailureKind::RestartUnavailable,
             Directive::RestartWithBackoff,
         );
+        d.set(FailureKind::BrokerDown, Directive::Escalate);
         d
     }
 }
@@ -428,6 +435,7 @@ mod tests {
                 ("restart-timed-out", "resume"),
                 ("restart-refused", "resume"),
                 ("restart-unavailable", "restart-with-backoff"),
+                ("broker-down", "escalate"),
             ]
         );
     }

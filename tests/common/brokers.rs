@@ -46,6 +46,32 @@ impl Remote {
         })
     }
 
+    /// A JetStream stream on a server of the test's own, which it may stop.
+    pub fn jetstream_own(prefix: &str) -> Option<Self> {
+        let nats = Nats::own()?;
+        Some(Self::JetStream {
+            stream: nats::unique(&prefix.to_uppercase()),
+            nats,
+        })
+    }
+
+    /// A Pub/Sub subscription on an emulator of the test's own, which it may stop.
+    pub fn pubsub_own(prefix: &str) -> Option<Self> {
+        let emulator = Emulator::own()?;
+        Some(Self::PubSub {
+            names: pubsub::names(prefix),
+            emulator,
+        })
+    }
+
+    /// Stops the test's own server, as a crash would.
+    pub fn stop_server(&mut self) {
+        match self {
+            Self::JetStream { nats, .. } => nats.stop(),
+            Self::PubSub { emulator, .. } => emulator.stop(),
+        }
+    }
+
     /// The shortest lease the broker allows, in seconds: Pub/Sub's floor is 10.
     pub fn shortest_lease(&self) -> u64 {
         match self {

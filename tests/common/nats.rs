@@ -16,6 +16,13 @@ pub struct Nats {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// How to start an own server again, on the same port and store.
+struct Own {
+    program: std::path::PathBuf,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -42,6 +49,12 @@ impl Nats {
                 _dir: None,
             });
         }
+        Self::own()
+    }
+
+    /// A server of the test's own, which it may stop and start, or `None` when the test
+    /// should skip.
+    pub fn own() -> Option<Self> {
         let Some(program) = program() else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -63,27 +76,67 @@ impl Nats {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let child = Command::new(program)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+        let own = Own {
+            program: program.to_path_buf(),
+            port,
+            dir: dir.path().to_path_buf(),
+        };
+        Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            child: Some(own.spawn()),
+            _dir: Some(dir),
+        }
+    }
+
+    fn own_settings(&self) -> Own {
+        let dir = self._dir.as_ref().expect("a server of the test's own");
+        Own {
+            program: program().expect("nats-server"),
+            port: self.url.rsplit(':').next().unwrap().parse().unwrap(),
+            dir: dir.path().to_path_buf(),
+        }
+    }
+
+    /// Stops the test's own server, as a crash would.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("a server of the test's own");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the test's own server again, on the same port and store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.child = Some(self.own_settings().spawn());
+    }
+}
+
+impl Own {
+    /// Starts the server and waits until it listens.
+    fn spawn(&self) -> Child {
+        let child = Command::new(&self.program)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
-        let server = Self {
-            url: format!("nats://127.0.0.1:{port}"),
-            child: Some(child),
-            _dir: Some(dir),
-        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not listen within 10s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+        child
     }
 }
 

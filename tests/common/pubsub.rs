@@ -28,11 +28,8 @@ pub struct Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            // gcloud starts the emulator's JVM as a child of its own: stop the group.
-            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
+        if self.child.is_some() {
+            self.stop();
         }
     }
 }
@@ -43,6 +40,21 @@ impl Emulator {
         if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
             return Some(Self { host, child: None });
         }
+        Self::own()
+    }
+
+    /// Stops the test's own emulator, as a crash would.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("an emulator of the test's own");
+        // gcloud starts the emulator's JVM as a child of its own: stop the group.
+        let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    /// An emulator of the test's own, which it may stop, or `None` when the test should
+    /// skip.
+    pub fn own() -> Option<Self> {
         let Ok(gcloud) = which::which("gcloud") else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
