@@ -105,6 +105,11 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "60", value_parser = parse_positive_duration)]
     pub broker_down_timeout: Duration,
 
+    /// With --source jetstream, wait for the server to confirm each ack (a double ack),
+    /// so that an ack it never got is not counted; slower.
+    #[arg(long)]
+    pub confirm_acks: bool,
+
     /// The subscription, for --source pubsub: projects/PROJECT/subscriptions/NAME.
     #[arg(long, value_name = "NAME")]
     pub subscription: Option<String>,
@@ -711,6 +716,7 @@ impl Cli {
                     },
                     create: self.create,
                     down_timeout: self.broker_down_timeout,
+                    confirm_acks: self.confirm_acks,
                 }),
                 SourceArg::Pubsub => {
                     let name = self

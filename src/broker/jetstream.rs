@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream::{self, message::PublishMessage, stream, AckKind};
-use futures_util::future::{join_all, Either};
+use futures_util::future::join_all;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::{BrokerError, Extend, Outage, Pending, Publish, Pull, Settle, Settled, Verdict};
+use super::{
+    BrokerError, Extend, Outage, Pending, Publish, Pull, Settle, Settled, Settlement, Verdict,
+};
 use crate::faults::Injector;
 use crate::message::{AckId, Delivery, Message};
 use crate::metrics::Metrics;
@@ -399,6 +401,9 @@ pub struct JetStreamConfig {
     /// How long the server may stay unreachable before the adapter fails with
     /// `broker-down`.
     pub down_timeout: Duration,
+    /// Wait for the server to confirm each ack (a double ack); one it does not confirm
+    /// is reported stale, so it is not counted as acked.
+    pub confirm_acks: bool,
 }
 
 /// The adapter: pulls from a durable consumer, settles with the server, and keeps each
@@ -696,8 +701,8 @@ impl Handler<Pull> for JetStreamBroker {
 }
 
 /// Sends each verdict to the server and answers once every one is sent, so that the
-/// shutdown's wait for the Acker covers them. JetStream's acks carry no answer, so none
-/// is reported stale.
+/// shutdown's wait for the Acker covers them. JetStream's plain acks carry no answer, so
+/// none is reported stale; with `confirm_acks`, an ack the server does not confirm is.
 impl Handler<Settle> for JetStreamBroker {
     type Result = ResponseFuture<Settled>;
     fn handle(&mut self, settle: Settle, _: &mut Context<Self>) -> Self::Result {
@@ -707,12 +712,20 @@ impl Handler<Settle> for JetStreamBroker {
                 continue;
             };
             let kind = match s.verdict {
+                Verdict::Ack if self.config.confirm_acks => {
+                    sends.push(Box::pin(confirmed_ack(handle, s)) as Sending);
+                    continue;
+                }
                 Verdict::Ack => AckKind::Ack,
                 Verdict::Nack { delay } => AckKind::Nak(Some(delay)),
                 Verdict::Release => AckKind::Nak(None),
                 Verdict::DeadLetter => match &self.conn {
                     Some((stream, _)) => {
-                        sends.push(Either::Left(dead_letter(stream.clone(), handle)));
+                        let copy = dead_letter(stream.clone(), handle);
+                        sends.push(Box::pin(async move {
+                            copy.await;
+                            None
+                        }));
                         continue;
                     }
                     // Without a connection the message cannot be copied: leave it to
@@ -720,12 +733,30 @@ impl Handler<Settle> for JetStreamBroker {
                     None => AckKind::Nak(None),
                 },
             };
-            sends.push(Either::Right(settle_one(handle, kind)));
+            sends.push(Box::pin(async move {
+                settle_one(handle, kind).await;
+                None
+            }));
         }
         Box::pin(async move {
-            join_all(sends).await;
-            Settled::default()
+            Settled {
+                stale: join_all(sends).await.into_iter().flatten().collect(),
+            }
         })
+    }
+}
+
+/// One settlement on its way to the server; a confirmed ack that failed comes back.
+type Sending = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Settlement>>>>;
+
+/// Acks and waits for the server's confirmation; without one, the settlement is stale.
+async fn confirmed_ack(handle: jetstream::Message, s: Settlement) -> Option<Settlement> {
+    match handle.double_ack().await {
+        Ok(()) => None,
+        Err(e) => {
+            warn!("The server did not confirm an ack, so it is not counted: {e}");
+            Some(s)
+        }
     }
 }
 
