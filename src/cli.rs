@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 use crate::action::command::Template;
 use crate::action::webhook::{Header, Url};
 use crate::actors::signal::OnSighup;
-use crate::broker::jetstream::{ConsumerSpec, JetStreamConfig, Target};
+use crate::broker::jetstream::{ConsumerSpec, JetStreamConfig, Target, SHARERS};
 use crate::broker::pubsub::{self, PubSubConfig, PubSubError, SubscriptionSpec};
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::Faults;
@@ -120,7 +120,8 @@ pub struct Cli {
     pub topic: Option<String>,
 
     /// Create what is missing. JetStream: the stream and the consumer, with explicit
-    /// acks, --ack-deadline as their ack wait, --max-deliveries and --max-in-flight.
+    /// acks, --ack-deadline as their ack wait, --max-deliveries, and 16 x --max-in-flight
+    /// as max_ack_pending, a ceiling shared by every instance on the consumer.
     /// Pub/Sub: the topic, a dead-letter topic with a subscription that keeps its
     /// messages, and the subscription, with --ack-deadline and a dead-letter policy.
     #[arg(long)]
@@ -712,11 +713,14 @@ impl Cli {
                         name: self.consumer.clone(),
                         ack_wait: self.ack_deadline,
                         max_deliveries: self.max_deliveries,
-                        max_ack_pending: u32::try_from(self.max_in_flight).unwrap_or(u32::MAX),
+                        max_ack_pending: u32::try_from(self.max_in_flight)
+                            .unwrap_or(u32::MAX)
+                            .saturating_mul(SHARERS),
                     },
                     create: self.create,
                     down_timeout: self.broker_down_timeout,
                     confirm_acks: self.confirm_acks,
+                    max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
                 }),
                 SourceArg::Pubsub => {
                     let name = self

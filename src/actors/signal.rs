@@ -518,7 +518,9 @@ async fn shutdown(
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     let elapsed = match cause {
-        Cause::Done | Cause::Eof if !last_outcome.is_zero() => last_outcome,
+        // A run that ended by itself is timed to its last outcome, not through the wait
+        // that ended it.
+        Cause::Done | Cause::Eof | Cause::Idle if !last_outcome.is_zero() => last_outcome,
         _ => stopping_at - run_started,
     };
     let elapsed_s = elapsed.as_secs_f64();

@@ -15,7 +15,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{
-    BrokerError, Extend, Outage, Pending, Publish, Pull, Settle, Settled, Settlement, Verdict,
+    BrokerError, Extend, Outage, Pending, Publish, Pull, Room, Settle, Settled, Settlement, Verdict,
 };
 use crate::faults::Injector;
 use crate::message::{AckId, Delivery, Message};
@@ -259,7 +259,8 @@ pub struct ConsumerSpec {
     /// Deliveries the service allows a message; the server allows one more (see
     /// `JetStreamBroker::pull`).
     pub max_deliveries: u32,
-    /// Deliveries out at once, across every instance: the server's flow control.
+    /// Deliveries out at once, across every instance: the server's ceiling. Each
+    /// instance holds at most its own `--max-in-flight` below it.
     pub max_ack_pending: u32,
 }
 
@@ -404,7 +405,14 @@ pub struct JetStreamConfig {
     /// Wait for the server to confirm each ack (a double ack); one it does not confirm
     /// is reported stale, so it is not counted as acked.
     pub confirm_acks: bool,
+    /// Deliveries this instance holds at once.
+    pub max_in_flight: usize,
 }
+
+/// How many instances a consumer made by `--create` lets hold their own
+/// `--max-in-flight` at once: its `max_ack_pending` is this many times that. A ceiling
+/// equal to one instance's share would make instances wait on each other's leases.
+pub const SHARERS: u32 = 16;
 
 /// The adapter: pulls from a durable consumer, settles with the server, and keeps each
 /// delivery's handle under an `AckId` until it is settled.
@@ -422,6 +430,7 @@ pub struct JetStreamBroker {
     handles: FastMap<AckId, jetstream::Message>,
     next_tag: u64,
     outage: Outage,
+    room: Room,
     /// The stream's last sequence when `published` was last brought up to date.
     counted_to: Option<u64>,
 }
@@ -439,6 +448,7 @@ impl JetStreamBroker {
             handles: FastMap::default(),
             next_tag: 0,
             counted_to: None,
+            room: Room::default(),
         }
     }
 
@@ -684,9 +694,23 @@ impl Handler<Pull> for JetStreamBroker {
             let e = BrokerError::Unavailable("not connected to JetStream".into());
             return Box::pin(fut::ready(Err(e)));
         };
+        let room = self.config.max_in_flight.saturating_sub(self.handles.len());
+        if room == 0 {
+            // Every lease this instance may hold is out: wait for a settlement to free
+            // one, as a pull waits for messages.
+            let freed = self.room.freed(pull.wait);
+            return Box::pin(
+                async move {
+                    freed.await;
+                    Ok(Vec::new())
+                }
+                .into_actor(self),
+            );
+        }
         let max_deliveries = self.config.consumer.max_deliveries;
+        let max = pull.max.min(room);
         let fetch = async move {
-            let mut fetched = consumer.fetch(pull.max, pull.wait).await?;
+            let mut fetched = consumer.fetch(max, pull.wait).await?;
             let unfit = screen(stream, &mut fetched, max_deliveries).await;
             Ok::<_, JetStreamError>((fetched, unfit))
         };
@@ -738,6 +762,7 @@ impl Handler<Settle> for JetStreamBroker {
                 None
             }));
         }
+        self.room.free();
         Box::pin(async move {
             Settled {
                 stale: join_all(sends).await.into_iter().flatten().collect(),

@@ -148,6 +148,27 @@ impl Outage {
     }
 }
 
+/// Wakes pulls that found every lease this instance may hold out, as settlements free
+/// room: a pull waits for credit rather than polling for it.
+#[derive(Debug, Clone, Default)]
+pub struct Room(std::sync::Arc<tokio::sync::Notify>);
+
+impl Room {
+    /// Waits until a settlement frees room, or `wait` passes.
+    pub fn freed(&self, wait: Duration) -> impl std::future::Future<Output = ()> + 'static {
+        // Made now, not when first awaited, so that no settlement in between is missed.
+        let notified = self.0.clone().notified_owned();
+        async move {
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+
+    /// Says that settlements freed room.
+    pub fn free(&self) {
+        self.0.notify_waiters();
+    }
+}
+
 /// A broker adapter as the pipeline holds it: a recipient for each message of the
 /// contract.
 #[derive(Clone)]

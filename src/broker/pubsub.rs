@@ -23,7 +23,7 @@ use gcloud_pubsub::subscription::SubscriptionConfig;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::{BrokerError, Extend, Outage, Pending, Publish, Pull, Settle, Settled, Verdict};
+use super::{BrokerError, Extend, Outage, Pending, Publish, Pull, Room, Settle, Settled, Verdict};
 use crate::faults::Injector;
 use crate::message::{AckId, Delivery, Message};
 use crate::metrics::Metrics;
@@ -571,12 +571,14 @@ pub struct PubSubBroker {
     handles: FastMap<AckId, Handle>,
     next_tag: u64,
     outage: Outage,
+    room: Room,
 }
 
 impl PubSubBroker {
     pub fn new(link: Link, config: PubSubConfig, injector: Injector) -> Self {
         Self {
             outage: Outage::new(config.down_timeout),
+            room: Room::default(),
             link,
             config,
             injector,
@@ -781,13 +783,13 @@ impl Handler<Pull> for PubSubBroker {
         self.connect(ctx);
         let room = self.config.max_in_flight.saturating_sub(self.handles.len());
         let nap = tokio::time::sleep(pull.wait.min(NAP));
-        let Some(sub) = self.conn.clone().filter(|_| room > 0) else {
-            if self.conn.is_none() && !self.connecting {
+        let Some(sub) = self.conn.clone() else {
+            if !self.connecting {
                 let e = BrokerError::Unavailable("not connected to Pub/Sub".into());
                 return Box::pin(fut::ready(Err(e)));
             }
-            // Still connecting, or every lease this instance may hold is out: wait a
-            // little, as a pull waits for messages, rather than report an error.
+            // Still connecting: wait a little, as a pull waits for messages, rather than
+            // report an error.
             return Box::pin(
                 async move {
                     nap.await;
@@ -796,6 +798,18 @@ impl Handler<Pull> for PubSubBroker {
                 .into_actor(self),
             );
         };
+        if room == 0 {
+            // Every lease this instance may hold is out: wait for a settlement to free
+            // one.
+            let freed = self.room.freed(pull.wait);
+            return Box::pin(
+                async move {
+                    freed.await;
+                    Ok(Vec::new())
+                }
+                .into_actor(self),
+            );
+        }
         let max_deliveries = self.config.subscription.max_deliveries;
         let max = pull.max.min(room);
         let fetch = async move {
@@ -846,6 +860,7 @@ impl Handler<Settle> for PubSubBroker {
                 Verdict::DeadLetter => dead.push(handle),
             }
         }
+        self.room.free();
         let Some(sub) = self.conn.clone() else {
             // Handles exist only once connected, and the connection is kept.
             return Box::pin(async { Settled::default() });
