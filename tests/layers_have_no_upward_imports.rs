@@ -38,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "action::simulated",
             "broker::jetstream",
             "broker::pubsub",
+            "broker::remote",
             "broker::memory",
             "store::memory",
             "store::sqlite",

@@ -14,16 +14,16 @@ use futures_util::future::join_all;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::remote::{self, screen, Leases, Unfit};
 use super::{
     BrokerError, Extend, Outage, Pending, Publish, Pull, Room, Settle, Settled, Settlement, Verdict,
 };
 use crate::faults::Injector;
-use crate::message::{AckId, Delivery, Message};
+use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{fail, guard, note_restart, Child, FailureKind, Link};
-use crate::FastMap;
 
 /// How long the stream remembers a message id to drop a second publish of it. Two
 /// minutes is the server's own default, said out loud so the guarantee is ours.
@@ -271,15 +271,8 @@ pub struct Consumer {
     name: String,
 }
 
-/// One delivery as the server made it: the message, or why its payload is not one, and
-/// the handle that settles it.
-pub struct Fetched {
-    pub message: Result<Message, String>,
-    /// 1 on the first delivery; the server counts every one.
-    pub attempt: u32,
-    pub published_at: std::time::SystemTime,
-    pub handle: jetstream::Message,
-}
+/// One delivery as the server made it.
+pub type Fetched = super::remote::Fetched<jetstream::Message>;
 
 impl Stream {
     /// Binds to the durable consumer, or creates it with explicit acks when `create` is
@@ -427,8 +420,7 @@ pub struct JetStreamBroker {
     retired: bool,
     conn: Option<(Stream, Consumer)>,
     connecting: bool,
-    handles: FastMap<AckId, jetstream::Message>,
-    next_tag: u64,
+    leases: Leases<jetstream::Message>,
     outage: Outage,
     room: Room,
     /// The stream's last sequence when `published` was last brought up to date.
@@ -445,8 +437,7 @@ impl JetStreamBroker {
             retired: false,
             conn: None,
             connecting: false,
-            handles: FastMap::default(),
-            next_tag: 0,
+            leases: Leases::default(),
             counted_to: None,
             room: Room::default(),
         }
@@ -501,80 +492,16 @@ impl JetStreamBroker {
         fail(self, ctx, FailureKind::BrokerDown, &reason);
         BrokerError::Unavailable(reason)
     }
-
-    /// Logs and counts what `screen` took: nobody settled those deliveries, so nobody
-    /// else counts them, as with the memory broker's own dead letters.
-    fn count(&mut self, unfit: Vec<Unfit>) {
-        let m = &self.link.metrics;
-        for u in unfit {
-            match u {
-                Unfit::Malformed(reason) => {
-                    warn!("Dead-lettered a JetStream message that is not a message: {reason}");
-                    // It was published to the broker and is now in its dead letters.
-                    Metrics::inc(&m.rejected);
-                    Metrics::inc(&m.dead_lettered);
-                    m.mark_outcome();
-                }
-                Unfit::Expired(message, attempt) => {
-                    warn!(
-                        target: crate::FLOW,
-                        "Dead-lettered {message} after {} deliveries (lease expired)",
-                        attempt - 1
-                    );
-                    Metrics::inc(&m.lease_expired);
-                    Metrics::inc(&m.dead_lettered);
-                    m.mark_outcome();
-                }
-            }
-        }
-    }
-
-    /// Turns fetched messages into deliveries, keeping each handle under a tag.
-    fn admit(&mut self, fetched: Vec<Fetched>) -> Vec<Delivery> {
-        let mut out = Vec::with_capacity(fetched.len());
-        for f in fetched {
-            let Ok(message) = f.message else { continue };
-            self.next_tag += 1;
-            let tag = AckId(self.next_tag);
-            self.handles.insert(tag, f.handle);
-            out.push(Delivery {
-                tag,
-                message,
-                attempt: f.attempt,
-                published_at: f.published_at,
-            });
-        }
-        out
-    }
 }
 
-/// What a fetch gave that the pipeline never sees.
-enum Unfit {
-    /// The payload is not a message.
-    Malformed(String),
-    /// Delivered once more than allowed: the last allowed delivery's lease ran out.
-    Expired(Message, u32),
-}
-
-/// Takes out of `fetched` what the pipeline must not see, copies each to the dead letters
-/// and terminates it, and says what it took.
-async fn screen(stream: Stream, fetched: &mut Vec<Fetched>, max_deliveries: u32) -> Vec<Unfit> {
-    let mut unfit = Vec::new();
-    let mut kept = Vec::with_capacity(fetched.len());
-    for f in fetched.drain(..) {
-        let why = match &f.message {
-            Err(reason) => Unfit::Malformed(reason.clone()),
-            Ok(m) if f.attempt > max_deliveries => Unfit::Expired(*m, f.attempt),
-            Ok(_) => {
-                kept.push(f);
-                continue;
-            }
-        };
-        dead_letter(stream.clone(), f.handle).await;
-        unfit.push(why);
+/// Dead-letters what `screen` took out of a fetch, and says what it was.
+async fn dead_letter_unfit(stream: Stream, unfit: Vec<(Unfit, jetstream::Message)>) -> Vec<Unfit> {
+    let mut out = Vec::with_capacity(unfit.len());
+    for (why, handle) in unfit {
+        dead_letter(stream.clone(), handle).await;
+        out.push(why);
     }
-    *fetched = kept;
-    unfit
+    out
 }
 
 /// Sends one acknowledgement; the server's answer to it is not awaited, as JetStream
@@ -694,7 +621,7 @@ impl Handler<Pull> for JetStreamBroker {
             let e = BrokerError::Unavailable("not connected to JetStream".into());
             return Box::pin(fut::ready(Err(e)));
         };
-        let room = self.config.max_in_flight.saturating_sub(self.handles.len());
+        let room = self.leases.room(self.config.max_in_flight);
         if room == 0 {
             // Every lease this instance may hold is out: wait for a settlement to free
             // one, as a pull waits for messages.
@@ -711,13 +638,14 @@ impl Handler<Pull> for JetStreamBroker {
         let max = pull.max.min(room);
         let fetch = async move {
             let mut fetched = consumer.fetch(max, pull.wait).await?;
-            let unfit = screen(stream, &mut fetched, max_deliveries).await;
+            let unfit = screen(&mut fetched, max_deliveries);
+            let unfit = dead_letter_unfit(stream, unfit).await;
             Ok::<_, JetStreamError>((fetched, unfit))
         };
         Box::pin(fetch.into_actor(self).map(|res, act, _| match res {
             Ok((fetched, unfit)) => {
-                act.count(unfit);
-                Ok(act.admit(fetched))
+                remote::count("JetStream", &act.link.metrics, &unfit);
+                Ok(act.leases.admit(fetched))
             }
             Err(e) => Err(BrokerError::Unavailable(e.to_string())),
         }))
@@ -732,7 +660,7 @@ impl Handler<Settle> for JetStreamBroker {
     fn handle(&mut self, settle: Settle, _: &mut Context<Self>) -> Self::Result {
         let mut sends = Vec::with_capacity(settle.0.len());
         for s in settle.0 {
-            let Some(handle) = self.handles.remove(&s.tag) else {
+            let Some(handle) = self.leases.take(&s.tag) else {
                 continue;
             };
             let kind = match s.verdict {
@@ -790,7 +718,7 @@ impl Handler<Extend> for JetStreamBroker {
     type Result = ();
     fn handle(&mut self, ext: Extend, _: &mut Context<Self>) {
         for tag in ext.tags {
-            if let Some(handle) = self.handles.get(&tag) {
+            if let Some(handle) = self.leases.get(&tag) {
                 actix_rt::spawn(settle_one(handle.clone(), AckKind::Progress));
             }
         }
@@ -836,6 +764,6 @@ impl Handler<Probe> for JetStreamBroker {
             _ if self.conn.is_some() => "connected",
             _ => "connecting",
         };
-        MessageResult(Probed::new(state, &[("leased", self.handles.len())]))
+        MessageResult(Probed::new(state, &[("leased", self.leases.len())]))
     }
 }

@@ -38,6 +38,7 @@
 pub mod jetstream;
 pub mod memory;
 pub mod pubsub;
+pub mod remote;
 
 use std::time::Duration;
 

@@ -23,14 +23,14 @@ use gcloud_pubsub::subscription::SubscriptionConfig;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::remote::{self, screen, Leases, Unfit};
 use super::{BrokerError, Extend, Outage, Pending, Publish, Pull, Room, Settle, Settled, Verdict};
 use crate::faults::Injector;
-use crate::message::{AckId, Delivery, Message};
+use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{fail, guard, note_restart, Child, FailureKind, Link};
-use crate::FastMap;
 
 /// The most messages one pull or one publish request carries: Pub/Sub's own limit.
 const MAX_BATCH: usize = 1000;
@@ -327,15 +327,8 @@ async fn create_all(
     Ok(())
 }
 
-/// One delivery as Pub/Sub made it: the message, or why its payload is not one, and
-/// what settles it.
-pub struct Fetched {
-    pub message: Result<Message, String>,
-    /// 1 on the first delivery; Pub/Sub counts every one.
-    pub attempt: u32,
-    pub published_at: SystemTime,
-    pub handle: Handle,
-}
+/// One delivery as Pub/Sub made it.
+pub type Fetched = super::remote::Fetched<Handle>;
 
 /// What the adapter keeps of a delivery until it is settled.
 #[derive(Debug, Clone)]
@@ -568,8 +561,7 @@ pub struct PubSubBroker {
     retired: bool,
     conn: Option<Subscription>,
     connecting: bool,
-    handles: FastMap<AckId, Handle>,
-    next_tag: u64,
+    leases: Leases<Handle>,
     outage: Outage,
     room: Room,
 }
@@ -585,8 +577,7 @@ impl PubSubBroker {
             retired: false,
             conn: None,
             connecting: false,
-            handles: FastMap::default(),
-            next_tag: 0,
+            leases: Leases::default(),
         }
     }
 
@@ -622,90 +613,19 @@ impl PubSubBroker {
             fail(self, ctx, FailureKind::BrokerDown, &reason);
         }
     }
-
-    /// Logs and counts what `screen` took: nobody settled those deliveries, so nobody
-    /// else counts them.
-    fn count(&mut self, unfit: Vec<Unfit>) {
-        let m = &self.link.metrics;
-        for u in unfit {
-            match u {
-                Unfit::Malformed(reason, attempt) => {
-                    if attempt == 1 {
-                        Metrics::inc(&m.published);
-                    }
-                    warn!("Dead-lettered a Pub/Sub message that is not a message: {reason}");
-                    // It was published to the broker and is now in its dead letters.
-                    Metrics::inc(&m.rejected);
-                    Metrics::inc(&m.dead_lettered);
-                    m.mark_outcome();
-                }
-                Unfit::Expired(message, attempt) => {
-                    warn!(
-                        target: crate::FLOW,
-                        "Dead-lettered {message} after {} deliveries (lease expired)",
-                        attempt - 1
-                    );
-                    Metrics::inc(&m.lease_expired);
-                    Metrics::inc(&m.dead_lettered);
-                    m.mark_outcome();
-                }
-            }
-        }
-    }
-
-    /// Turns fetched messages into deliveries, keeping each handle under a tag.
-    fn admit(&mut self, fetched: Vec<Fetched>) -> Vec<Delivery> {
-        let mut out = Vec::with_capacity(fetched.len());
-        for f in fetched {
-            let Ok(message) = f.message else { continue };
-            if f.attempt == 1 {
-                Metrics::inc(&self.link.metrics.published);
-            }
-            self.next_tag += 1;
-            let tag = AckId(self.next_tag);
-            self.handles.insert(tag, f.handle);
-            out.push(Delivery {
-                tag,
-                message,
-                attempt: f.attempt,
-                published_at: f.published_at,
-            });
-        }
-        out
-    }
 }
 
-/// What a pull gave that the pipeline never sees.
-enum Unfit {
-    /// The payload is not a message; on which delivery.
-    Malformed(String, u32),
-    /// Delivered once more than allowed: the last allowed delivery's lease ran out.
-    Expired(Message, u32),
-}
-
-/// Takes out of `fetched` what the pipeline must not see, dead-letters it, and says
-/// what it took.
-async fn screen(sub: &Subscription, fetched: &mut Vec<Fetched>, max_deliveries: u32) -> Vec<Unfit> {
-    let mut unfit = Vec::new();
-    let mut dead = Vec::new();
-    let mut kept = Vec::with_capacity(fetched.len());
-    for f in fetched.drain(..) {
-        let why = match &f.message {
-            Err(reason) => Unfit::Malformed(reason.clone(), f.attempt),
-            Ok(m) if f.attempt > max_deliveries => Unfit::Expired(*m, f.attempt),
-            Ok(_) => {
-                kept.push(f);
-                continue;
-            }
-        };
-        dead.push(f.handle);
-        unfit.push(why);
+/// Dead-letters what `screen` took out of a pull, and says what it was; if the copy
+/// fails, nothing was taken, and the deliveries come back when their leases run out.
+async fn dead_letter_unfit(sub: &Subscription, unfit: Vec<(Unfit, Handle)>) -> Vec<Unfit> {
+    let (why, handles): (Vec<_>, Vec<_>) = unfit.into_iter().unzip();
+    match sub.dead_letter(handles).await {
+        Ok(()) => why,
+        Err(e) => {
+            warn!("Cannot dead-letter Pub/Sub deliveries, so they stay for redelivery: {e}");
+            Vec::new()
+        }
     }
-    *fetched = kept;
-    if let Err(e) = sub.dead_letter(dead).await {
-        warn!("Cannot dead-letter Pub/Sub deliveries, so they stay for redelivery: {e}");
-    }
-    unfit
 }
 
 /// Whole seconds, rounded up: Pub/Sub's deadlines are in seconds, and a shorter one than
@@ -781,7 +701,7 @@ impl Handler<Pull> for PubSubBroker {
         }
         guard(self, ctx, "Pull", |act, _| act.injector.maybe_fail());
         self.connect(ctx);
-        let room = self.config.max_in_flight.saturating_sub(self.handles.len());
+        let room = self.leases.room(self.config.max_in_flight);
         let nap = tokio::time::sleep(pull.wait.min(NAP));
         let Some(sub) = self.conn.clone() else {
             if !self.connecting {
@@ -814,18 +734,24 @@ impl Handler<Pull> for PubSubBroker {
         let max = pull.max.min(room);
         let fetch = async move {
             let mut fetched = sub.pull(max).await?;
-            let unfit = screen(&sub, &mut fetched, max_deliveries).await;
+            // Pub/Sub tells a subscriber no backlog: what it published, as far as this
+            // instance can tell, is what it delivered here for the first time.
+            let firsts = fetched.iter().filter(|f| f.attempt == 1).count() as u64;
+            let unfit = screen(&mut fetched, max_deliveries);
+            let unfit = dead_letter_unfit(&sub, unfit).await;
             if fetched.is_empty() && unfit.is_empty() {
                 nap.await;
             }
-            Ok::<_, PubSubError>((fetched, unfit))
+            Ok::<_, PubSubError>((fetched, unfit, firsts))
         };
         Box::pin(fetch.into_actor(self).map(|res, act, ctx| {
             act.note_reach(res.is_ok(), ctx);
             match res {
-                Ok((fetched, unfit)) => {
-                    act.count(unfit);
-                    Ok(act.admit(fetched))
+                Ok((fetched, unfit, firsts)) => {
+                    let m = &act.link.metrics;
+                    Metrics::add(&m.published, firsts);
+                    remote::count("Pub/Sub", m, &unfit);
+                    Ok(act.leases.admit(fetched))
                 }
                 Err(e) => {
                     warn!("{e}");
@@ -847,7 +773,7 @@ impl Handler<Settle> for PubSubBroker {
         let mut deadlines: BTreeMap<i32, Vec<String>> = BTreeMap::new();
         let mut dead = Vec::new();
         for s in settle.0 {
-            let Some(handle) = self.handles.remove(&s.tag) else {
+            let Some(handle) = self.leases.take(&s.tag) else {
                 continue;
             };
             match s.verdict {
@@ -893,7 +819,7 @@ impl Handler<Extend> for PubSubBroker {
         let ids: Vec<String> = ext
             .tags
             .iter()
-            .filter_map(|t| self.handles.get(t).map(|h| h.ack_id.clone()))
+            .filter_map(|t| self.leases.get(t).map(|h| h.ack_id.clone()))
             .collect();
         actix_rt::spawn(async move {
             if let Err(e) = sub.modify(ids, seconds(ext.by)).await {
@@ -907,7 +833,7 @@ impl Handler<Extend> for PubSubBroker {
 impl Handler<Pending> for PubSubBroker {
     type Result = Result<u64, BrokerError>;
     fn handle(&mut self, _: Pending, _: &mut Context<Self>) -> Self::Result {
-        Ok(self.handles.len() as u64)
+        Ok(self.leases.len() as u64)
     }
 }
 
@@ -927,7 +853,7 @@ impl Handler<Probe> for PubSubBroker {
             _ if self.conn.is_some() => "connected",
             _ => "connecting",
         };
-        MessageResult(Probed::new(state, &[("leased", self.handles.len())]))
+        MessageResult(Probed::new(state, &[("leased", self.leases.len())]))
     }
 }
 
