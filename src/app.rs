@@ -34,7 +34,8 @@ use crate::names::ChildName;
 use crate::protocol::{InputClosed, Probe, Shutdown};
 use crate::report::Report;
 use crate::store::{
-    memory::MemoryStore, sqlite::SqliteOpener, Store, StoreError, StoreOpener, StoreWriter,
+    memory::MemoryStore, postgres::PostgresOpener, sqlite::SqliteOpener, Store, StoreError,
+    StoreOpener, StoreWriter,
 };
 use crate::supervision::strategy::Intensity;
 use crate::supervision::supervisor::{Escalate, Settings, Supervisor};
@@ -119,6 +120,10 @@ struct OpenedStore {
 fn open_store(kind: &StoreKind) -> Result<OpenedStore, StoreError> {
     let opener: Arc<dyn StoreOpener> = match kind {
         StoreKind::Sqlite(path) => Arc::new(SqliteOpener { path: path.clone() }),
+        StoreKind::Postgres { database, pool } => Arc::new(PostgresOpener {
+            database: database.clone(),
+            pool: *pool,
+        }),
         StoreKind::Memory => Arc::new(MemoryStore::default()),
     };
     let first = opener.open()?;

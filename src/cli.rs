@@ -60,6 +60,8 @@ pub enum ActionArg {
 pub enum StoreArg {
     /// A SQLite file (see --db).
     Sqlite,
+    /// A PostgreSQL database that several instances share (see --db-url, --db-pool).
+    Postgres,
     /// In memory, for study runs and benchmarks; nothing is kept.
     Memory,
 }
@@ -203,6 +205,16 @@ pub struct Cli {
     /// The SQLite file; its schema is created at start.
     #[arg(long, value_name = "PATH", default_value = "mandrill.db")]
     pub db: PathBuf,
+
+    /// The PostgreSQL database, for --store postgres: postgres://USER@HOST/DB; its
+    /// schema is created or migrated at start.
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
+
+    /// Connections to PostgreSQL, each with a writer thread of its own.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub db_pool: u64,
 
     /// Group commit: a batch is written when it holds this many messages...
     #[arg(long, value_name = "N", default_value_t = 1000,
@@ -452,6 +464,9 @@ pub enum ArgsError {
     PubSub(#[from] PubSubError),
     #[error("--source pubsub needs --subscription projects/PROJECT/subscriptions/NAME")]
     NoSubscription,
+    /// The store's settings do not make a usable store.
+    #[error("{0}")]
+    Store(String),
 }
 
 impl Cli {
@@ -761,6 +776,17 @@ impl Cli {
             message_timeout: self.message_timeout,
             store: match self.store {
                 StoreArg::Sqlite => StoreKind::Sqlite(self.db),
+                StoreArg::Postgres => {
+                    let url = self.db_url.as_deref().ok_or_else(|| {
+                        ArgsError::Store("--store postgres needs --db-url or DATABASE_URL".into())
+                    })?;
+                    StoreKind::Postgres {
+                        database: url.parse().map_err(|e| {
+                            ArgsError::Store(format!("--db-url is not a postgres url: {e}"))
+                        })?,
+                        pool: self.db_pool as usize,
+                    }
+                }
                 StoreArg::Memory => StoreKind::Memory,
             },
             batch_size: self.batch_size as usize,
@@ -864,7 +890,7 @@ mod tests {
             &["--ack-deadline", "0"],
             &["--inject", "panic:nobody=0.1"],
             &["--domain", "bad domain"],
-            &["--store", "postgres"],
+            &["--store", "mysql"],
             &["--log", "loud"],
             &["--strategy", "all-for-none"],
         ] {

@@ -109,6 +109,12 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Sqlite(PathBuf),
+    /// A PostgreSQL database that several instances share, with up to `pool`
+    /// connections.
+    Postgres {
+        database: crate::store::postgres::Database,
+        pool: usize,
+    },
     Memory,
 }
 

@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "broker::memory",
             "store::memory",
             "store::sqlite",
+            "store::postgres",
         ],
     ),
     (

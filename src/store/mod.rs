@@ -10,6 +10,7 @@
 //! restart of the process.
 
 pub(crate) mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

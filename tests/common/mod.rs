@@ -6,6 +6,7 @@
 
 pub mod brokers;
 pub mod nats;
+pub mod postgres;
 pub mod pubsub;
 
 use std::io::{BufRead, BufReader, Read, Write};
