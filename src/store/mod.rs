@@ -158,6 +158,18 @@ pub trait Store: Send {
     fn close(&mut self) -> Result<(), StoreError>;
 }
 
+/// A restart history row's host, read back from a database: a row that is not a valid
+/// name was not written by the service, so it is skipped, loudly.
+pub(crate) fn history_host(host: &str) -> Option<InstanceName> {
+    match InstanceName::parse(host) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("Skipped restart history row {host:?}: {e}");
+            None
+        }
+    }
+}
+
 /// Opens connections to one store.
 pub(crate) trait StoreOpener: Send + Sync {
     /// How many connections the store takes at once: one for SQLite, which has a single

@@ -267,16 +267,10 @@ impl Store for PostgresStore {
                 &[&since_ms],
             )
             .map_err(classify)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let host: String = row.get(0);
-            // A row that is not a valid name was not written by us; skip it, loudly.
-            match InstanceName::parse(&host) {
-                Ok(h) => out.push((h, row.get(1))),
-                Err(e) => tracing::warn!("Skipped restart history row {host:?}: {e}"),
-            }
-        }
-        Ok(out)
+        Ok(rows
+            .iter()
+            .filter_map(|row| super::history_host(row.get(0)).map(|h| (h, row.get(1))))
+            .collect())
     }
 
     fn claim_restarts(

@@ -304,11 +304,7 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (host, at) = row.map_err(classify)?;
-            // A row that is not a valid name was not written by us; skip it, loudly.
-            match InstanceName::parse(&host) {
-                Ok(h) => out.push((h, at)),
-                Err(e) => tracing::warn!("Skipped restart history row {host:?}: {e}"),
-            }
+            out.extend(super::history_host(&host).map(|h| (h, at)));
         }
         Ok(out)
     }
