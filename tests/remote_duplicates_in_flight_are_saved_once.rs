@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::brokers::{Left, Remote};
+use common::brokers::Remote;
 use common::stdin_line;
 
 const COPIES: usize = 5;
@@ -33,13 +33,7 @@ fn copies_are_saved_once(broker: Remote) {
     assert_eq!(f.n("acked"), COPIES as u64, "{}", f.report);
     assert_eq!(f.db_rows("SELECT count(*) FROM messages"), 1);
     assert_eq!(f.n("restarted"), 1, "{}", f.report);
-    assert_eq!(
-        broker.left_and_delete(),
-        Left {
-            pending: 0,
-            dead_letters: 0
-        }
-    );
+    broker.assert_all_acked_and_delete();
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::brokers::{Left, Remote};
+use common::brokers::Remote;
 use nix::sys::signal::Signal;
 
 const MESSAGES: usize = 600;
@@ -63,13 +63,7 @@ fn three_share_and_survive_a_kill(broker: Remote) {
         MESSAGES,
         "messages stored across the instances"
     );
-    assert_eq!(
-        broker.left_and_delete(),
-        Left {
-            pending: 0,
-            dead_letters: 0
-        }
-    );
+    broker.assert_all_acked_and_delete();
 }
 
 #[test]

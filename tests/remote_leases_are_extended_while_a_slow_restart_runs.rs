@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::brokers::{Left, Remote};
+use common::brokers::Remote;
 
 const MESSAGES: usize = 5;
 
@@ -36,13 +36,7 @@ fn slow_work_keeps_its_lease(broker: Remote) {
     assert_eq!(f.n("acked"), MESSAGES as u64, "{}", f.report);
     assert_eq!(f.n("redelivered"), 0, "{}", f.report);
     assert_eq!(f.n("lease_expired"), 0, "{}", f.report);
-    assert_eq!(
-        broker.left_and_delete(),
-        Left {
-            pending: 0,
-            dead_letters: 0
-        }
-    );
+    broker.assert_all_acked_and_delete();
 }
 
 #[test]

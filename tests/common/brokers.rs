@@ -114,6 +114,17 @@ impl Remote {
         }
     }
 
+    /// Asserts that the broker holds nothing more for the service and no dead letters,
+    /// then removes the test's names.
+    pub fn assert_all_acked_and_delete(&self) {
+        let left = self.left_and_delete();
+        let none = Left {
+            pending: 0,
+            dead_letters: 0,
+        };
+        assert_eq!(left, none, "the broker still holds messages");
+    }
+
     /// What the broker holds for the service, and in its dead letters; then removes the
     /// test's streams, or topics and subscriptions.
     pub fn left_and_delete(&self) -> Left {
