@@ -18,7 +18,7 @@ use crate::actors::consumer::{Consumer, Downstream};
 use crate::actors::monitor::MonitorConfig;
 use crate::actors::publisher::{Publisher, PublisherConfig};
 use crate::actors::restarter::Reconfigure;
-use crate::actors::restarter::{Restarter, RestarterConfig};
+use crate::actors::restarter::{Restarter, RestarterConfig, StoreCalls};
 use crate::actors::saver::{Saver, SaverConfig};
 use crate::actors::signal::{Cause, LiveSettings, Reloader, ShutdownConfig, SignalActor};
 use crate::actors::Pipeline;
@@ -451,10 +451,11 @@ fn start_pipeline(
         rails: config.rails.clone(),
         service: service_id(config),
         history: config.store != StoreKind::Memory,
+        claim_ttl: config.claim_ttl(),
     };
     let restarter = w.start_child(move |link, injector| {
-        let (load, record) = (store_w.clone().recipient(), store_w.recipient());
-        Restarter::new(link, to_acker, load, record, action, cfg, injector)
+        let calls = StoreCalls::to(&store_w);
+        Restarter::new(link, to_acker, calls, action, cfg, injector)
     });
 
     // 6. The Consumer, which feeds the three above.

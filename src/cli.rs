@@ -230,6 +230,12 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "7d", value_parser = parse_duration)]
     pub min_restart_interval: Duration,
 
+    /// How long a restart's claim in the store waits for its outcome; past it, an
+    /// instance that died mid-restart shows as `unknown` in the history [default: the
+    /// action timeout + 30s].
+    #[arg(long, value_name = "S", value_parser = parse_positive_duration)]
+    pub claim_ttl: Option<Duration>,
+
     /// Shutdown: how long to let in-flight messages finish; 0 does not wait.
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -792,6 +798,7 @@ impl Cli {
             batch_size: self.batch_size as usize,
             flush_interval: self.flush_interval,
             min_restart_interval: self.min_restart_interval,
+            claim_ttl: self.claim_ttl,
             drain_timeout: self.drain_timeout,
             shield_timeout: self.shield_timeout,
             shutdown_timeouts: self.shutdown_timeout,

@@ -51,7 +51,7 @@ impl Config {
             "shutdown-timeout" => shutdown_timeouts, "max-restarts" => max_restarts,
             "restart-window" => restart_window, "strategy" => strategy, "backoff" => backoff,
             "decider" => decider, "restart-type" => restart_types,
-            "handler-deadline" => handler_deadline, "slow-handler-ms" => slow_handler,
+            "claim-ttl" => claim_ttl, "handler-deadline" => handler_deadline, "slow-handler-ms" => slow_handler,
             "lag-warn-ms" => lag_warn, "status" => status_every, "inject" => faults,
             "instance-id" => instance_id, "on-sighup" => on_sighup,
             "metrics-addr" => metrics_addr,
@@ -150,6 +150,9 @@ pub struct Config {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub min_restart_interval: Duration,
+    /// How long a restart's claim waits for its outcome before the history shows it as
+    /// `unknown`; unset, the action's timeout and a margin.
+    pub claim_ttl: Option<Duration>,
     pub drain_timeout: Duration,
     pub shield_timeout: Duration,
     /// How long each child may take to stop at shutdown before it is abandoned.
@@ -189,6 +192,27 @@ pub struct Config {
     pub handle_signals: bool,
 }
 
+/// What a claim's ttl adds to the action's timeout by default: time to record the
+/// outcome once the action is done.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// How long a restart's claim waits for its outcome: `--claim-ttl`, or the action's
+    /// timeout and a margin. The simulated action has no timeout; its IO delay, doubled
+    /// for jitter, stands in for one.
+    pub fn claim_ttl(&self) -> Duration {
+        self.claim_ttl.unwrap_or_else(|| {
+            let timeout = match &self.action {
+                ActionSpec::Simulated => self.io_delay * 2,
+                ActionSpec::Command { timeout, .. } | ActionSpec::Webhook { timeout, .. } => {
+                    *timeout
+                }
+            };
+            timeout + CLAIM_MARGIN
+        })
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -212,6 +236,7 @@ impl Default for Config {
             batch_size: 1000,
             flush_interval: Duration::from_millis(5),
             min_restart_interval: Duration::from_secs(7 * 24 * 3600),
+            claim_ttl: None,
             drain_timeout: Duration::from_secs(5),
             shield_timeout: Duration::from_secs(30),
             shutdown_timeouts: ShutdownTimeouts::default(),

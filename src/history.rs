@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use thiserror::Error;
 
-use crate::store::sqlite::{read_history, HistoryQuery, HistoryRow};
+use crate::store::postgres::Database;
 use crate::store::StoreError;
+use crate::store::{HistoryQuery, HistoryRow};
 
 /// How the history is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,6 +44,9 @@ pub struct HistoryArgs {
     /// The SQLite file the service writes.
     #[arg(long, value_name = "PATH", default_value = "mandrill.db")]
     pub db: PathBuf,
+    /// The PostgreSQL database a fleet writes, instead of a file (`DATABASE_URL` too).
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub db_url: Option<Database>,
 }
 
 /// A `--since`: a span back from now, or a date.
@@ -93,8 +97,12 @@ pub fn run(args: &HistoryArgs, out: &mut dyn Write) -> Result<(), HistoryError> 
         since_ms: args.since.map(|s| s.to_ms(now_ms)).transpose()?,
         outcome: args.outcome.clone(),
         limit: args.limit,
+        now_ms,
     };
-    let rows = read_history(&args.db, &query)?;
+    let rows = match &args.db_url {
+        Some(database) => crate::store::postgres::read_history(database, &query)?,
+        None => crate::store::sqlite::read_history(&args.db, &query)?,
+    };
     let write = |e: std::io::Error| HistoryError::Write(e.to_string());
     match args.format {
         Format::Json => {

@@ -12,8 +12,8 @@ use crate::actors::protocol::StepError;
 use crate::message::{AckId, Delivery, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
 use crate::store::{
-    memory::MemoryStore, Attempt, AttemptOutcome, CloseStore, LoadRestarts, RecordAttempts,
-    SaveBatch, Store, StoreError,
+    memory::MemoryStore, Attempt, AttemptOutcome, ClaimRestarts, ClaimTerms, Claimed, CloseStore,
+    LoadRestarts, RecordAttempts, ReleaseClaims, SaveBatch, Store, StoreError,
 };
 use crate::supervision::policy::{ChildPolicy, RestartType};
 use crate::supervision::{BackoffFor, ChildExited, ChildFailed, Link};
@@ -181,7 +181,29 @@ impl Handler<LoadRestarts> for FakeStore {
     type Result = Result<Vec<(InstanceName, i64)>, StoreError>;
     fn handle(&mut self, msg: LoadRestarts, _: &mut Context<Self>) -> Self::Result {
         self.check()?;
-        self.inner.restarts_since(msg.since_ms)
+        self.inner.restarts_since(msg.since_ms, msg.now_ms)
+    }
+}
+
+impl Handler<ClaimRestarts> for FakeStore {
+    type Result = Result<Vec<Claimed>, StoreError>;
+    fn handle(&mut self, msg: ClaimRestarts, _: &mut Context<Self>) -> Self::Result {
+        self.check()?;
+        let terms = ClaimTerms {
+            context: &msg.context,
+            now_ms: msg.now_ms,
+            interval_ms: msg.interval_ms,
+            ttl_ms: msg.ttl_ms,
+        };
+        self.inner.claim_restarts(&msg.claims, &terms)
+    }
+}
+
+impl Handler<ReleaseClaims> for FakeStore {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: ReleaseClaims, _: &mut Context<Self>) -> Self::Result {
+        self.check()?;
+        self.inner.release_claims(&msg.service, &msg.claims)
     }
 }
 

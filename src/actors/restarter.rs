@@ -26,7 +26,8 @@ use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::rails::{Rail, RailError, Rails, RecentStarts};
 use crate::store::{
-    Attempt, AttemptContext, AttemptOutcome, LoadRestarts, RecordAttempts, StoreError,
+    Attempt, AttemptContext, AttemptOutcome, Claim, ClaimRestarts, Claimed, LoadRestarts,
+    RecordAttempts, ReleaseClaims, Settle, StoreError,
 };
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
@@ -43,9 +44,43 @@ pub(crate) struct RestarterConfig {
     pub rails: Rails,
     /// Who this service is, for the history: `hostname:pid`, or `--instance-id`.
     pub service: std::sync::Arc<str>,
-    /// Whether the store keeps a history of every attempt. Without one, only successful
-    /// restarts are sent to it, for the index of last restarts.
+    /// Whether the store keeps a history of every attempt. Without one, only the
+    /// attempts that settle a claim are sent to it.
     pub history: bool,
+    /// How long a claim waits for its restart's outcome before the history shows it as
+    /// `unknown`.
+    pub claim_ttl: Duration,
+}
+
+/// The store calls the Restarter makes, each to the store's writer threads.
+pub(crate) struct StoreCalls {
+    pub load: Recipient<LoadRestarts>,
+    pub record: Recipient<RecordAttempts>,
+    pub claim: Recipient<ClaimRestarts>,
+    pub release: Recipient<ReleaseClaims>,
+}
+
+impl StoreCalls {
+    /// Every call to one store actor.
+    pub(crate) fn to<A>(store: &Addr<A>) -> Self
+    where
+        A: Actor
+            + Handler<LoadRestarts>
+            + Handler<RecordAttempts>
+            + Handler<ClaimRestarts>
+            + Handler<ReleaseClaims>,
+        A::Context: actix::dev::ToEnvelope<A, LoadRestarts>
+            + actix::dev::ToEnvelope<A, RecordAttempts>
+            + actix::dev::ToEnvelope<A, ClaimRestarts>
+            + actix::dev::ToEnvelope<A, ReleaseClaims>,
+    {
+        Self {
+            load: store.clone().recipient(),
+            record: store.clone().recipient(),
+            claim: store.clone().recipient(),
+            release: store.clone().recipient(),
+        }
+    }
 }
 
 /// Wall-clock time that follows the runtime's clock, so that paused time in tests moves
@@ -83,14 +118,16 @@ struct State {
 pub struct Restarter {
     link: Link,
     acker: Recipient<Outcomes>,
-    load: Recipient<LoadRestarts>,
-    record: Recipient<RecordAttempts>,
+    store: StoreCalls,
     action: Box<dyn RestartAction>,
     config: RestarterConfig,
     clock: Clock,
     injector: Injector,
     /// Survives restarts: a stopped Restarter fails every restart it is asked for.
     retired: bool,
+    /// How many times this Restarter has been restarted: an answer to a claim sent by
+    /// an earlier incarnation cannot fail this one.
+    incarnation: u64,
     /// Each host's last successful restart, in ms since the epoch. The store holds the
     /// durable copy; this index is loaded from it on start and kept in step after. It
     /// survives restarts: it is the safety rail against restarting a host twice within
@@ -161,12 +198,22 @@ struct Finished {
 /// What joiners are told of the restart they shared.
 const SHARED: &str = "it was restarted for another message at the same time";
 
+/// Why a host claimed by another restart that is still running is skipped.
+const HELD: &str = "another instance is restarting it";
+
+/// The claim a restart makes on its host.
+fn claim_of(job: &RestartJob) -> Claim {
+    Claim {
+        host: job.host,
+        message_id: job.message_id,
+    }
+}
+
 impl Restarter {
     pub(crate) fn new(
         link: Link,
         acker: Recipient<Outcomes>,
-        load: Recipient<LoadRestarts>,
-        record: Recipient<RecordAttempts>,
+        store: StoreCalls,
         action: Box<dyn RestartAction>,
         config: RestarterConfig,
         injector: Injector,
@@ -175,13 +222,13 @@ impl Restarter {
         Self {
             link,
             acker,
-            load,
-            record,
+            store,
             action,
             config,
             clock: Clock::new(),
             injector,
             retired: false,
+            incarnation: 0,
             last_restart: Default::default(),
             running: FastMap::default(),
             joined: FastMap::default(),
@@ -231,6 +278,191 @@ impl Restarter {
             }
         }
         Plan::Restart
+    }
+
+    /// Whether restarts are guarded by claims in the store: with no minimum interval
+    /// there is nothing to guard.
+    fn guarded(&self) -> bool {
+        !self.config.min_interval.is_zero()
+    }
+
+    /// Who makes the attempts, for the store.
+    fn context(&self) -> AttemptContext {
+        AttemptContext {
+            domain: self.config.domain.clone(),
+            action: self.action.name(),
+            leashed: self.config.leashed,
+            service: self.config.service.clone(),
+        }
+    }
+
+    /// Starts a restart now if the cap on restarts running at once has room, by adding
+    /// it to `jobs`; else it waits its turn.
+    fn launch(&mut self, job: RestartJob, jobs: &mut Vec<RestartJob>) {
+        let cap = self.config.rails.max_concurrent.unwrap_or(usize::MAX);
+        if self.active < cap {
+            self.active += 1;
+            jobs.push(job);
+        } else {
+            self.waiting.push_back(job);
+        }
+    }
+
+    /// Claims the hosts of `jobs` in the store; the answer comes back to the mailbox as
+    /// `ClaimsDecided`, whichever incarnation reads it.
+    fn claim(&mut self, jobs: Vec<RestartJob>, ctx: &mut Context<Self>) {
+        let asked = self.store.claim.send(ClaimRestarts {
+            claims: jobs.iter().map(claim_of).collect(),
+            context: self.context(),
+            now_ms: self.clock.now_ms(),
+            interval_ms: self.config.min_interval.as_millis() as i64,
+            ttl_ms: self.config.claim_ttl.as_millis() as i64,
+        });
+        let (me, incarnation) = (ctx.address(), self.incarnation);
+        actix_rt::spawn(async move {
+            let result = asked
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+            me.do_send(ClaimsDecided {
+                jobs,
+                result,
+                incarnation,
+            });
+        });
+    }
+
+    /// Gives back claims whose restarts will not start, so that a redelivery can try
+    /// again. A claim that cannot be given back stays, and its host counts as restarted
+    /// for the interval: safety before liveness.
+    fn give_back(&self, claims: Vec<Claim>) {
+        if claims.is_empty() {
+            return;
+        }
+        let n = claims.len();
+        let asked = self.store.release.send(ReleaseClaims {
+            service: self.config.service.clone(),
+            claims,
+        });
+        actix_rt::spawn(async move {
+            let res = asked
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+            if let Err(e) = res {
+                tracing::warn!(
+                    "Could not give back {n} restart claims ({e}); their hosts count as \
+                     restarted until the minimum interval has passed"
+                );
+            }
+        });
+    }
+
+    /// Takes in the store's answer to claims: restarts the hosts won, skips those held,
+    /// and fails safe when the store could not answer.
+    fn claims_decided(&mut self, msg: ClaimsDecided, ctx: &mut Context<Self>) {
+        let ClaimsDecided {
+            jobs,
+            result,
+            incarnation,
+        } = msg;
+        let mut out = Finished {
+            outcomes: Vec::with_capacity(jobs.len()),
+            rows: Vec::new(),
+            now_ms: self.clock.now_ms(),
+        };
+        let (mut start, mut done, mut back) = (Vec::new(), Vec::new(), Vec::new());
+        let claimed = match result {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // No restart without a claim. The claim may have been written all the
+                // same, so it is given back too.
+                back.extend(jobs.iter().map(claim_of));
+                for job in &jobs {
+                    if self.running.get(&job.host) != Some(&job.id) {
+                        continue;
+                    }
+                    self.running.remove(&job.host);
+                    let joiners = self.joined.remove(&job.host).unwrap_or_default();
+                    let hostname = job.host.hostname(&self.config.domain);
+                    let e = RestartError::Unavailable(format!(
+                        "cannot claim {hostname} in the store, so it is not restarted: {e}"
+                    ));
+                    self.notice(job.host, || RestartOutcome::Failed(e.clone()));
+                    for tag in joiners.into_iter().chain([job.id]) {
+                        report_error(&self.link.metrics, Self::NAME.as_str(), true, &e);
+                        out.outcomes.push(Outcome::err_for(tag, e.clone()));
+                    }
+                }
+                self.give_back(back);
+                self.send(out.outcomes, out.rows, ctx);
+                // An answer that waited in the mailbox through a restart is old news: a
+                // store outage restarts the Restarter once per incarnation, not once per
+                // claim that was under way when it began.
+                if incarnation == self.incarnation {
+                    report_error(&self.link.metrics, Self::NAME.as_str(), false, &e);
+                    fail(self, ctx, (&e).into(), &e);
+                }
+                return;
+            }
+        };
+        for (job, claimed) in jobs.into_iter().zip(claimed) {
+            let tracked = self.running.get(&job.host) == Some(&job.id);
+            if !tracked {
+                // The shutdown, or a restart of this actor, gave up on the delivery.
+                if claimed.won() {
+                    back.push(claim_of(&job));
+                }
+                continue;
+            }
+            match claimed {
+                Claimed::Won if self.retired => {
+                    back.push(claim_of(&job));
+                    self.running.remove(&job.host);
+                    let joiners = self.joined.remove(&job.host).unwrap_or_default();
+                    for tag in joiners.into_iter().chain([job.id]) {
+                        out.outcomes
+                            .push(Outcome::err_for(tag, StepError::Stopped(Self::NAME)));
+                    }
+                }
+                Claimed::Won => match self.action.at_once(&job) {
+                    Some(result) => {
+                        self.active += 1;
+                        done.push(JobDone { job, result });
+                    }
+                    None => self.launch(job, &mut start),
+                },
+                Claimed::Held { restarted_ms } => {
+                    self.running.remove(&job.host);
+                    let joiners = self.joined.remove(&job.host).unwrap_or_default();
+                    let why = match restarted_ms {
+                        Some(at) => {
+                            let known = self.last_restart.entry(job.host).or_insert(at);
+                            *known = (*known).max(at);
+                            Recent {
+                                ago: Duration::from_millis((out.now_ms - at).max(0) as u64),
+                                min: self.config.min_interval,
+                            }
+                            .to_string()
+                        }
+                        None => HELD.to_string(),
+                    };
+                    let hostname = job.host.hostname(&self.config.domain);
+                    for tag in joiners.into_iter().chain([job.id]) {
+                        info!(target: FLOW, "Skipped restarting {hostname}: {why}");
+                        Metrics::inc(&self.link.metrics.restart_skipped);
+                        self.notice(job.host, || RestartOutcome::Skipped(why.clone()));
+                        out.outcomes.push(Outcome::ok_for(tag));
+                    }
+                }
+            }
+        }
+        if !start.is_empty() {
+            self.action.start(start, &ctx.address().recipient());
+        }
+        self.give_back(back);
+        self.send(out.outcomes, out.rows, ctx);
+        if !done.is_empty() {
+            self.finished(done, ctx);
+        }
     }
 
     /// Starts the restarts waiting for a place under the cap, as places free up.
@@ -351,7 +583,8 @@ impl Restarter {
                     RestartError::TimedOut { .. } => AttemptOutcome::TimedOut,
                     _ => AttemptOutcome::Failed,
                 };
-                if self.config.history {
+                // The attempt settles its claim, so it is recorded even without a history.
+                if self.config.history || self.guarded() {
                     let row = self.attempt(&job, out.now_ms, outcome, Some(e.detail()));
                     out.rows.push(row);
                 }
@@ -370,7 +603,7 @@ impl Restarter {
         }
     }
 
-    fn send(&mut self, outcomes: Vec<Outcome>, rows: Vec<Attempt>, ctx: &mut Context<Self>) {
+    fn send(&mut self, mut outcomes: Vec<Outcome>, rows: Vec<Attempt>, ctx: &mut Context<Self>) {
         if !self.notices.is_empty() {
             let notices = HostRestarts(std::mem::take(&mut self.notices));
             for w in &self.watchers {
@@ -378,20 +611,26 @@ impl Restarter {
             }
         }
         if !rows.is_empty() {
+            // The nacks of failed restarts go out once their claims are given back: a
+            // redelivery that overtook the release would find its host still claimed,
+            // and skip it for good.
+            let gives_back = rows.iter().any(|r| r.outcome.settle() == Settle::Release);
+            let held = gives_back.then(|| (self.acker.clone(), std::mem::take(&mut outcomes)));
             // A failed history write is a store failure like the Saver's, decided by the
             // policy; its answer comes back through the mailbox.
-            let context = AttemptContext {
-                domain: self.config.domain.clone(),
-                action: self.action.name(),
-                leashed: self.config.leashed,
-                service: self.config.service.clone(),
-            };
-            let written = self.record.send(RecordAttempts { context, rows });
+            let context = self.context();
+            let written = self.store.record.send(RecordAttempts { context, rows });
             let me = ctx.address();
             actix_rt::spawn(async move {
                 let res = written
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+                if let Some((acker, outcomes)) = held.filter(|(_, o)| !o.is_empty()) {
+                    acker.do_send(Outcomes {
+                        step: Step::Restart,
+                        outcomes,
+                    });
+                }
                 if let Err(e) = res {
                     me.do_send(HistoryFailed(e));
                 }
@@ -416,8 +655,9 @@ impl Actor for Restarter {
         }
         // Block the mailbox until the index is loaded: deciding without it could restart
         // a host that was restarted a minute ago, before this process started.
-        let since_ms = self.clock.now_ms() - self.config.min_interval.as_millis() as i64;
-        let load = self.load.send(LoadRestarts { since_ms });
+        let now_ms = self.clock.now_ms();
+        let since_ms = now_ms - self.config.min_interval.as_millis() as i64;
+        let load = self.store.load.send(LoadRestarts { since_ms, now_ms });
         ctx.wait(load.into_actor(self).map(|res, act, _| match res {
             Ok(Ok(rows)) => {
                 info!("Loaded {} recent restarts from the history", rows.len());
@@ -467,6 +707,7 @@ impl Supervised for Restarter {
         self.send(failed, Vec::new(), ctx);
         // The index of last restarts is kept; `started` merges the store's history in.
         self.state = State::default();
+        self.incarnation += 1;
         note_restart(self);
     }
 }
@@ -493,7 +734,7 @@ impl Handler<Restart> for Restarter {
             // fails those not reached yet.
             act.state.current = Some((msg.0.clone(), 0));
             act.injector.maybe_fail();
-            let mut jobs = Vec::new();
+            let (mut jobs, mut claims) = (Vec::new(), Vec::new());
             let mut out = Finished {
                 outcomes: Vec::with_capacity(msg.0.len()),
                 rows: Vec::new(),
@@ -573,6 +814,12 @@ impl Handler<Restart> for Restarter {
                         }
                         out.outcomes.push(Outcome::ok(d));
                     }
+                    Plan::Restart if act.guarded() => {
+                        // The host is claimed in the store first, and restarted once the
+                        // claim is won; meanwhile other deliveries of it join this one.
+                        act.running.insert(host, d.tag);
+                        claims.push(job);
+                    }
                     Plan::Restart => {
                         // An outcome known at once is taken in here, as if it had come
                         // back: no table, no trip through the mailbox.
@@ -586,18 +833,15 @@ impl Handler<Restart> for Restarter {
                             continue;
                         }
                         act.running.insert(host, d.tag);
-                        let cap = act.config.rails.max_concurrent.unwrap_or(usize::MAX);
-                        if act.active < cap {
-                            act.active += 1;
-                            jobs.push(job);
-                        } else {
-                            act.waiting.push_back(job);
-                        }
+                        act.launch(job, &mut jobs);
                     }
                 }
             }
             if !jobs.is_empty() {
                 act.action.start(jobs, &ctx.address().recipient());
+            }
+            if !claims.is_empty() {
+                act.claim(claims, ctx);
             }
             if ctx.state() == ActorState::Running {
                 act.state.current = None;
@@ -614,6 +858,25 @@ impl Handler<ActionsDone> for Restarter {
         // No guard and no fault injection: these outcomes are the only word of restarts
         // that already happened, and a panic here would lose them.
         self.finished(msg.0, ctx);
+    }
+}
+
+/// The store's answer to claims on hosts about to be restarted.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ClaimsDecided {
+    jobs: Vec<RestartJob>,
+    result: Result<Vec<Claimed>, StoreError>,
+    /// The incarnation that sent the claim.
+    incarnation: u64,
+}
+
+impl Handler<ClaimsDecided> for Restarter {
+    type Result = ();
+    fn handle(&mut self, msg: ClaimsDecided, ctx: &mut Context<Self>) {
+        // No guard and no fault injection, as for outcomes: a claim won must be used or
+        // given back, and a panic here would strand it until its ttl.
+        self.claims_decided(msg, ctx);
     }
 }
 
@@ -687,7 +950,11 @@ impl Handler<Shutdown> for Restarter {
         for old in &mut self.replaced {
             old.stop();
         }
-        self.waiting.clear();
+        // Restarts still waiting for a place never started: their claims go back.
+        let waiting = std::mem::take(&mut self.waiting);
+        if self.guarded() {
+            self.give_back(waiting.iter().map(claim_of).collect());
+        }
         self.active = 0;
         self.retired = true;
     }
@@ -769,7 +1036,7 @@ mod tests {
         let history = store.restarts.clone();
         let store = store.start();
         let kept_store = store.clone();
-        let (load, record) = (store.clone().recipient(), store.recipient());
+        let calls = StoreCalls::to(&store);
         let config = RestarterConfig {
             min_interval,
             domain: "example.net".into(),
@@ -777,11 +1044,12 @@ mod tests {
             rails,
             service: "test".into(),
             history: true,
+            claim_ttl: Duration::from_secs(90),
         };
         let action = simulated(io_delay, failure_rate);
         let injector = Injector::none(ChildName::Restarter);
         let restarter = actix::Supervisor::start(move |_| {
-            Restarter::new(link, acker, load, record, action, config, injector)
+            Restarter::new(link, acker, calls, action, config, injector)
         });
         Rig {
             restarter,
@@ -1096,6 +1364,116 @@ mod tests {
         tokio::time::sleep(io).await;
         settle().await;
         assert_eq!(by_tag(&r.outcomes), vec![(AckId(2), Ok(()))]);
+    }
+
+    /// A second Restarter on the rig's store, as another instance of the service.
+    fn another_instance(r: &Rig) -> (Addr<Restarter>, Got<Outcomes>) {
+        let (link, _, _) = link();
+        let (acker, outcomes) = sink();
+        let calls = StoreCalls::to(&r.store);
+        let config = RestarterConfig {
+            min_interval: HOUR,
+            domain: "example.net".into(),
+            leashed: false,
+            rails: Rails::default(),
+            service: "another".into(),
+            history: true,
+            claim_ttl: Duration::from_secs(90),
+        };
+        let action = simulated(Duration::from_secs(1), 0.0);
+        let injector = Injector::none(ChildName::Restarter);
+        let restarter = actix::Supervisor::start(move |_| {
+            Restarter::new(link, acker, calls, action, config, injector)
+        });
+        (restarter, outcomes)
+    }
+
+    #[actix_rt::test]
+    async fn two_instances_on_one_store_restart_a_host_once() {
+        tokio::time::pause();
+        let r = rig(Duration::from_secs(1), 0.0, HOUR, FakeStore::new(None));
+        let (other, other_outcomes) = another_instance(&r);
+        r.restarter
+            .send(Restart(vec![delivery(1, "web-01")].into()))
+            .await
+            .unwrap();
+        other
+            .send(Restart(vec![delivery(2, "web-01")].into()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        settle().await;
+        // Both messages are acked; the host was restarted by one instance alone.
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        assert_eq!(results(&other_outcomes), vec![Ok(())]);
+        assert_eq!(r.history.lock().unwrap().len(), 1);
+        // The loser learnt nothing it could cache while the restart ran; asked again
+        // now, it is told the restart happened and caches it.
+        other
+            .send(Restart(vec![delivery(3, "web-01")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(results(&other_outcomes), vec![Ok(())]);
+        assert_eq!(r.history.lock().unwrap().len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn no_claim_no_restart_and_the_message_is_retried() {
+        let down = crate::store::StoreError::Unavailable("connection refused".into());
+        let r = rig(Duration::ZERO, 0.0, HOUR, FakeStore::new(None));
+        r.store
+            .send(crate::testkit::FailWith(Some(down)))
+            .await
+            .unwrap();
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        let got = results(&r.outcomes);
+        assert!(
+            matches!(
+                &got[..],
+                [Err(StepError::Restart(RestartError::Unavailable(why)))]
+                    if why.contains("cannot claim cattle-a.example.net")
+            ),
+            "{got:?}"
+        );
+        assert_eq!(r.link.metrics.snapshot().restarted, 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_restart_gives_its_claim_back_for_the_redelivery() {
+        tokio::time::pause();
+        let r = rig(Duration::ZERO, 1.0, HOUR, FakeStore::new(None));
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        assert!(results(&r.outcomes)[0].is_err());
+        // The action works again, and the redelivery restarts the host.
+        r.restarter.send(WorkAgain).await.unwrap();
+        r.restarter
+            .send(Restart(vec![delivery(1, "cattle-a")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        assert_eq!(r.link.metrics.snapshot().restarted, 1);
+    }
+
+    /// Makes every later host restart succeed, for tests.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct WorkAgain;
+
+    impl Handler<WorkAgain> for Restarter {
+        type Result = ();
+        fn handle(&mut self, _: WorkAgain, _: &mut Context<Self>) {
+            self.action = simulated(Duration::ZERO, 0.0);
+        }
     }
 
     #[actix_rt::test]

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use super::{Attempt, AttemptContext, AttemptOutcome, SaveRow, Store, StoreError, StoreOpener};
+use super::{
+    Attempt, AttemptContext, Claim, ClaimTerms, Claimed, SaveRow, Settle, Store, StoreError,
+    StoreOpener,
+};
 use crate::message::InstanceName;
 
 /// A map that grows a little on each insert instead of all at once.
@@ -21,10 +24,44 @@ type GrowingMap<K, V> = griddle::HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 struct Tables {
     messages: GrowingMap<Uuid, (InstanceName, u32)>,
-    last_restart: GrowingMap<InstanceName, i64>,
-    /// Each host's latest claim.
-    claimed: GrowingMap<InstanceName, i64>,
+    /// The guard: each host's latest claim, or its latest restart.
+    claims: GrowingMap<InstanceName, HostClaim>,
     closed: bool,
+}
+
+/// A host's latest claim, as the SQL stores' `claims` table holds it.
+#[derive(Debug, Clone)]
+struct HostClaim {
+    at_ms: i64,
+    /// Who holds it and for which message, while its restart has no outcome.
+    open: Option<OpenClaim>,
+}
+
+#[derive(Debug, Clone)]
+struct OpenClaim {
+    by: Arc<str>,
+    message_id: Uuid,
+    expires_ms: i64,
+    /// The host's claim before this one, which a release restores.
+    previous_ms: Option<i64>,
+}
+
+impl Tables {
+    /// Gives back the claim `by` holds on `host` for `message_id`, if it still does.
+    fn release(&mut self, by: &str, host: InstanceName, message_id: Uuid) {
+        let Some(c) = self.claims.get_mut(&host) else {
+            return;
+        };
+        match &c.open {
+            Some(o) if &*o.by == by && o.message_id == message_id => match o.previous_ms {
+                Some(at_ms) => *c = HostClaim { at_ms, open: None },
+                None => {
+                    self.claims.remove(&host);
+                }
+            },
+            _ => {}
+        }
+    }
 }
 
 /// A connection to in-memory tables; its clones are connections to the same tables.
@@ -72,46 +109,90 @@ impl Store for MemoryStore {
         Ok(new)
     }
 
-    fn record_attempts(&mut self, _: &AttemptContext, rows: &[Attempt]) -> Result<(), StoreError> {
+    fn record_attempts(
+        &mut self,
+        context: &AttemptContext,
+        rows: &[Attempt],
+    ) -> Result<(), StoreError> {
         let mut t = self.open_tables()?;
-        for r in rows
-            .iter()
-            .filter(|r| r.outcome == AttemptOutcome::Restarted)
-        {
-            let at = t.last_restart.entry(r.host).or_insert(r.finished_ms);
-            *at = (*at).max(r.finished_ms);
+        for r in rows {
+            match r.outcome.settle() {
+                Settle::Keep => {
+                    let c = t.claims.entry(r.host).or_insert(HostClaim {
+                        at_ms: r.finished_ms,
+                        open: None,
+                    });
+                    c.at_ms = c.at_ms.max(r.finished_ms);
+                    c.open = None;
+                }
+                Settle::Release => t.release(&context.service, r.host, r.message_id),
+                Settle::Nothing => {}
+            }
         }
         Ok(())
     }
 
-    fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {
+    fn restarts_since(
+        &mut self,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<(InstanceName, i64)>, StoreError> {
         Ok(self
             .tables()
-            .last_restart
+            .claims
             .iter()
-            .filter(|(_, at)| **at >= since_ms)
-            .map(|(h, at)| (*h, *at))
+            .filter(|(_, c)| {
+                c.at_ms >= since_ms && c.open.as_ref().is_none_or(|o| o.expires_ms < now_ms)
+            })
+            .map(|(h, c)| (*h, c.at_ms))
             .collect())
     }
 
     fn claim_restarts(
         &mut self,
-        hosts: &[InstanceName],
-        now_ms: i64,
-        interval_ms: i64,
-    ) -> Result<Vec<bool>, StoreError> {
+        claims: &[Claim],
+        terms: &ClaimTerms,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let mut t = self.open_tables()?;
-        let recent = |at: Option<&i64>| at.is_some_and(|&at| now_ms - at < interval_ms);
-        Ok(hosts
+        Ok(claims
             .iter()
-            .map(|host| {
-                if recent(t.claimed.get(host)) || recent(t.last_restart.get(host)) {
-                    return false;
-                }
-                t.claimed.insert(*host, now_ms);
-                true
+            .map(|claim| {
+                let previous_ms = match t.claims.get(&claim.host) {
+                    Some(c) if terms.now_ms - c.at_ms < terms.interval_ms => {
+                        let running = c
+                            .open
+                            .as_ref()
+                            .is_some_and(|o| o.expires_ms >= terms.now_ms);
+                        return Claimed::Held {
+                            restarted_ms: (!running).then_some(c.at_ms),
+                        };
+                    }
+                    c => c.map(|c| c.at_ms),
+                };
+                let open = OpenClaim {
+                    by: terms.context.service.clone(),
+                    message_id: claim.message_id,
+                    expires_ms: terms.now_ms + terms.ttl_ms,
+                    previous_ms,
+                };
+                t.claims.insert(
+                    claim.host,
+                    HostClaim {
+                        at_ms: terms.now_ms,
+                        open: Some(open),
+                    },
+                );
+                Claimed::Won
             })
             .collect())
+    }
+
+    fn release_claims(&mut self, service: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        let mut t = self.open_tables()?;
+        for c in claims {
+            t.release(service, c.host, c.message_id);
+        }
+        Ok(())
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
@@ -145,5 +226,11 @@ mod tests {
         let mut a = MemoryStore::default();
         let mut b = a.open().unwrap();
         crate::store::claims_are_won_once_per_interval(&mut a, b.as_mut());
+    }
+
+    #[test]
+    fn raced_claims_win_each_host_once() {
+        let store = MemoryStore::default();
+        crate::store::raced_claims_win_each_host_once(&|| store.open().unwrap());
     }
 }

@@ -141,21 +141,191 @@ pub trait Store: Send {
         rows: &[Attempt],
     ) -> Result<(), StoreError>;
 
-    /// Each host's latest successful restart at or after `since_ms`.
-    fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError>;
+    /// Each host that counts as restarted at or after `since_ms`: restarted, timed out,
+    /// or claimed and left without an outcome past the claim's ttl at `now_ms`.
+    fn restarts_since(
+        &mut self,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<(InstanceName, i64)>, StoreError>;
 
-    /// Claims each host for a restart at `now_ms`, unless it was restarted or claimed
-    /// less than `interval_ms` before; returns, host by host, whether the claim was won.
-    /// It is atomic across every connection to the store, so that instances sharing one
-    /// store never restart a host twice within the interval.
+    /// The guard: claims each host for one delivery's restart, unless the host was
+    /// restarted or claimed less than `terms.interval_ms` before `terms.now_ms`; returns,
+    /// claim by claim, whether it was won. It is atomic across every connection to the
+    /// store, so that instances sharing one store never restart a host twice within the
+    /// interval, and the claim is durable before it returns, so that a restart is
+    /// recorded before it runs. A host named twice is won once at most.
     fn claim_restarts(
         &mut self,
-        hosts: &[InstanceName],
-        now_ms: i64,
-        interval_ms: i64,
-    ) -> Result<Vec<bool>, StoreError>;
+        claims: &[Claim],
+        terms: &ClaimTerms,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Gives back claims won by `service` whose restarts never started, so that a
+    /// redelivery can try again: each host counts from its claim before, if it had one.
+    fn release_claims(&mut self, service: &str, claims: &[Claim]) -> Result<(), StoreError>;
 
     fn close(&mut self) -> Result<(), StoreError>;
+}
+
+/// One host claimed for the restart one delivery asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub host: InstanceName,
+    /// The message whose restart it is: its outcome, recorded by `record_attempts`,
+    /// settles the claim.
+    pub message_id: Uuid,
+}
+
+/// What claims made together share.
+#[derive(Debug, Clone)]
+pub struct ClaimTerms<'a> {
+    pub context: &'a AttemptContext,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub now_ms: i64,
+    /// The minimum interval between two restarts of one host.
+    pub interval_ms: i64,
+    /// How long a claim may wait for its outcome: past it, the history shows the
+    /// restart's outcome as `unknown`. The host still counts as restarted.
+    pub ttl_ms: i64,
+}
+
+/// Whether a claim was won.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    Won,
+    /// Another claim holds the host. `restarted_ms` is when the host counts as last
+    /// restarted, for the claimant's index, unless that claim's restart is still
+    /// running, in which case it may yet be released.
+    Held {
+        restarted_ms: Option<i64>,
+    },
+}
+
+impl Claimed {
+    pub fn won(self) -> bool {
+        self == Claimed::Won
+    }
+}
+
+impl ClaimTerms<'_> {
+    /// Whether a host's claim made at `at_ms`, waiting for its outcome until
+    /// `expires_ms` (`None` once it has one), stops a new claim; and if so, what the
+    /// claimant is told.
+    pub(crate) fn stopped_by(&self, at_ms: i64, expires_ms: Option<i64>) -> Option<Claimed> {
+        if self.now_ms - at_ms >= self.interval_ms {
+            return None;
+        }
+        let running = expires_ms.is_some_and(|e| e >= self.now_ms);
+        Some(Claimed::Held {
+            restarted_ms: (!running).then_some(at_ms),
+        })
+    }
+}
+
+/// How `record_attempts` settles the claim an attempt's restart held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// The host may have been restarted: the claim becomes the outcome, and the host
+    /// counts as restarted at the end of the attempt.
+    Keep,
+    /// Nothing was restarted: the claim is given back.
+    Release,
+    /// The attempt held no claim.
+    Nothing,
+}
+
+impl AttemptOutcome {
+    /// What recording this outcome does to the claim its restart held. A restart that
+    /// timed out may have happened, so it keeps its claim: safety before liveness.
+    pub(crate) fn settle(self) -> Settle {
+        match self {
+            AttemptOutcome::Restarted | AttemptOutcome::TimedOut => Settle::Keep,
+            AttemptOutcome::Failed => Settle::Release,
+            AttemptOutcome::DryRun | AttemptOutcome::Refused(_) => Settle::Nothing,
+        }
+    }
+}
+
+/// What to read of the restart history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only instance names that match this glob, in SQLite's `GLOB` syntax.
+    pub host: Option<String>,
+    /// Only attempts started at or after this, in ms since the epoch.
+    pub since_ms: Option<i64>,
+    /// Only this outcome; `refused` stands for every `refused:RAIL`.
+    pub outcome: Option<String>,
+    pub limit: u64,
+    /// The time claims are judged at: one past its ttl is shown as `unknown`.
+    pub now_ms: i64,
+}
+
+/// One attempt as the history holds it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryRow {
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub instance: String,
+    pub hostname: String,
+    pub action: String,
+    pub leashed: bool,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub service: String,
+    pub message_id: String,
+}
+
+/// The history rows of claims still waiting for an outcome: `running` while within
+/// their ttl, `unknown` after, when the instance that claimed them is gone.
+pub(crate) fn open_claim_row(claim: OpenClaimRow, now_ms: i64) -> HistoryRow {
+    let unknown = claim.expires_ms < now_ms;
+    HistoryRow {
+        started_ms: claim.claimed_ms,
+        finished_ms: if unknown { claim.expires_ms } else { now_ms },
+        hostname: claim.hostname.unwrap_or_else(|| claim.instance.clone()),
+        instance: claim.instance,
+        action: claim.action.unwrap_or_default(),
+        leashed: false,
+        outcome: if unknown { "unknown" } else { "running" }.into(),
+        reason: Some(if unknown {
+            "claimed, and no outcome recorded within the claim ttl".into()
+        } else {
+            "claimed, and the restart is running".into()
+        }),
+        service: claim.service.unwrap_or_default(),
+        message_id: claim.message_id.unwrap_or_default(),
+    }
+}
+
+/// A claim without an outcome, as a store reads it back for the history.
+pub(crate) struct OpenClaimRow {
+    pub instance: String,
+    pub claimed_ms: i64,
+    pub expires_ms: i64,
+    pub service: Option<String>,
+    pub message_id: Option<String>,
+    pub hostname: Option<String>,
+    pub action: Option<String>,
+}
+
+/// Puts the attempts and the open claims that match `q` together, newest first.
+pub(crate) fn merge_history(
+    mut attempts: Vec<HistoryRow>,
+    claims: Vec<OpenClaimRow>,
+    q: &HistoryQuery,
+    now_ms: i64,
+) -> Vec<HistoryRow> {
+    let wanted = |r: &HistoryRow| q.outcome.as_deref().is_none_or(|o| o == r.outcome);
+    attempts.extend(
+        claims
+            .into_iter()
+            .map(|c| open_claim_row(c, now_ms))
+            .filter(wanted),
+    );
+    attempts.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
+    attempts.truncate(q.limit as usize);
+    attempts
 }
 
 /// A restart history row's host, read back from a database: a row that is not a valid
@@ -188,6 +358,48 @@ struct Shared {
     first: Mutex<Option<Box<dyn Store>>>,
     /// Set by `CloseStore`: every thread's next call fails with `Closed`.
     closed: AtomicBool,
+    /// How many threads are inside a store call, and a signal for when none is: the
+    /// close waits for calls under way on other threads, which the process would
+    /// otherwise cut short as it exits.
+    busy: Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+/// How long a close waits for the calls under way on other threads.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Shared {
+    /// Counts one call under way until the guard is dropped.
+    fn enter(self: &Arc<Self>) -> Busy {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Busy(self.clone())
+    }
+
+    /// Waits until no call is under way, or `CLOSE_WAIT` has passed.
+    fn wait_idle(&self) {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let (busy, waited) = self
+            .idle
+            .wait_timeout_while(busy, CLOSE_WAIT, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(busy);
+        if waited.timed_out() {
+            tracing::warn!("Closing the store with calls still under way after {CLOSE_WAIT:?}");
+        }
+    }
+}
+
+/// One store call under way.
+struct Busy(Arc<Shared>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut n = self.0.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 /// Runs one connection to a `Store` on a `SyncArbiter` thread.
@@ -205,6 +417,8 @@ impl StoreWriter {
             opener,
             first: Mutex::new(Some(first)),
             closed: AtomicBool::new(false),
+            busy: Mutex::new(0),
+            idle: std::sync::Condvar::new(),
         });
         SyncArbiter::start(threads, move || StoreWriter {
             conn: shared.first.lock().expect("first connection").take(),
@@ -213,12 +427,31 @@ impl StoreWriter {
     }
 
     /// Runs one store call on this thread's connection, opening one if it has none. A
-    /// panic inside the store becomes an error, so that the thread, which nothing would
-    /// restart, lives on; after an unavailable store or a panic the connection is dropped,
-    /// and the next call opens a fresh one.
+    /// connection that was already open and fails as unavailable may have died while it
+    /// sat idle: a database restart, or `pg_terminate_backend`, ends every connection
+    /// of a pool, and each thread learns of it only on its next call. That call is made
+    /// once more on a fresh connection, so that one outage fails each caller once, not
+    /// once per stale connection. Every call is safe to repeat: saves are idempotent by
+    /// message id, and a claim already won is held, not won twice.
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&mut dyn Store) -> Result<R, StoreError>,
+        f: impl Fn(&mut dyn Store) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let _busy = self.shared.enter();
+        let reused = self.conn.is_some();
+        let result = self.call_once(&f);
+        if reused && matches!(result, Err(StoreError::Unavailable(_))) {
+            return self.call_once(&f);
+        }
+        result
+    }
+
+    /// Runs one store call. A panic inside the store becomes an error, so that the
+    /// thread, which nothing would restart, lives on; after an unavailable store or a
+    /// panic the connection is dropped, and the next call opens a fresh one.
+    fn call_once<R>(
+        &mut self,
+        f: &impl Fn(&mut dyn Store) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         if self.shared.closed.load(Ordering::Acquire) {
             if let Some(mut conn) = self.conn.take() {
@@ -228,7 +461,14 @@ impl StoreWriter {
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(self.shared.opener.open()?),
+            // The store opened at start-up, so one that cannot be opened now is down for
+            // a while, not misconfigured: the caller retries, as for any outage.
+            None => self
+                .conn
+                .insert(self.shared.opener.open().map_err(|e| match e {
+                    StoreError::Open { reason, .. } => StoreError::Unavailable(reason),
+                    e => e,
+                })?),
         };
         let result = catch_unwind(AssertUnwindSafe(|| f(conn.as_mut())))
             .unwrap_or_else(|p| Err(StoreError::Panicked(crate::units::panic_text(p.as_ref()))));
@@ -279,16 +519,18 @@ impl Handler<RecordAttempts> for StoreWriter {
 #[rtype(result = "Result<Vec<(InstanceName, i64)>, StoreError>")]
 pub(crate) struct LoadRestarts {
     pub since_ms: i64,
+    pub now_ms: i64,
 }
 
 impl Handler<LoadRestarts> for StoreWriter {
     type Result = Result<Vec<(InstanceName, i64)>, StoreError>;
     fn handle(&mut self, msg: LoadRestarts, _: &mut SyncContext<Self>) -> Self::Result {
-        self.call(|s| s.restarts_since(msg.since_ms))
+        self.call(|s| s.restarts_since(msg.since_ms, msg.now_ms))
     }
 }
 
-/// Closes the store; later calls, on every connection, fail with `StoreError::Closed`.
+/// Closes the store once the calls under way on every thread have finished; later
+/// calls, on every connection, fail with `StoreError::Closed`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub(crate) struct CloseStore;
@@ -296,6 +538,9 @@ pub(crate) struct CloseStore;
 impl Handler<CloseStore> for StoreWriter {
     type Result = Result<(), StoreError>;
     fn handle(&mut self, _: CloseStore, _: &mut SyncContext<Self>) -> Self::Result {
+        // Every call sent before the close was taken by some thread before it; those
+        // still under way on other threads finish first.
+        self.shared.wait_idle();
         let result = self.call(|s| s.close());
         self.shared.closed.store(true, Ordering::Release);
         self.conn = None;
@@ -303,27 +548,173 @@ impl Handler<CloseStore> for StoreWriter {
     }
 }
 
-/// The claim's contract, for each store's tests: `a` and `b` are two connections to one
-/// empty store.
+/// Claims hosts for restarts, in one atomic step across every connection.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<Claimed>, StoreError>")]
+pub(crate) struct ClaimRestarts {
+    pub claims: Vec<Claim>,
+    pub context: AttemptContext,
+    pub now_ms: i64,
+    pub interval_ms: i64,
+    pub ttl_ms: i64,
+}
+
+impl Handler<ClaimRestarts> for StoreWriter {
+    type Result = Result<Vec<Claimed>, StoreError>;
+    fn handle(&mut self, msg: ClaimRestarts, _: &mut SyncContext<Self>) -> Self::Result {
+        let terms = ClaimTerms {
+            context: &msg.context,
+            now_ms: msg.now_ms,
+            interval_ms: msg.interval_ms,
+            ttl_ms: msg.ttl_ms,
+        };
+        self.call(|s| s.claim_restarts(&msg.claims, &terms))
+    }
+}
+
+/// Gives back claims whose restarts never started.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub(crate) struct ReleaseClaims {
+    pub service: std::sync::Arc<str>,
+    pub claims: Vec<Claim>,
+}
+
+impl Handler<ReleaseClaims> for StoreWriter {
+    type Result = Result<(), StoreError>;
+    fn handle(&mut self, msg: ReleaseClaims, _: &mut SyncContext<Self>) -> Self::Result {
+        self.call(|s| s.release_claims(&msg.service, &msg.claims))
+    }
+}
+
+/// The guard's contract, for each store's tests: `a` and `b` are two connections to one
+/// empty store, as two instances would hold.
 #[cfg(test)]
 pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn Store) {
     let name = |s| InstanceName::parse(s).unwrap();
-    let (h, other, third) = (name("cattle-a"), name("cattle-b"), name("cattle-c"));
-    assert_eq!(a.claim_restarts(&[h], 1_000, 500).unwrap(), [true]);
-    assert_eq!(
-        b.claim_restarts(&[h, other], 1_200, 500).unwrap(),
-        [false, true]
-    );
-    assert_eq!(b.claim_restarts(&[h], 1_500, 500).unwrap(), [true]);
-    // A recorded restart counts as a claim.
+    let claim = |host| Claim {
+        host: name(host),
+        message_id: Uuid::new_v4(),
+    };
     let context = AttemptContext::test();
-    a.record_attempts(
-        &context,
-        &[Attempt::restarted(third, 3_000, Uuid::new_v4())],
-    )
-    .unwrap();
-    assert_eq!(b.claim_restarts(&[third], 3_100, 500).unwrap(), [false]);
-    assert_eq!(b.claim_restarts(&[third], 3_600, 500).unwrap(), [true]);
+    let terms = |now_ms| ClaimTerms {
+        context: &context,
+        now_ms,
+        interval_ms: 500,
+        ttl_ms: 100,
+    };
+    let (h, other) = (claim("cattle-a"), claim("cattle-b"));
+    assert_eq!(
+        a.claim_restarts(&[h], &terms(1_000)).unwrap(),
+        [Claimed::Won]
+    );
+    // A claim whose restart runs still may be given back: it is not a restart yet.
+    let again = Claim {
+        message_id: Uuid::new_v4(),
+        ..h
+    };
+    assert_eq!(
+        b.claim_restarts(&[again, other, other], &terms(1_050))
+            .unwrap(),
+        [
+            Claimed::Held { restarted_ms: None },
+            Claimed::Won,
+            Claimed::Held { restarted_ms: None }
+        ]
+    );
+    // Its restart is recorded: the host counts as restarted when it finished.
+    let mut done = Attempt::restarted(h.host, 1_020, h.message_id);
+    done.started_ms = 1_000;
+    a.record_attempts(&context, &[done]).unwrap();
+    assert_eq!(
+        b.claim_restarts(&[again], &terms(1_200)).unwrap(),
+        [Claimed::Held {
+            restarted_ms: Some(1_020)
+        }]
+    );
+    assert_eq!(
+        b.claim_restarts(&[again], &terms(1_520)).unwrap(),
+        [Claimed::Won]
+    );
+    // A claim left without an outcome past its ttl counts as a restart.
+    assert_eq!(
+        a.claim_restarts(&[other], &terms(1_300)).unwrap(),
+        [Claimed::Held {
+            restarted_ms: Some(1_050)
+        }]
+    );
+    // A failed restart gives its claim back, and the host counts from its claim before.
+    let third = claim("cattle-c");
+    assert_eq!(
+        a.claim_restarts(&[third], &terms(3_000)).unwrap(),
+        [Claimed::Won]
+    );
+    let mut failed = Attempt::restarted(third.host, 3_010, third.message_id);
+    failed.outcome = AttemptOutcome::Failed;
+    b.record_attempts(&context, &[failed]).unwrap();
+    assert_eq!(
+        b.claim_restarts(&[third], &terms(3_020)).unwrap(),
+        [Claimed::Won]
+    );
+    // A release by another service, or for another message, gives nothing back.
+    b.release_claims("someone-else", &[third]).unwrap();
+    b.release_claims(&context.service, &[claim("cattle-c")])
+        .unwrap();
+    assert!(!a.claim_restarts(&[third], &terms(3_100)).unwrap()[0].won());
+    // A release by its owner does.
+    a.release_claims(&context.service, &[third]).unwrap();
+    assert_eq!(
+        a.claim_restarts(&[third], &terms(3_200)).unwrap(),
+        [Claimed::Won]
+    );
+    a.release_claims(&context.service, &[third]).unwrap();
+    // The index loads hosts restarted, or claimed past their ttl, since a time; a claim
+    // still within its ttl may yet be given back.
+    let mut since = a.restarts_since(1_000, 1_600).unwrap();
+    since.sort_by_key(|(h, _)| h.as_str().to_string());
+    assert_eq!(since, [(other.host, 1_050)]);
+    let mut since = a.restarts_since(1_000, 3_300).unwrap();
+    since.sort_by_key(|(h, _)| h.as_str().to_string());
+    assert_eq!(since, [(h.host, 1_520), (other.host, 1_050)]);
+}
+
+/// The guard, raced: 8 connections claim the same 100 hosts at once, and each host is
+/// won exactly once.
+#[cfg(test)]
+pub(crate) fn raced_claims_win_each_host_once(open: &(dyn Fn() -> Box<dyn Store> + Sync)) {
+    let hosts: Vec<InstanceName> = (0..100)
+        .map(|i| InstanceName::parse(&format!("host-{i}")).unwrap())
+        .collect();
+    let context = AttemptContext::test();
+    let wins: Vec<Vec<Claimed>> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let mut store = open();
+                let (hosts, context) = (&hosts, &context);
+                s.spawn(move || {
+                    let claims: Vec<Claim> = hosts
+                        .iter()
+                        .map(|&host| Claim {
+                            host,
+                            message_id: Uuid::new_v4(),
+                        })
+                        .collect();
+                    let terms = ClaimTerms {
+                        context,
+                        now_ms: 10_000,
+                        interval_ms: 3_600_000,
+                        ttl_ms: 60_000,
+                    };
+                    store.claim_restarts(&claims, &terms).unwrap()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (i, host) in hosts.iter().enumerate() {
+        let winners = wins.iter().filter(|w| w[i].won()).count();
+        assert_eq!(winners, 1, "{host} was won {winners} times");
+    }
 }
 
 #[cfg(test)]
@@ -331,17 +722,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
 
-    /// Opens connections that fail while `down` is set, counting every open.
+    /// Opens connections that fail while `down` is set, or once the server has ended
+    /// them (those opened before the `ended` count), counting every open.
     struct Flaky {
         down: Arc<AtomicBool>,
         opened: Arc<AtomicU32>,
+        ended: Arc<AtomicU32>,
     }
 
-    struct FlakyConn(Arc<AtomicBool>);
+    struct FlakyConn {
+        down: Arc<AtomicBool>,
+        ended: Arc<AtomicU32>,
+        number: u32,
+    }
 
     impl Store for FlakyConn {
         fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError> {
-            if self.0.load(Ordering::SeqCst) {
+            if self.down.load(Ordering::SeqCst) || self.number < self.ended.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("connection reset".into()));
             }
             Ok(rows.len() as u64)
@@ -349,16 +746,22 @@ mod tests {
         fn record_attempts(&mut self, _: &AttemptContext, _: &[Attempt]) -> Result<(), StoreError> {
             Ok(())
         }
-        fn restarts_since(&mut self, _: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {
+        fn restarts_since(
+            &mut self,
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<(InstanceName, i64)>, StoreError> {
             Ok(Vec::new())
         }
         fn claim_restarts(
             &mut self,
-            hosts: &[InstanceName],
-            _: i64,
-            _: i64,
-        ) -> Result<Vec<bool>, StoreError> {
-            Ok(vec![true; hosts.len()])
+            claims: &[Claim],
+            _: &ClaimTerms,
+        ) -> Result<Vec<Claimed>, StoreError> {
+            Ok(vec![Claimed::Won; claims.len()])
+        }
+        fn release_claims(&mut self, _: &str, _: &[Claim]) -> Result<(), StoreError> {
+            Ok(())
         }
         fn close(&mut self) -> Result<(), StoreError> {
             Ok(())
@@ -370,8 +773,11 @@ mod tests {
             1
         }
         fn open(&self) -> Result<Box<dyn Store>, StoreError> {
-            self.opened.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(FlakyConn(self.down.clone())))
+            Ok(Box::new(FlakyConn {
+                down: self.down.clone(),
+                ended: self.ended.clone(),
+                number: self.opened.fetch_add(1, Ordering::SeqCst),
+            }))
         }
     }
 
@@ -379,23 +785,32 @@ mod tests {
     async fn an_unavailable_store_is_reopened_on_the_next_call() {
         let down = Arc::new(AtomicBool::new(false));
         let opened = Arc::new(AtomicU32::new(0));
+        let ended = Arc::new(AtomicU32::new(0));
         let opener = Arc::new(Flaky {
             down: down.clone(),
             opened: opened.clone(),
+            ended: ended.clone(),
         });
         let first = opener.open().unwrap();
         let writer = StoreWriter::start(opener, first);
         assert_eq!(writer.send(SaveBatch(Vec::new())).await.unwrap(), Ok(0));
+        // Down: the call fails, after one more try on a fresh connection.
         down.store(true, Ordering::SeqCst);
         let failed = writer.send(SaveBatch(Vec::new())).await.unwrap();
         assert!(matches!(failed, Err(StoreError::Unavailable(_))));
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
         down.store(false, Ordering::SeqCst);
         assert_eq!(writer.send(SaveBatch(Vec::new())).await.unwrap(), Ok(0));
         assert_eq!(
             opened.load(Ordering::SeqCst),
-            2,
+            3,
             "the connection was not reopened"
         );
+        // The server ended every connection while they sat idle: the next call succeeds
+        // on a fresh one, and its caller never hears of it.
+        ended.store(3, Ordering::SeqCst);
+        assert_eq!(writer.send(SaveBatch(Vec::new())).await.unwrap(), Ok(0));
+        assert_eq!(opened.load(Ordering::SeqCst), 4);
         writer.send(CloseStore).await.unwrap().unwrap();
         assert_eq!(
             writer.send(SaveBatch(Vec::new())).await.unwrap(),

@@ -11,11 +11,15 @@ use std::collections::HashMap;
 use postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use super::{Attempt, AttemptContext, SaveRow, Store, StoreError, StoreOpener};
+use super::{
+    Attempt, AttemptContext, Claim, ClaimTerms, Claimed, HistoryQuery, HistoryRow, OpenClaimRow,
+    SaveRow, Settle, Store, StoreError, StoreOpener,
+};
 use crate::message::InstanceName;
 
-/// The schema's version, kept in `mandrill_schema`.
-const SCHEMA_VERSION: i32 = 1;
+/// The schema's version, kept in `mandrill_schema`. Version 1's claims held only a
+/// time, and the guard searched the history.
+const SCHEMA_VERSION: i32 = 2;
 
 /// Serialises schema changes between instances starting at once.
 const SCHEMA_LOCK: i64 = 0x6d61_6e64_7269_6c6c;
@@ -46,7 +50,28 @@ CREATE TABLE IF NOT EXISTS claims (
     host       text PRIMARY KEY,
     claimed_at bigint NOT NULL
 );
+ALTER TABLE claims
+    ADD COLUMN IF NOT EXISTS claimed_by  text,
+    ADD COLUMN IF NOT EXISTS message_id  text,
+    ADD COLUMN IF NOT EXISTS hostname    text,
+    ADD COLUMN IF NOT EXISTS action      text,
+    ADD COLUMN IF NOT EXISTS expires_at  bigint,
+    ADD COLUMN IF NOT EXISTS previous_at bigint;
 ";
+
+/// From version 1: each host's latest restart, or restart that timed out, becomes its
+/// claim, which the guard now reads instead of the history.
+const CLAIMS_FROM_HISTORY: &str = "
+INSERT INTO claims (host, claimed_at)
+    SELECT instance, max(finished_at) FROM attempts
+    WHERE outcome IN ('restarted', 'timed_out') GROUP BY instance
+ON CONFLICT (host) DO UPDATE SET claimed_at = GREATEST(claims.claimed_at, excluded.claimed_at);
+";
+
+/// Who holds a claim, for `release`: the claim `$1` made for message `$3` on host `$2`,
+/// while it waits for its outcome.
+const MINE: &str = "c.host = t.host AND c.message_id = t.id AND c.claimed_by = $1
+                    AND c.expires_at IS NOT NULL";
 
 /// A database to connect to, read from a `postgres://` URL. It prints and compares as
 /// its hosts, database and user, never its password.
@@ -153,6 +178,9 @@ impl PostgresStore {
 /// schema lock, so that instances starting together do not race.
 fn migrate(client: &mut Client) -> Result<(), String> {
     let mut tx = client.transaction().map_err(|e| why(&e))?;
+    // "Already exists, skipping" is the normal case, not news for the log.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .map_err(|e| why(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .map_err(|e| why(&e))?;
     tx.batch_execute(SCHEMA).map_err(|e| why(&e))?;
@@ -173,9 +201,80 @@ fn migrate(client: &mut Client) -> Result<(), String> {
                 "its schema is version {v}, newer than this build's {SCHEMA_VERSION}"
             ))
         }
+        Some(v) if v < SCHEMA_VERSION => {
+            tx.batch_execute(CLAIMS_FROM_HISTORY).map_err(|e| why(&e))?;
+            tx.execute(
+                "UPDATE mandrill_schema SET version = $1",
+                &[&SCHEMA_VERSION],
+            )
+            .map_err(|e| why(&e))?;
+            tracing::info!("Migrated the store's schema from version {v} to {SCHEMA_VERSION}");
+        }
         Some(_) => {}
     }
     tx.commit().map_err(|e| why(&e))
+}
+
+/// Claims to settle one way, by host, message id and time.
+#[derive(Default)]
+struct Settled {
+    hosts: Vec<String>,
+    ids: Vec<String>,
+    at: Vec<i64>,
+}
+
+impl Settled {
+    fn push(&mut self, host: &str, id: &str, at: i64) {
+        self.hosts.push(host.to_string());
+        self.ids.push(id.to_string());
+        self.at.push(at);
+    }
+
+    /// Keeps one row per host, its latest, as one statement may touch a row once.
+    fn dedupe(&mut self) {
+        let mut latest: HashMap<&str, usize> = HashMap::with_capacity(self.hosts.len());
+        for (i, h) in self.hosts.iter().enumerate() {
+            let e = latest.entry(h).or_insert(i);
+            if self.at[i] >= self.at[*e] {
+                *e = i;
+            }
+        }
+        let mut keep: Vec<usize> = latest.into_values().collect();
+        keep.sort_unstable();
+        let pick = |v: &[String]| keep.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+        let (hosts, ids) = (pick(&self.hosts), pick(&self.ids));
+        self.at = keep.iter().map(|&i| self.at[i]).collect();
+        (self.hosts, self.ids) = (hosts, ids);
+    }
+}
+
+/// Gives back the claims `service` holds on `hosts` for the messages `ids`, if it still
+/// does: each host counts from its claim before, or has none.
+fn release(
+    tx: &mut postgres::Transaction<'_>,
+    service: &str,
+    hosts: &[String],
+    ids: &[String],
+) -> Result<(), StoreError> {
+    tx.execute(
+        &format!(
+            "DELETE FROM claims c USING UNNEST($2::text[], $3::text[]) AS t(host, id)
+             WHERE {MINE} AND c.previous_at IS NULL"
+        ),
+        &[&service, &hosts, &ids],
+    )
+    .map_err(classify)?;
+    tx.execute(
+        &format!(
+            "UPDATE claims c SET claimed_at = c.previous_at, expires_at = NULL,
+                                 previous_at = NULL
+             FROM UNNEST($2::text[], $3::text[]) AS t(host, id)
+             WHERE {MINE}"
+        ),
+        &[&service, &hosts, &ids],
+    )
+    .map_err(classify)?;
+    Ok(())
 }
 
 impl Store for PostgresStore {
@@ -233,38 +332,68 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| r.reason.as_deref().map(str::to_string))
             .collect();
-        self.client()?
-            .execute(
-                "INSERT INTO attempts (message_id, instance, hostname, action, leashed,
+        let mut tx = self.client()?.transaction().map_err(classify)?;
+        tx.execute(
+            "INSERT INTO attempts (message_id, instance, hostname, action, leashed,
                      started_at, finished_at, outcome, reason, service)
                  SELECT id, host, hostname, $4, $5, started, finished, outcome, reason, $9
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $6::bigint[],
                              $7::bigint[], $8::text[], $10::text[])
                      AS t(id, host, hostname, started, finished, outcome, reason)",
-                &[
-                    &ids,
-                    &hosts,
-                    &hostnames,
-                    &context.action,
-                    &context.leashed,
-                    &started,
-                    &finished,
-                    &outcomes,
-                    &&*context.service,
-                    &reasons,
-                ],
+            &[
+                &ids,
+                &hosts,
+                &hostnames,
+                &context.action,
+                &context.leashed,
+                &started,
+                &finished,
+                &outcomes,
+                &&*context.service,
+                &reasons,
+            ],
+        )
+        .map_err(classify)?;
+        // The claims the attempts held are settled in the same transaction: kept as the
+        // host's last restart, or given back.
+        let (mut keep, mut gone) = (Settled::default(), Settled::default());
+        for (i, r) in rows.iter().enumerate() {
+            match r.outcome.settle() {
+                Settle::Keep => keep.push(&hosts[i], &ids[i], r.finished_ms),
+                Settle::Release => gone.push(&hosts[i], &ids[i], r.finished_ms),
+                Settle::Nothing => {}
+            }
+        }
+        if !keep.hosts.is_empty() {
+            keep.dedupe();
+            tx.execute(
+                "INSERT INTO claims (host, claimed_at, message_id)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[])
+                 ON CONFLICT (host) DO UPDATE SET
+                     claimed_at = GREATEST(claims.claimed_at, excluded.claimed_at),
+                     expires_at = CASE WHEN claims.message_id = excluded.message_id
+                                       THEN NULL ELSE claims.expires_at END",
+                &[&keep.hosts, &keep.at, &keep.ids],
             )
             .map_err(classify)?;
-        Ok(())
+        }
+        if !gone.hosts.is_empty() {
+            release(&mut tx, &context.service, &gone.hosts, &gone.ids)?;
+        }
+        tx.commit().map_err(classify)
     }
 
-    fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {
+    fn restarts_since(
+        &mut self,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<(InstanceName, i64)>, StoreError> {
         let rows = self
             .client()?
             .query(
-                "SELECT instance, max(finished_at) FROM attempts
-                 WHERE outcome = 'restarted' AND finished_at >= $1 GROUP BY instance",
-                &[&since_ms],
+                "SELECT host, claimed_at FROM claims
+                 WHERE claimed_at >= $1 AND (expires_at IS NULL OR expires_at < $2)",
+                &[&since_ms, &now_ms],
             )
             .map_err(classify)?;
         Ok(rows
@@ -275,41 +404,92 @@ impl Store for PostgresStore {
 
     fn claim_restarts(
         &mut self,
-        hosts: &[InstanceName],
-        now_ms: i64,
-        interval_ms: i64,
-    ) -> Result<Vec<bool>, StoreError> {
-        // One statement: a claim that conflicts with another instance's waits for that
-        // row, then sees its claim and loses, so each host is won by one instance alone.
-        // A host named twice in the batch is claimed once; its second mention loses.
-        let mut unique: Vec<String> = hosts.iter().map(|h| h.as_str().to_string()).collect();
-        unique.sort_unstable();
-        unique.dedup();
-        let won: std::collections::HashSet<String> = self
-            .client()?
+        claims: &[Claim],
+        terms: &ClaimTerms,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // One statement claims them all: a claim that conflicts with another instance's
+        // waits for that row, then sees its claim and loses, so each host is won by one
+        // instance alone. A statement may not touch a row twice, so a host named twice
+        // is claimed for its first mention only; the others lose.
+        let mut first = std::collections::HashSet::with_capacity(claims.len());
+        let (mut hosts, mut ids, mut hostnames) = (Vec::new(), Vec::new(), Vec::new());
+        for c in claims.iter().filter(|c| first.insert(c.host)) {
+            hosts.push(c.host.as_str().to_string());
+            ids.push(c.message_id.hyphenated().to_string());
+            hostnames.push(c.host.hostname(&terms.context.domain).to_string());
+        }
+        let mut tx = self.client()?.transaction().map_err(classify)?;
+        let won: HashMap<String, String> = tx
             .query(
-                "INSERT INTO claims (host, claimed_at)
-                 SELECT h, $2::bigint FROM UNNEST($1::text[]) AS h
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM attempts WHERE outcome = 'restarted'
-                         AND instance = h AND finished_at > $2::bigint - $3::bigint)
-                 ON CONFLICT (host) DO UPDATE SET claimed_at = excluded.claimed_at
-                 WHERE claims.claimed_at <= excluded.claimed_at - $3::bigint
-                 RETURNING host",
-                &[&unique, &now_ms, &interval_ms],
+                "INSERT INTO claims AS c (host, claimed_at, claimed_by, message_id, hostname,
+                                          action, expires_at)
+                 SELECT h, $4::bigint, $5, id, hn, $6, $4::bigint + $7::bigint
+                 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(h, id, hn)
+                 ON CONFLICT (host) DO UPDATE SET
+                     previous_at = c.claimed_at, claimed_at = excluded.claimed_at,
+                     claimed_by = excluded.claimed_by, message_id = excluded.message_id,
+                     hostname = excluded.hostname, action = excluded.action,
+                     expires_at = excluded.expires_at
+                 WHERE c.claimed_at <= excluded.claimed_at - $8::bigint
+                 RETURNING host, message_id",
+                &[
+                    &hosts,
+                    &ids,
+                    &hostnames,
+                    &terms.now_ms,
+                    &&*terms.context.service,
+                    &terms.context.action,
+                    &terms.ttl_ms,
+                    &terms.interval_ms,
+                ],
             )
             .map_err(classify)?
             .into_iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut seen = std::collections::HashSet::with_capacity(hosts.len());
-        Ok(hosts
+        // What holds the hosts lost, read after the claim: each statement sees what was
+        // committed before it began, the claims that beat this one included.
+        let lost: Vec<&String> = hosts.iter().filter(|h| !won.contains_key(*h)).collect();
+        let holders: HashMap<String, (i64, Option<i64>)> = if lost.is_empty() {
+            HashMap::new()
+        } else {
+            tx.query(
+                "SELECT host, claimed_at, expires_at FROM claims WHERE host = ANY($1)",
+                &[&lost],
+            )
+            .map_err(classify)?
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect()
+        };
+        tx.commit().map_err(classify)?;
+        let mut taken = std::collections::HashSet::with_capacity(won.len());
+        Ok(claims
             .iter()
-            .map(|h| {
-                let name = h.as_str().to_string();
-                won.contains(&name) && seen.insert(name)
+            .map(|c| {
+                let host = c.host.as_str();
+                let id = c.message_id.hyphenated().to_string();
+                if won.get(&*host) == Some(&id) && taken.insert(c.host) {
+                    return Claimed::Won;
+                }
+                match holders.get(&*host) {
+                    Some(&(at, expires)) => terms.stopped_by(at, expires),
+                    None => None,
+                }
+                .unwrap_or(Claimed::Held { restarted_ms: None })
             })
             .collect())
+    }
+
+    fn release_claims(&mut self, service: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        let hosts: Vec<String> = claims.iter().map(|c| c.host.as_str().to_string()).collect();
+        let ids: Vec<String> = claims
+            .iter()
+            .map(|c| c.message_id.hyphenated().to_string())
+            .collect();
+        let mut tx = self.client()?.transaction().map_err(classify)?;
+        release(&mut tx, service, &hosts, &ids)?;
+        tx.commit().map_err(classify)
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
@@ -318,6 +498,121 @@ impl Store for PostgresStore {
             None => Ok(()),
         }
     }
+}
+
+/// Reads the newest attempts that match `q`, newest first, and the claims still
+/// waiting for an outcome, as `mandrill history` shows them.
+pub fn read_history(database: &Database, q: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+    let config = &database.0;
+    let mut client = config.connect(NoTls).map_err(|e| StoreError::Open {
+        path: describe(config),
+        reason: why(&e),
+    })?;
+    let version: Option<i32> = client
+        .query_opt("SELECT version FROM mandrill_schema", &[])
+        .map_err(|e| StoreError::Open {
+            path: describe(config),
+            reason: format!("it holds no mandrill store: {}", why(&e)),
+        })?
+        .map(|r| r.get(0));
+    if version != Some(SCHEMA_VERSION) {
+        return Err(StoreError::Open {
+            path: describe(config),
+            reason: format!(
+                "its schema is version {}, not {SCHEMA_VERSION}; run the service on it once \
+                 to migrate it",
+                version.map_or("unknown".into(), |v| v.to_string())
+            ),
+        });
+    }
+    let pattern = q.host.as_deref().map(glob_to_regex);
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let attempts = client
+        .query(
+            "SELECT started_at, finished_at, instance, hostname, action, leashed, outcome,
+                    reason, service, message_id
+             FROM attempts
+             WHERE ($1::text IS NULL OR instance ~ $1)
+               AND ($2::bigint IS NULL OR started_at >= $2)
+               AND ($3::text IS NULL OR outcome = $3
+                    OR ($3 = 'refused' AND outcome LIKE 'refused:%'))
+             ORDER BY id DESC
+             LIMIT $4",
+            &[&pattern, &q.since_ms, &q.outcome, &limit],
+        )
+        .map_err(classify)?
+        .iter()
+        .map(|r| HistoryRow {
+            started_ms: r.get(0),
+            finished_ms: r.get(1),
+            instance: r.get(2),
+            hostname: r.get(3),
+            action: r.get(4),
+            leashed: r.get(5),
+            outcome: r.get(6),
+            reason: r.get(7),
+            service: r.get(8),
+            message_id: r.get(9),
+        })
+        .collect();
+    let claims = client
+        .query(
+            "SELECT host, claimed_at, expires_at, claimed_by, message_id, hostname, action
+             FROM claims
+             WHERE expires_at IS NOT NULL
+               AND ($1::text IS NULL OR host ~ $1)
+               AND ($2::bigint IS NULL OR claimed_at >= $2)",
+            &[&pattern, &q.since_ms],
+        )
+        .map_err(classify)?
+        .iter()
+        .map(|r| OpenClaimRow {
+            instance: r.get(0),
+            claimed_ms: r.get(1),
+            expires_ms: r.get(2),
+            service: r.get(3),
+            message_id: r.get(4),
+            hostname: r.get(5),
+            action: r.get(6),
+        })
+        .collect();
+    Ok(super::merge_history(attempts, claims, q, q.now_ms))
+}
+
+/// A `--host` glob (`*`, `?`, `[...]`, as SQLite's `GLOB` takes it) as an anchored
+/// PostgreSQL regular expression.
+fn glob_to_regex(glob: &str) -> String {
+    let mut re = String::from("^");
+    let mut in_class = false;
+    for ch in glob.chars() {
+        match ch {
+            '[' if !in_class => {
+                in_class = true;
+                re.push('[');
+            }
+            ']' if in_class => {
+                in_class = false;
+                re.push(']');
+            }
+            '^' if in_class => re.push('^'),
+            '-' if in_class => re.push('-'),
+            _ if in_class => {
+                if !ch.is_alphanumeric() {
+                    re.push('\\');
+                }
+                re.push(ch);
+            }
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            _ if ch.is_alphanumeric() => re.push(ch),
+            _ => {
+                re.push('\\');
+                re.push(ch);
+            }
+        }
+    }
+    re.push('$');
+    re
 }
 
 #[cfg(test)]
@@ -406,40 +701,107 @@ mod tests {
     fn a_claim_is_won_once_per_interval_across_connections() {
         let Some(schema) = Schema::new() else { return };
         let (mut one, mut two) = (schema.open(), schema.open());
-        let host = InstanceName::parse("web-01").unwrap();
-        let hosts = [host, host];
-        assert_eq!(
-            one.claim_restarts(&hosts, 1_000, 500).unwrap(),
-            [true, false]
-        );
-        assert_eq!(
-            two.claim_restarts(&hosts[..1], 1_200, 500).unwrap(),
-            [false]
-        );
-        assert_eq!(two.claim_restarts(&hosts[..1], 1_600, 500).unwrap(), [true]);
+        crate::store::claims_are_won_once_per_interval(&mut one, &mut two);
     }
 
     #[test]
     fn raced_claims_win_each_host_exactly_once() {
         let Some(schema) = Schema::new() else { return };
-        let hosts: Vec<InstanceName> = (0..100)
-            .map(|i| InstanceName::parse(&format!("host-{i}")).unwrap())
-            .collect();
         schema.open();
-        let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
-            let racers: Vec<_> = (0..8)
-                .map(|_| {
-                    let mut store = schema.open();
-                    let hosts = &hosts;
-                    s.spawn(move || store.claim_restarts(hosts, 10_000, 3_600_000).unwrap())
-                })
-                .collect();
-            racers.into_iter().map(|r| r.join().unwrap()).collect()
-        });
-        for i in 0..hosts.len() {
-            let winners = wins.iter().filter(|w| w[i]).count();
-            assert_eq!(winners, 1, "{} was won {winners} times", hosts[i]);
-        }
+        crate::store::raced_claims_win_each_host_once(&|| Box::new(schema.open()));
+    }
+
+    #[test]
+    fn a_claim_left_without_an_outcome_shows_as_unknown() {
+        let Some(schema) = Schema::new() else { return };
+        let mut store = schema.open();
+        let context = AttemptContext::test();
+        let host = InstanceName::parse("web-01").unwrap();
+        let claim = Claim {
+            host,
+            message_id: Uuid::new_v4(),
+        };
+        let terms = ClaimTerms {
+            context: &context,
+            now_ms: 1_000,
+            interval_ms: 3_600_000,
+            ttl_ms: 60_000,
+        };
+        assert_eq!(
+            store.claim_restarts(&[claim], &terms).unwrap(),
+            [Claimed::Won]
+        );
+        let database = Database(Box::new(schema.config.clone()));
+        let mut q = HistoryQuery {
+            host: Some("web-*".into()),
+            limit: 10,
+            now_ms: 2_000,
+            ..HistoryQuery::default()
+        };
+        let outcomes = |q: &HistoryQuery| -> Vec<String> {
+            let rows = read_history(&database, q).unwrap();
+            rows.into_iter().map(|r| r.outcome).collect()
+        };
+        assert_eq!(outcomes(&q), ["running"]);
+        q.now_ms = 70_000;
+        assert_eq!(outcomes(&q), ["unknown"]);
+        q.host = Some("db-*".into());
+        assert!(outcomes(&q).is_empty());
+    }
+
+    #[test]
+    fn a_version_1_schema_is_migrated_with_its_restarts_kept() {
+        let Some(schema) = Schema::new() else { return };
+        let mut admin = schema.config.connect(NoTls).unwrap();
+        admin.batch_execute(V1).unwrap();
+        let mut store = schema.open();
+        let host = InstanceName::parse("cattle-a").unwrap();
+        assert_eq!(
+            store.restarts_since(0, 10_000).unwrap(),
+            vec![(host, 5_000)]
+        );
+        let version: i32 = admin
+            .query_one("SELECT version FROM mandrill_schema", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+        // The guard refuses the host restarted under version 1.
+        let context = AttemptContext::test();
+        let terms = ClaimTerms {
+            context: &context,
+            now_ms: 6_000,
+            interval_ms: 3_600_000,
+            ttl_ms: 60_000,
+        };
+        let claim = Claim {
+            host,
+            message_id: Uuid::new_v4(),
+        };
+        assert!(!store.claim_restarts(&[claim], &terms).unwrap()[0].won());
+    }
+
+    /// Version 1 of the schema, with one restart in its history.
+    const V1: &str = "
+        CREATE TABLE mandrill_schema (version integer NOT NULL);
+        INSERT INTO mandrill_schema VALUES (1);
+        CREATE TABLE messages (message_id uuid PRIMARY KEY, instance_name text NOT NULL,
+                               deliveries integer NOT NULL);
+        CREATE TABLE attempts (id bigserial PRIMARY KEY, message_id text NOT NULL,
+            instance text NOT NULL, hostname text NOT NULL, action text NOT NULL,
+            leashed boolean NOT NULL, started_at bigint NOT NULL, finished_at bigint NOT NULL,
+            outcome text NOT NULL, reason text, service text NOT NULL);
+        CREATE TABLE claims (host text PRIMARY KEY, claimed_at bigint NOT NULL);
+        INSERT INTO attempts (message_id, instance, hostname, action, leashed, started_at,
+                              finished_at, outcome, service)
+            VALUES ('m', 'cattle-a', 'cattle-a.example.net', 'sim', false, 4900, 5000,
+                    'restarted', 'old');
+    ";
+
+    #[test]
+    fn host_globs_become_anchored_patterns() {
+        assert_eq!(glob_to_regex("cattle-*"), "^cattle\\-.*$");
+        assert_eq!(glob_to_regex("web-0?"), "^web\\-0.$");
+        assert_eq!(glob_to_regex("db-[0-9]"), "^db\\-[0-9]$");
     }
 
     #[test]
@@ -454,8 +816,8 @@ mod tests {
         store
             .record_attempts(&AttemptContext::test(), &rows)
             .unwrap();
-        assert_eq!(store.restarts_since(0).unwrap(), vec![(host, 300)]);
-        assert!(store.restarts_since(301).unwrap().is_empty());
+        assert_eq!(store.restarts_since(0, 400).unwrap(), vec![(host, 300)]);
+        assert!(store.restarts_since(301, 400).unwrap().is_empty());
     }
 
     #[test]

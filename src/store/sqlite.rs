@@ -4,14 +4,18 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, ErrorCode};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
-use super::{Attempt, AttemptContext, SaveRow, Store, StoreError, StoreOpener};
+use super::{
+    Attempt, AttemptContext, Claim, ClaimTerms, Claimed, HistoryQuery, HistoryRow, OpenClaimRow,
+    SaveRow, Settle, Store, StoreError, StoreOpener,
+};
 use crate::message::InstanceName;
 
 /// The schema's version, kept in `PRAGMA user_version`. Version 0 is a file made before
-/// versions, whose `restarts` table kept successful restarts only.
-const SCHEMA_VERSION: i64 = 2;
+/// versions, whose `restarts` table kept successful restarts only; version 2's claims
+/// held only a time, and the guard searched the history.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -38,6 +42,27 @@ CREATE TABLE IF NOT EXISTS claims (
     host       TEXT PRIMARY KEY,
     claimed_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// The guard's columns, which version 2's `claims` lacks: who holds a claim and for
+/// which message, until when it waits for its outcome (NULL once it has one), and the
+/// host's claim before it, which a release restores.
+const CLAIM_COLUMNS: [&str; 6] = [
+    "claimed_by TEXT",
+    "message_id TEXT",
+    "hostname TEXT",
+    "action TEXT",
+    "expires_at INTEGER",
+    "previous_at INTEGER",
+];
+
+/// From versions before 3: each host's latest restart, or restart that timed out,
+/// becomes its claim, which the guard now reads instead of the history.
+const CLAIMS_FROM_HISTORY: &str = "
+INSERT INTO claims (host, claimed_at)
+    SELECT instance, max(finished_at) FROM attempts
+    WHERE outcome IN ('restarted', 'timed_out') GROUP BY instance
+    ON CONFLICT (host) DO UPDATE SET claimed_at = max(claimed_at, excluded.claimed_at);
 ";
 
 /// From version 0: every successful restart of the old `restarts` table becomes an
@@ -70,7 +95,9 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
             "its schema is version {version}, newer than this program's {SCHEMA_VERSION}"
         )));
     }
-    let tx = conn.transaction()?;
+    // Begun as a writer: a read transaction that later writes cannot wait for another
+    // process's writer, and processes starting together on one file would fail.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let old_restarts: bool = tx.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'restarts'",
         [],
@@ -79,7 +106,25 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     tx.execute_batch(SCHEMA)?;
     if version == 0 && old_restarts {
         tx.execute_batch(FROM_V0)?;
-        tracing::info!("Migrated the store's schema from version 0 to {SCHEMA_VERSION}");
+    }
+    for column in CLAIM_COLUMNS {
+        let name = column.split(' ').next().unwrap_or(column);
+        let present: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('claims') WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        if !present {
+            tx.execute_batch(&format!("ALTER TABLE claims ADD COLUMN {column}"))?;
+        }
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(CLAIMS_FROM_HISTORY)?;
+        if version > 0 || old_restarts {
+            tracing::info!(
+                "Migrated the store's schema from version {version} to {SCHEMA_VERSION}"
+            );
+        }
     }
     tx.execute_batch(RESTARTS_VIEW)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -270,10 +315,28 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(classify)?;
+            let mut keep = tx
+                .prepare_cached(
+                    "INSERT INTO claims (host, claimed_at, message_id) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (host) DO UPDATE SET
+                         claimed_at = max(claimed_at, excluded.claimed_at),
+                         expires_at = CASE WHEN message_id = excluded.message_id
+                                           THEN NULL ELSE expires_at END",
+                )
+                .map_err(classify)?;
             for r in rows {
+                let id = r.message_id.hyphenated().to_string();
+                match r.outcome.settle() {
+                    Settle::Keep => {
+                        keep.execute(params![&*r.host.as_str(), r.finished_ms, &id])
+                            .map_err(classify)?;
+                    }
+                    Settle::Release => release(&tx, &context.service, r.host, &id)?,
+                    Settle::Nothing => {}
+                }
                 insert
                     .execute(params![
-                        r.message_id.hyphenated().to_string(),
+                        id,
                         &*r.host.as_str(),
                         r.host.hostname(&context.domain).to_string(),
                         context.action,
@@ -290,16 +353,22 @@ impl Store for SqliteStore {
         tx.commit().map_err(classify)
     }
 
-    fn restarts_since(&mut self, since_ms: i64) -> Result<Vec<(InstanceName, i64)>, StoreError> {
+    fn restarts_since(
+        &mut self,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<(InstanceName, i64)>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare(
-                "SELECT instance, max(finished_at) FROM attempts
-                 WHERE outcome = 'restarted' AND finished_at >= ?1 GROUP BY instance",
+                "SELECT host, claimed_at FROM claims
+                 WHERE claimed_at >= ?1 AND (expires_at IS NULL OR expires_at < ?2)",
             )
             .map_err(classify)?;
         let rows = stmt
-            .query_map([since_ms], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
+            .query_map([since_ms, now_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?))
+            })
             .map_err(classify)?;
         let mut out = Vec::new();
         for row in rows {
@@ -311,40 +380,70 @@ impl Store for SqliteStore {
 
     fn claim_restarts(
         &mut self,
-        hosts: &[InstanceName],
-        now_ms: i64,
-        interval_ms: i64,
-    ) -> Result<Vec<bool>, StoreError> {
-        // One write transaction: SQLite serialises writers, so no other connection can
-        // claim between the check and the claim. The history is searched through the
-        // index of successful restarts by time, over the interval only. It grows at its
-        // end, as time does: an index by host, whose names come in no order, made every
-        // insert touch pages all over it, and the durable pipeline seven times slower.
+        claims: &[Claim],
+        terms: &ClaimTerms,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // One write transaction, begun as a writer: SQLite serialises writers, across
+        // processes too, so no other connection can claim between the check and the
+        // claim, and the claim is on disk before the restart runs.
         let tx = self
             .conn()?
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(classify)?;
-        let mut won = Vec::with_capacity(hosts.len());
+        let mut out = Vec::with_capacity(claims.len());
         {
+            let mut held = tx
+                .prepare_cached("SELECT claimed_at, expires_at FROM claims WHERE host = ?1")
+                .map_err(classify)?;
             let mut claim = tx
                 .prepare_cached(
-                    "INSERT INTO claims (host, claimed_at)
-                     SELECT ?1, ?2 WHERE NOT EXISTS (
-                         SELECT 1 FROM attempts WHERE outcome = 'restarted'
-                             AND instance = ?1 AND finished_at > ?2 - ?3)
-                     ON CONFLICT (host) DO UPDATE SET claimed_at = excluded.claimed_at
-                     WHERE claims.claimed_at <= excluded.claimed_at - ?3",
+                    "INSERT INTO claims (host, claimed_at, claimed_by, message_id, hostname,
+                                         action, expires_at, previous_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+                     ON CONFLICT (host) DO UPDATE SET
+                         previous_at = claimed_at, claimed_at = excluded.claimed_at,
+                         claimed_by = excluded.claimed_by, message_id = excluded.message_id,
+                         hostname = excluded.hostname, action = excluded.action,
+                         expires_at = excluded.expires_at",
                 )
                 .map_err(classify)?;
-            for host in hosts {
-                let n = claim
-                    .execute(params![&*host.as_str(), now_ms, interval_ms])
+            for c in claims {
+                let host = c.host.as_str();
+                let prior: Option<(i64, Option<i64>)> = held
+                    .query_row([&*host], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
                     .map_err(classify)?;
-                won.push(n == 1);
+                if let Some(found) = prior.and_then(|(at, expires)| terms.stopped_by(at, expires)) {
+                    out.push(found);
+                    continue;
+                }
+                claim
+                    .execute(params![
+                        &*host,
+                        terms.now_ms,
+                        &*terms.context.service,
+                        c.message_id.hyphenated().to_string(),
+                        c.host.hostname(&terms.context.domain).to_string(),
+                        terms.context.action,
+                        terms.now_ms + terms.ttl_ms,
+                    ])
+                    .map_err(classify)?;
+                out.push(Claimed::Won);
             }
         }
         tx.commit().map_err(classify)?;
-        Ok(won)
+        Ok(out)
+    }
+
+    fn release_claims(&mut self, service: &str, claims: &[Claim]) -> Result<(), StoreError> {
+        let tx = self
+            .conn()?
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(classify)?;
+        for c in claims {
+            release(&tx, service, c.host, &c.message_id.hyphenated().to_string())?;
+        }
+        tx.commit().map_err(classify)
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
@@ -358,31 +457,28 @@ impl Store for SqliteStore {
     }
 }
 
-/// What to read of the restart history.
-#[derive(Debug, Clone, Default)]
-pub struct HistoryQuery {
-    /// Only instance names that match this glob, in SQLite's `GLOB` syntax.
-    pub host: Option<String>,
-    /// Only attempts started at or after this, in ms since the epoch.
-    pub since_ms: Option<i64>,
-    /// Only this outcome; `refused` stands for every `refused:RAIL`.
-    pub outcome: Option<String>,
-    pub limit: u64,
-}
-
-/// One attempt as the history holds it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct HistoryRow {
-    pub started_ms: i64,
-    pub finished_ms: i64,
-    pub instance: String,
-    pub hostname: String,
-    pub action: String,
-    pub leashed: bool,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub service: String,
-    pub message_id: String,
+/// Gives back the claim `service` holds on `host` for message `id`, if it still does:
+/// the host counts from its claim before, or has none.
+fn release(
+    tx: &rusqlite::Transaction<'_>,
+    service: &str,
+    host: InstanceName,
+    id: &str,
+) -> Result<(), StoreError> {
+    let host = host.as_str();
+    let mine = "host = ?1 AND claimed_by = ?2 AND message_id = ?3 AND expires_at IS NOT NULL";
+    tx.prepare_cached(&format!(
+        "DELETE FROM claims WHERE {mine} AND previous_at IS NULL"
+    ))
+    .and_then(|mut s| s.execute(params![&*host, service, id]))
+    .map_err(classify)?;
+    tx.prepare_cached(&format!(
+        "UPDATE claims SET claimed_at = previous_at, expires_at = NULL, previous_at = NULL
+         WHERE {mine}"
+    ))
+    .and_then(|mut s| s.execute(params![&*host, service, id]))
+    .map_err(classify)?;
+    Ok(())
 }
 
 /// Reads the newest attempts that match `q`, newest first. The file is opened read-only,
@@ -445,7 +541,31 @@ pub fn read_history(path: &Path, q: &HistoryQuery) -> Result<Vec<HistoryRow>, St
             },
         )
         .map_err(classify)?;
-    rows.collect::<Result<_, _>>().map_err(classify)
+    let attempts = rows.collect::<Result<_, _>>().map_err(classify)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT host, claimed_at, expires_at, claimed_by, message_id, hostname, action
+             FROM claims
+             WHERE expires_at IS NOT NULL
+               AND (?1 IS NULL OR host GLOB ?1) AND (?2 IS NULL OR claimed_at >= ?2)",
+        )
+        .map_err(classify)?;
+    let claims = stmt
+        .query_map(params![q.host, q.since_ms], |r| {
+            Ok(OpenClaimRow {
+                instance: r.get(0)?,
+                claimed_ms: r.get(1)?,
+                expires_ms: r.get(2)?,
+                service: r.get(3)?,
+                message_id: r.get(4)?,
+                hostname: r.get(5)?,
+                action: r.get(6)?,
+            })
+        })
+        .map_err(classify)?
+        .collect::<Result<_, _>>()
+        .map_err(classify)?;
+    Ok(super::merge_history(attempts, claims, q, q.now_ms))
 }
 
 impl Drop for SqliteStore {
@@ -519,8 +639,8 @@ mod tests {
         let r = |at_ms| Attempt::restarted(h, at_ms, id);
         s.record_attempts(&AttemptContext::test(), &[r(100), r(300), r(200)])
             .unwrap();
-        assert_eq!(s.restarts_since(0).unwrap(), vec![(h, 300)]);
-        assert!(s.restarts_since(301).unwrap().is_empty());
+        assert_eq!(s.restarts_since(0, 400).unwrap(), vec![(h, 300)]);
+        assert!(s.restarts_since(301, 400).unwrap().is_empty());
     }
 
     #[test]
@@ -547,6 +667,16 @@ mod tests {
         let mut a = SqliteStore::open(&path).unwrap();
         let mut b = SqliteStore::open(&path).unwrap();
         crate::store::claims_are_won_once_per_interval(&mut a, &mut b);
+    }
+
+    #[test]
+    fn raced_claims_win_each_host_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        SqliteStore::open(&path).unwrap();
+        crate::store::raced_claims_win_each_host_once(&|| {
+            Box::new(SqliteStore::open(&path).unwrap())
+        });
     }
 
     /// The schema of files made before the schema had a version.
@@ -579,7 +709,7 @@ mod tests {
         }
         let mut s = SqliteStore::open(&path).unwrap();
         let h = InstanceName::parse("cattle-a").unwrap();
-        assert_eq!(s.restarts_since(0).unwrap(), vec![(h, 5000)]);
+        assert_eq!(s.restarts_since(0, 6000).unwrap(), vec![(h, 5000)]);
         s.close().unwrap();
         let conn = Connection::open(&path).unwrap();
         let (version, messages): (i64, i64) = conn

@@ -124,9 +124,24 @@ impl Mandrill {
         Self::spawn_full(args, true, env)
     }
 
+    /// Starts the binary with stdin piped, on the SQLite file `db`, which several
+    /// instances may share.
+    pub fn spawn_on(args: &[&str], db: &std::path::Path) -> Self {
+        Self::spawn_db(args, true, &[], Some(db))
+    }
+
     fn spawn_full(args: &[&str], piped_stdin: bool, env: &[(&str, &str)]) -> Self {
+        Self::spawn_db(args, piped_stdin, env, None)
+    }
+
+    fn spawn_db(
+        args: &[&str],
+        piped_stdin: bool,
+        env: &[(&str, &str)],
+        db: Option<&std::path::Path>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("mandrill.db");
+        let db = db.map_or_else(|| dir.path().join("mandrill.db"), |d| d.to_path_buf());
         let mut child = Command::new(env!("CARGO_BIN_EXE_mandrill"))
             .args(args)
             .arg("--db")

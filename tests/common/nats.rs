@@ -158,6 +158,35 @@ pub fn publish(url: &str, stream: &str, n: usize) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Publishes the newline-delimited JSON messages of `file` into `stream` with
+/// `mandrill publish --create --input`.
+pub fn publish_file(url: &str, stream: &str, file: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mandrill"))
+        .args(["publish", "--to", "jetstream", "--create", "--nats-url"])
+        .args([url, "--stream", stream, "--input"])
+        .arg(file)
+        .output()
+        .expect("run mandrill publish");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// What a durable consumer still holds (pending, unacknowledged) and what the
+/// dead letters hold, by the server's count; deletes the stream and its dead letters.
+pub fn consumer_left_and_delete(url: &str, stream: &str, consumer: &str) -> (u64, usize, u64) {
+    let left = runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let s = js.get_stream(stream).await.expect("stream");
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            s.get_consumer(consumer).await.expect("consumer");
+        let info = c.info().await.expect("consumer info");
+        (info.num_pending, info.num_ack_pending)
+    });
+    let dlq = format!("{stream}_DLQ");
+    let counts = counts_and_delete(url, &[stream, &dlq]);
+    (left.0, left.1, counts[1])
+}
+
 /// Publishes payloads as they are, bad ones included, to the stream's subject, and
 /// waits until the stream has stored each one.
 pub fn publish_raw(url: &str, stream: &str, payloads: Vec<Vec<u8>>) {

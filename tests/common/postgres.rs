@@ -43,6 +43,18 @@ impl Schema {
         })
     }
 
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The service's URL, logging in as `role` instead.
+    pub fn url_as(&self, role: &str) -> String {
+        let (scheme, rest) = self.url.split_once("://").expect("a url");
+        let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{role}@{rest}")
+    }
+
     /// One number from a query on the test's schema.
     pub fn count(&self, sql: &str) -> i64 {
         let mut c = postgres::Client::connect(&self.url, NoTls).expect("connect");

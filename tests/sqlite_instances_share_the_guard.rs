@@ -1,0 +1,54 @@
+//! Several instances on one SQLite file share its guard: three processes told to restart
+//! the same hosts at once restart each one once, because a claim is one `BEGIN
+//! IMMEDIATE` transaction that every process on the file waits its turn for.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{sh_action, stdin_line, Mandrill};
+
+const HOSTS: usize = 100;
+
+#[test]
+fn three_processes_on_one_file_restart_each_host_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let out = dir.path().join("restarted");
+    let out_s = out.to_str().unwrap().to_string();
+    let mut flags = sh_action(
+        r#"printf '%s\n' "$1" >> "$2""#,
+        &["sh", "{instance}", &out_s],
+    );
+    // The shared file, not the memory store.
+    for f in flags.iter_mut().filter(|f| **f == "memory") {
+        *f = "sqlite";
+    }
+    flags.extend(["--min-restart-interval", "1h"]);
+    let mut fleet: Vec<Mandrill> = (0..3).map(|_| Mandrill::spawn_on(&flags, &db)).collect();
+    // Each gets every host, under message ids of its own, as at once as processes can.
+    for (n, m) in fleet.iter_mut().enumerate() {
+        let lines: String = (0..HOSTS)
+            .map(|i| stdin_line(n * HOSTS + i, &format!("web-{i:02}")))
+            .collect();
+        m.write_stdin(lines.as_bytes());
+    }
+    let mut restarted = 0;
+    for mut m in fleet {
+        m.close_stdin();
+        let f = m.finish(Duration::from_secs(60));
+        assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
+        assert_eq!(f.n("acked"), HOSTS as u64, "{}", f.report);
+        restarted += f.n("restarted");
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    for line in text.lines() {
+        *times.entry(line).or_default() += 1;
+    }
+    assert_eq!(times.len(), HOSTS, "hosts restarted");
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "restarted more than once: {twice:?}");
+    assert_eq!(restarted, HOSTS as u64);
+}
