@@ -452,6 +452,7 @@ fn start_pipeline(
         service: service_id(config),
         history: config.store != StoreKind::Memory,
         claim_ttl: config.claim_ttl(),
+        shared_store: config.store != StoreKind::Memory,
     };
     let restarter = w.start_child(move |link, injector| {
         let calls = StoreCalls::to(&store_w);

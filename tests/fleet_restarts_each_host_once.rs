@@ -112,7 +112,7 @@ fn three_instances_restart_each_host_at_most_once() {
     // instance killed while it held it; such a claim still counts as a restart.
     let mut client = postgres::Client::connect(&schema.url, postgres::NoTls).unwrap();
     let open: HashSet<String> = client
-        .query("SELECT host FROM claims WHERE expires_at IS NOT NULL", &[])
+        .query("SELECT host FROM open_claims", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -132,7 +132,10 @@ fn three_instances_restart_each_host_at_most_once() {
     }
     for host in &open {
         let by: String = client
-            .query_one("SELECT claimed_by FROM claims WHERE host = $1", &[host])
+            .query_one(
+                "SELECT claimed_by FROM open_claims WHERE host = $1",
+                &[host],
+            )
             .unwrap()
             .get(0);
         assert_eq!(by, "fleet-0", "a surviving instance left {host} claimed");

@@ -27,7 +27,7 @@ use crate::protocol::{Probe, Probed, Shutdown};
 use crate::rails::{Rail, RailError, Rails, RecentStarts};
 use crate::store::{
     Attempt, AttemptContext, AttemptOutcome, Claim, ClaimRestarts, Claimed, LoadRestarts,
-    RecordAttempts, ReleaseClaims, Settle, StoreError,
+    RecordAttempts, ReleaseClaims, StoreError,
 };
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
@@ -50,6 +50,8 @@ pub(crate) struct RestarterConfig {
     /// How long a claim waits for its restart's outcome before the history shows it as
     /// `unknown`.
     pub claim_ttl: Duration,
+    /// Whether other processes may share the store, and so its claims.
+    pub shared_store: bool,
 }
 
 /// The store calls the Restarter makes, each to the store's writer threads.
@@ -150,6 +152,10 @@ pub struct Restarter {
     rails_on: bool,
     /// Actions a reload replaced, whose restarts may still run.
     replaced: Vec<Box<dyn RestartAction>>,
+    /// Survive restarts, as the claims they describe are under way: the restarts waiting
+    /// for a claim in the store, and whether a claim is under way.
+    to_claim: Vec<RestartJob>,
+    claiming: bool,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
     watchers: Vec<Recipient<HostRestarts>>,
@@ -237,6 +243,8 @@ impl Restarter {
             started: RecentStarts::default(),
             rails_on,
             replaced: Vec::new(),
+            to_claim: Vec::new(),
+            claiming: false,
             watchers: Vec::new(),
             notices: Vec::new(),
             state: State::default(),
@@ -281,9 +289,10 @@ impl Restarter {
     }
 
     /// Whether restarts are guarded by claims in the store: with no minimum interval
-    /// there is nothing to guard.
+    /// there is nothing to guard, and a store no other process can share (the in-memory
+    /// one) has no other instance to guard against: the index is the guard there.
     fn guarded(&self) -> bool {
-        !self.config.min_interval.is_zero()
+        self.config.shared_store && !self.config.min_interval.is_zero()
     }
 
     /// Who makes the attempts, for the store.
@@ -293,6 +302,7 @@ impl Restarter {
             action: self.action.name(),
             leashed: self.config.leashed,
             service: self.config.service.clone(),
+            claimed: self.guarded(),
         }
     }
 
@@ -308,9 +318,16 @@ impl Restarter {
         }
     }
 
-    /// Claims the hosts of `jobs` in the store; the answer comes back to the mailbox as
-    /// `ClaimsDecided`, whichever incarnation reads it.
-    fn claim(&mut self, jobs: Vec<RestartJob>, ctx: &mut Context<Self>) {
+    /// Claims the hosts waiting for a claim in the store, unless a claim is under way:
+    /// those that arrive meanwhile go together in the next one, as the Saver's group
+    /// commit does, so that a busy Restarter makes few, large claims. The answer comes
+    /// back to the mailbox as `ClaimsDecided`, whichever incarnation reads it.
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming || self.to_claim.is_empty() {
+            return;
+        }
+        self.claiming = true;
+        let jobs = std::mem::take(&mut self.to_claim);
         let asked = self.store.claim.send(ClaimRestarts {
             claims: jobs.iter().map(claim_of).collect(),
             context: self.context(),
@@ -364,6 +381,8 @@ impl Restarter {
             result,
             incarnation,
         } = msg;
+        self.claiming = false;
+        self.claim(ctx);
         let mut out = Finished {
             outcomes: Vec::with_capacity(jobs.len()),
             rows: Vec::new(),
@@ -614,7 +633,7 @@ impl Restarter {
             // The nacks of failed restarts go out once their claims are given back: a
             // redelivery that overtook the release would find its host still claimed,
             // and skip it for good.
-            let gives_back = rows.iter().any(|r| r.outcome.settle() == Settle::Release);
+            let gives_back = self.guarded() && rows.iter().any(|r| r.outcome.gives_back_claim());
             let held = gives_back.then(|| (self.acker.clone(), std::mem::take(&mut outcomes)));
             // A failed history write is a store failure like the Saver's, decided by the
             // policy; its answer comes back through the mailbox.
@@ -841,7 +860,8 @@ impl Handler<Restart> for Restarter {
                 act.action.start(jobs, &ctx.address().recipient());
             }
             if !claims.is_empty() {
-                act.claim(claims, ctx);
+                act.to_claim.extend(claims);
+                act.claim(ctx);
             }
             if ctx.state() == ActorState::Running {
                 act.state.current = None;
@@ -950,6 +970,8 @@ impl Handler<Shutdown> for Restarter {
         for old in &mut self.replaced {
             old.stop();
         }
+        // Restarts still waiting for a claim have none to give back.
+        self.to_claim.clear();
         // Restarts still waiting for a place never started: their claims go back.
         let waiting = std::mem::take(&mut self.waiting);
         if self.guarded() {
@@ -988,6 +1010,7 @@ impl Handler<Probe> for Restarter {
                 ("running", self.running.len()),
                 ("joined", self.joined.values().map(Vec::len).sum()),
                 ("waiting", self.waiting.len()),
+                ("to_claim", self.to_claim.len()),
                 ("hosts_indexed", self.last_restart.len()),
             ],
         ))
@@ -1045,6 +1068,7 @@ mod tests {
             service: "test".into(),
             history: true,
             claim_ttl: Duration::from_secs(90),
+            shared_store: true,
         };
         let action = simulated(io_delay, failure_rate);
         let injector = Injector::none(ChildName::Restarter);
@@ -1109,17 +1133,18 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        store
-            .inner
-            .record_attempts(
-                &AttemptContext::test(),
-                &[Attempt::restarted(
-                    name("cattle-old"),
-                    now_ms - 60_000,
-                    uuid::Uuid::new_v4(),
-                )],
-            )
-            .unwrap();
+        // Another instance restarted it a minute ago, and its claim stands.
+        let claim = crate::store::Claim {
+            host: name("cattle-old"),
+            message_id: uuid::Uuid::new_v4(),
+        };
+        let terms = crate::store::ClaimTerms {
+            context: &AttemptContext::test(),
+            now_ms: now_ms - 60_000,
+            interval_ms: HOUR.as_millis() as i64,
+            ttl_ms: 1_000,
+        };
+        store.inner.claim_restarts(&[claim], &terms).unwrap();
         let r = rig(Duration::ZERO, 0.0, HOUR, store);
         r.restarter
             .send(Restart(
@@ -1379,6 +1404,7 @@ mod tests {
             service: "another".into(),
             history: true,
             claim_ttl: Duration::from_secs(90),
+            shared_store: true,
         };
         let action = simulated(Duration::from_secs(1), 0.0);
         let injector = Injector::none(ChildName::Restarter);

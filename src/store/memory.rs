@@ -1,15 +1,15 @@
 //! The in-memory store, for study runs and benchmarks: same contract, no disk. Its
 //! connections share one set of tables, as connections to a database do. Of the history
-//! it keeps only each host's last restart, which the minimum interval needs; nothing is
-//! kept after the run, so `mandrill history` has nothing to read.
+//! it keeps only the claims, as the contract's tests need; no other process can share it,
+//! so the Restarter's own index guards it. Nothing is kept after the run, so
+//! `mandrill history` has nothing to read.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
 use super::{
-    Attempt, AttemptContext, Claim, ClaimTerms, Claimed, SaveRow, Settle, Store, StoreError,
-    StoreOpener,
+    Attempt, AttemptContext, Claim, ClaimTerms, Claimed, SaveRow, Store, StoreError, StoreOpener,
 };
 use crate::message::InstanceName;
 
@@ -33,7 +33,7 @@ struct Tables {
 #[derive(Debug, Clone)]
 struct HostClaim {
     at_ms: i64,
-    /// Who holds it and for which message, while its restart has no outcome.
+    /// Who holds it, for which message, and until when it may be given back.
     open: Option<OpenClaim>,
 }
 
@@ -115,19 +115,9 @@ impl Store for MemoryStore {
         rows: &[Attempt],
     ) -> Result<(), StoreError> {
         let mut t = self.open_tables()?;
-        for r in rows {
-            match r.outcome.settle() {
-                Settle::Keep => {
-                    let c = t.claims.entry(r.host).or_insert(HostClaim {
-                        at_ms: r.finished_ms,
-                        open: None,
-                    });
-                    c.at_ms = c.at_ms.max(r.finished_ms);
-                    c.open = None;
-                }
-                Settle::Release => t.release(&context.service, r.host, r.message_id),
-                Settle::Nothing => {}
-            }
+        let released = rows.iter().filter(|r| r.outcome.gives_back_claim());
+        for r in released.filter(|_| context.claimed) {
+            t.release(&context.service, r.host, r.message_id);
         }
         Ok(())
     }
@@ -226,6 +216,11 @@ mod tests {
         let mut a = MemoryStore::default();
         let mut b = a.open().unwrap();
         crate::store::claims_are_won_once_per_interval(&mut a, b.as_mut());
+    }
+
+    #[test]
+    fn the_guard_loads_each_hosts_latest_claim() {
+        crate::store::the_guard_loads_each_hosts_latest_claim(&mut MemoryStore::default());
     }
 
     #[test]

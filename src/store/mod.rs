@@ -84,6 +84,9 @@ pub struct AttemptContext {
     pub leashed: bool,
     /// The service instance that made them: `hostname:pid`, or `--instance-id`.
     pub service: Arc<str>,
+    /// Whether their restarts held claims, which recording them settles. Without the
+    /// guard there is nothing to settle, and recording costs no more than the rows.
+    pub claimed: bool,
 }
 
 impl AttemptContext {
@@ -95,6 +98,7 @@ impl AttemptContext {
             action: "sim",
             leashed: false,
             service: "test".into(),
+            claimed: true,
         }
     }
 }
@@ -134,15 +138,17 @@ pub trait Store: Send {
     /// messages were new.
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError>;
 
-    /// Appends restart attempts, which share `context`, to the history.
+    /// Appends restart attempts, which share `context`, to the history, giving back the
+    /// claims of those that failed.
     fn record_attempts(
         &mut self,
         context: &AttemptContext,
         rows: &[Attempt],
     ) -> Result<(), StoreError>;
 
-    /// Each host that counts as restarted at or after `since_ms`: restarted, timed out,
-    /// or claimed and left without an outcome past the claim's ttl at `now_ms`.
+    /// Each host claimed at or after `since_ms` whose claim is past its ttl at `now_ms`,
+    /// so that it stands: the host counts as restarted then. A claim still within its
+    /// ttl may yet be given back, and the guard answers for it.
     fn restarts_since(
         &mut self,
         since_ms: i64,
@@ -163,6 +169,9 @@ pub trait Store: Send {
 
     /// Gives back claims won by `service` whose restarts never started, so that a
     /// redelivery can try again: each host counts from its claim before, if it had one.
+    /// `record_attempts` gives back the claim of a failed attempt the same way, in the
+    /// same transaction; the claim of any other attempt stands, and is what tells the
+    /// guard when the host was last restarted.
     fn release_claims(&mut self, service: &str, claims: &[Claim]) -> Result<(), StoreError>;
 
     fn close(&mut self) -> Result<(), StoreError>;
@@ -223,27 +232,13 @@ impl ClaimTerms<'_> {
     }
 }
 
-/// How `record_attempts` settles the claim an attempt's restart held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// The host may have been restarted: the claim becomes the outcome, and the host
-    /// counts as restarted at the end of the attempt.
-    Keep,
-    /// Nothing was restarted: the claim is given back.
-    Release,
-    /// The attempt held no claim.
-    Nothing,
-}
-
 impl AttemptOutcome {
-    /// What recording this outcome does to the claim its restart held. A restart that
-    /// timed out may have happened, so it keeps its claim: safety before liveness.
-    pub(crate) fn settle(self) -> Settle {
-        match self {
-            AttemptOutcome::Restarted | AttemptOutcome::TimedOut => Settle::Keep,
-            AttemptOutcome::Failed => Settle::Release,
-            AttemptOutcome::DryRun | AttemptOutcome::Refused(_) => Settle::Nothing,
-        }
+    /// Whether recording this outcome gives back the claim its restart held: nothing
+    /// was restarted. Any other outcome leaves the claim standing as the host's last
+    /// restart; a restart that timed out may have happened, so it keeps its claim too:
+    /// safety before liveness.
+    pub(crate) fn gives_back_claim(self) -> bool {
+        self == AttemptOutcome::Failed
     }
 }
 
@@ -276,7 +271,10 @@ pub struct HistoryRow {
     pub message_id: String,
 }
 
-/// The history rows of claims still waiting for an outcome: `running` while within
+/// Why the history shows a claim's outcome as `unknown`.
+pub(crate) const UNKNOWN: &str = "claimed, and no outcome was recorded within the claim ttl";
+
+/// The history rows of claims with no attempt recorded for them: `running` while within
 /// their ttl, `unknown` after, when the instance that claimed them is gone.
 pub(crate) fn open_claim_row(claim: OpenClaimRow, now_ms: i64) -> HistoryRow {
     let unknown = claim.expires_ms < now_ms;
@@ -289,7 +287,7 @@ pub(crate) fn open_claim_row(claim: OpenClaimRow, now_ms: i64) -> HistoryRow {
         leashed: false,
         outcome: if unknown { "unknown" } else { "running" }.into(),
         reason: Some(if unknown {
-            "claimed, and no outcome recorded within the claim ttl".into()
+            UNKNOWN.into()
         } else {
             "claimed, and the restart is running".into()
         }),
@@ -622,18 +620,19 @@ pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn St
             Claimed::Held { restarted_ms: None }
         ]
     );
-    // Its restart is recorded: the host counts as restarted when it finished.
+    // Its restart is recorded: the claim stands, and the host counts as restarted when
+    // it was claimed, before the action ran.
     let mut done = Attempt::restarted(h.host, 1_020, h.message_id);
     done.started_ms = 1_000;
     a.record_attempts(&context, &[done]).unwrap();
     assert_eq!(
         b.claim_restarts(&[again], &terms(1_200)).unwrap(),
         [Claimed::Held {
-            restarted_ms: Some(1_020)
+            restarted_ms: Some(1_000)
         }]
     );
     assert_eq!(
-        b.claim_restarts(&[again], &terms(1_520)).unwrap(),
+        b.claim_restarts(&[again], &terms(1_500)).unwrap(),
         [Claimed::Won]
     );
     // A claim left without an outcome past its ttl counts as a restart.
@@ -675,7 +674,31 @@ pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn St
     assert_eq!(since, [(other.host, 1_050)]);
     let mut since = a.restarts_since(1_000, 3_300).unwrap();
     since.sort_by_key(|(h, _)| h.as_str().to_string());
-    assert_eq!(since, [(h.host, 1_520), (other.host, 1_050)]);
+    assert_eq!(since, [(h.host, 1_500), (other.host, 1_050)]);
+}
+
+/// What the Restarter loads at start: each host's latest claim that stands.
+#[cfg(test)]
+pub(crate) fn the_guard_loads_each_hosts_latest_claim(s: &mut dyn Store) {
+    let h = InstanceName::parse("cattle-a").unwrap();
+    let context = AttemptContext::test();
+    for at in [100, 300] {
+        let claim = Claim {
+            host: h,
+            message_id: Uuid::new_v4(),
+        };
+        let terms = ClaimTerms {
+            context: &context,
+            now_ms: at,
+            interval_ms: 150,
+            ttl_ms: 10,
+        };
+        assert_eq!(s.claim_restarts(&[claim], &terms).unwrap(), [Claimed::Won]);
+        let done = Attempt::restarted(h, at + 5, claim.message_id);
+        s.record_attempts(&context, &[done]).unwrap();
+    }
+    assert_eq!(s.restarts_since(0, 400).unwrap(), vec![(h, 300)]);
+    assert!(s.restarts_since(301, 400).unwrap().is_empty());
 }
 
 /// The guard, raced: 8 connections claim the same 100 hosts at once, and each host is

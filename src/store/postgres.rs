@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     Attempt, AttemptContext, Claim, ClaimTerms, Claimed, HistoryQuery, HistoryRow, OpenClaimRow,
-    SaveRow, Settle, Store, StoreError, StoreOpener,
+    SaveRow, Store, StoreError, StoreOpener,
 };
 use crate::message::InstanceName;
 
@@ -50,13 +50,17 @@ CREATE TABLE IF NOT EXISTS claims (
     host       text PRIMARY KEY,
     claimed_at bigint NOT NULL
 );
-ALTER TABLE claims
-    ADD COLUMN IF NOT EXISTS claimed_by  text,
-    ADD COLUMN IF NOT EXISTS message_id  text,
-    ADD COLUMN IF NOT EXISTS hostname    text,
-    ADD COLUMN IF NOT EXISTS action      text,
-    ADD COLUMN IF NOT EXISTS expires_at  bigint,
-    ADD COLUMN IF NOT EXISTS previous_at bigint;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS previous_at bigint;
+CREATE TABLE IF NOT EXISTS open_claims (
+    host        text PRIMARY KEY,
+    claimed_at  bigint NOT NULL,
+    claimed_by  text NOT NULL,
+    message_id  text NOT NULL,
+    hostname    text NOT NULL,
+    action      text NOT NULL,
+    expires_at  bigint NOT NULL,
+    previous_at bigint
+);
 ";
 
 /// From version 1: each host's latest restart, or restart that timed out, becomes its
@@ -68,10 +72,9 @@ INSERT INTO claims (host, claimed_at)
 ON CONFLICT (host) DO UPDATE SET claimed_at = GREATEST(claims.claimed_at, excluded.claimed_at);
 ";
 
-/// Who holds a claim, for `release`: the claim `$1` made for message `$3` on host `$2`,
-/// while it waits for its outcome.
-const MINE: &str = "c.host = t.host AND c.message_id = t.id AND c.claimed_by = $1
-                    AND c.expires_at IS NOT NULL";
+/// The open claims `$1` holds for the messages `$3` on the hosts `$2`, as `t`.
+const MINE: &str = "FROM open_claims AS o USING UNNEST($2::text[], $3::text[]) AS t(host, id)
+                    WHERE o.host = t.host AND o.message_id = t.id AND o.claimed_by = $1";
 
 /// A database to connect to, read from a `postgres://` URL. It prints and compares as
 /// its hosts, database and user, never its password.
@@ -215,39 +218,6 @@ fn migrate(client: &mut Client) -> Result<(), String> {
     tx.commit().map_err(|e| why(&e))
 }
 
-/// Claims to settle one way, by host, message id and time.
-#[derive(Default)]
-struct Settled {
-    hosts: Vec<String>,
-    ids: Vec<String>,
-    at: Vec<i64>,
-}
-
-impl Settled {
-    fn push(&mut self, host: &str, id: &str, at: i64) {
-        self.hosts.push(host.to_string());
-        self.ids.push(id.to_string());
-        self.at.push(at);
-    }
-
-    /// Keeps one row per host, its latest, as one statement may touch a row once.
-    fn dedupe(&mut self) {
-        let mut latest: HashMap<&str, usize> = HashMap::with_capacity(self.hosts.len());
-        for (i, h) in self.hosts.iter().enumerate() {
-            let e = latest.entry(h).or_insert(i);
-            if self.at[i] >= self.at[*e] {
-                *e = i;
-            }
-        }
-        let mut keep: Vec<usize> = latest.into_values().collect();
-        keep.sort_unstable();
-        let pick = |v: &[String]| keep.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
-        let (hosts, ids) = (pick(&self.hosts), pick(&self.ids));
-        self.at = keep.iter().map(|&i| self.at[i]).collect();
-        (self.hosts, self.ids) = (hosts, ids);
-    }
-}
-
 /// Gives back the claims `service` holds on `hosts` for the messages `ids`, if it still
 /// does: each host counts from its claim before, or has none.
 fn release(
@@ -258,18 +228,12 @@ fn release(
 ) -> Result<(), StoreError> {
     tx.execute(
         &format!(
-            "DELETE FROM claims c USING UNNEST($2::text[], $3::text[]) AS t(host, id)
-             WHERE {MINE} AND c.previous_at IS NULL"
-        ),
-        &[&service, &hosts, &ids],
-    )
-    .map_err(classify)?;
-    tx.execute(
-        &format!(
-            "UPDATE claims c SET claimed_at = c.previous_at, expires_at = NULL,
-                                 previous_at = NULL
-             FROM UNNEST($2::text[], $3::text[]) AS t(host, id)
-             WHERE {MINE}"
+            "WITH gone AS (DELETE {MINE} RETURNING o.host, o.previous_at),
+             restored AS (UPDATE claims AS c SET claimed_at = g.previous_at
+                          FROM gone AS g
+                          WHERE c.host = g.host AND g.previous_at IS NOT NULL)
+             DELETE FROM claims AS c USING gone AS g
+             WHERE c.host = g.host AND g.previous_at IS NULL"
         ),
         &[&service, &hosts, &ids],
     )
@@ -354,31 +318,27 @@ impl Store for PostgresStore {
             ],
         )
         .map_err(classify)?;
-        // The claims the attempts held are settled in the same transaction: kept as the
-        // host's last restart, or given back.
-        let (mut keep, mut gone) = (Settled::default(), Settled::default());
-        for (i, r) in rows.iter().enumerate() {
-            match r.outcome.settle() {
-                Settle::Keep => keep.push(&hosts[i], &ids[i], r.finished_ms),
-                Settle::Release => gone.push(&hosts[i], &ids[i], r.finished_ms),
-                Settle::Nothing => {}
-            }
+        // The claims the attempts held are settled in the same transaction: they stand
+        // as the hosts' last restarts, or are given back if nothing was restarted.
+        let (mut kept, mut gone) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (i, r) in rows.iter().enumerate().filter(|_| context.claimed) {
+            let to = if r.outcome.gives_back_claim() {
+                &mut gone
+            } else {
+                &mut kept
+            };
+            to.0.push(hosts[i].clone());
+            to.1.push(ids[i].clone());
         }
-        if !keep.hosts.is_empty() {
-            keep.dedupe();
+        if !kept.0.is_empty() {
             tx.execute(
-                "INSERT INTO claims (host, claimed_at, message_id)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[])
-                 ON CONFLICT (host) DO UPDATE SET
-                     claimed_at = GREATEST(claims.claimed_at, excluded.claimed_at),
-                     expires_at = CASE WHEN claims.message_id = excluded.message_id
-                                       THEN NULL ELSE claims.expires_at END",
-                &[&keep.hosts, &keep.at, &keep.ids],
+                &format!("DELETE {MINE}"),
+                &[&&*context.service, &kept.0, &kept.1],
             )
             .map_err(classify)?;
         }
-        if !gone.hosts.is_empty() {
-            release(&mut tx, &context.service, &gone.hosts, &gone.ids)?;
+        if !gone.0.is_empty() {
+            release(&mut tx, &context.service, &gone.0, &gone.1)?;
         }
         tx.commit().map_err(classify)
     }
@@ -391,8 +351,9 @@ impl Store for PostgresStore {
         let rows = self
             .client()?
             .query(
-                "SELECT host, claimed_at FROM claims
-                 WHERE claimed_at >= $1 AND (expires_at IS NULL OR expires_at < $2)",
+                "SELECT c.host, c.claimed_at FROM claims AS c
+                 LEFT JOIN open_claims AS o ON o.host = c.host
+                 WHERE c.claimed_at >= $1 AND (o.expires_at IS NULL OR o.expires_at < $2)",
                 &[&since_ms, &now_ms],
             )
             .map_err(classify)?;
@@ -421,17 +382,32 @@ impl Store for PostgresStore {
         let mut tx = self.client()?.transaction().map_err(classify)?;
         let won: HashMap<String, String> = tx
             .query(
-                "INSERT INTO claims AS c (host, claimed_at, claimed_by, message_id, hostname,
-                                          action, expires_at)
-                 SELECT h, $4::bigint, $5, id, hn, $6, $4::bigint + $7::bigint
-                 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(h, id, hn)
+                "WITH t AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+                            AS t(h, id, hn)),
+                 won AS (
+                     INSERT INTO claims AS c (host, claimed_at)
+                     SELECT h, $4::bigint FROM t
+                     ON CONFLICT (host) DO UPDATE SET
+                         previous_at = c.claimed_at, claimed_at = excluded.claimed_at
+                     WHERE c.claimed_at <= excluded.claimed_at - $8::bigint
+                     RETURNING c.host, c.previous_at),
+                 lapsed AS (
+                     INSERT INTO attempts (message_id, instance, hostname, action, leashed,
+                                           started_at, finished_at, outcome, reason, service)
+                     SELECT o.message_id, o.host, o.hostname, o.action, false, o.claimed_at,
+                            o.expires_at, 'unknown', $9, o.claimed_by
+                     FROM open_claims AS o JOIN won ON won.host = o.host)
+                 INSERT INTO open_claims AS o (host, claimed_at, claimed_by, message_id,
+                                               hostname, action, expires_at, previous_at)
+                 SELECT won.host, $4::bigint, $5, t.id, t.hn, $6, $4::bigint + $7::bigint,
+                        won.previous_at
+                 FROM won JOIN t ON t.h = won.host
                  ON CONFLICT (host) DO UPDATE SET
-                     previous_at = c.claimed_at, claimed_at = excluded.claimed_at,
-                     claimed_by = excluded.claimed_by, message_id = excluded.message_id,
-                     hostname = excluded.hostname, action = excluded.action,
-                     expires_at = excluded.expires_at
-                 WHERE c.claimed_at <= excluded.claimed_at - $8::bigint
-                 RETURNING host, message_id",
+                     claimed_at = excluded.claimed_at, claimed_by = excluded.claimed_by,
+                     message_id = excluded.message_id, hostname = excluded.hostname,
+                     action = excluded.action, expires_at = excluded.expires_at,
+                     previous_at = excluded.previous_at
+                 RETURNING o.host, o.message_id",
                 &[
                     &hosts,
                     &ids,
@@ -441,6 +417,7 @@ impl Store for PostgresStore {
                     &terms.context.action,
                     &terms.ttl_ms,
                     &terms.interval_ms,
+                    &super::UNKNOWN,
                 ],
             )
             .map_err(classify)?
@@ -454,7 +431,8 @@ impl Store for PostgresStore {
             HashMap::new()
         } else {
             tx.query(
-                "SELECT host, claimed_at, expires_at FROM claims WHERE host = ANY($1)",
+                "SELECT c.host, c.claimed_at, o.expires_at FROM claims AS c
+                 LEFT JOIN open_claims AS o ON o.host = c.host WHERE c.host = ANY($1)",
                 &[&lost],
             )
             .map_err(classify)?
@@ -558,9 +536,8 @@ pub fn read_history(database: &Database, q: &HistoryQuery) -> Result<Vec<History
     let claims = client
         .query(
             "SELECT host, claimed_at, expires_at, claimed_by, message_id, hostname, action
-             FROM claims
-             WHERE expires_at IS NOT NULL
-               AND ($1::text IS NULL OR host ~ $1)
+             FROM open_claims
+             WHERE ($1::text IS NULL OR host ~ $1)
                AND ($2::bigint IS NULL OR claimed_at >= $2)",
             &[&pattern, &q.since_ms],
         )
@@ -745,6 +722,22 @@ mod tests {
         assert_eq!(outcomes(&q), ["running"]);
         q.now_ms = 70_000;
         assert_eq!(outcomes(&q), ["unknown"]);
+        // Once the interval has passed, a new claim replaces it, and the history keeps
+        // the lapsed one as an attempt whose outcome is unknown.
+        let later = ClaimTerms {
+            now_ms: 3_700_000,
+            ..terms
+        };
+        let again = Claim {
+            host,
+            message_id: Uuid::new_v4(),
+        };
+        assert_eq!(
+            store.claim_restarts(&[again], &later).unwrap(),
+            [Claimed::Won]
+        );
+        q.now_ms = 3_700_001;
+        assert_eq!(outcomes(&q), ["running", "unknown"]);
         q.host = Some("db-*".into());
         assert!(outcomes(&q).is_empty());
     }
@@ -805,19 +798,9 @@ mod tests {
     }
 
     #[test]
-    fn the_history_gives_each_hosts_latest_restart() {
+    fn the_guard_loads_each_hosts_latest_claim() {
         let Some(schema) = Schema::new() else { return };
-        let mut store = schema.open();
-        let host = InstanceName::parse("cattle-zpsk").unwrap();
-        let rows = [
-            Attempt::restarted(host, 100, Uuid::new_v4()),
-            Attempt::restarted(host, 300, Uuid::new_v4()),
-        ];
-        store
-            .record_attempts(&AttemptContext::test(), &rows)
-            .unwrap();
-        assert_eq!(store.restarts_since(0, 400).unwrap(), vec![(host, 300)]);
-        assert!(store.restarts_since(301, 400).unwrap().is_empty());
+        crate::store::the_guard_loads_each_hosts_latest_claim(&mut schema.open());
     }
 
     #[test]

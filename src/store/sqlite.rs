@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use super::{
     Attempt, AttemptContext, Claim, ClaimTerms, Claimed, HistoryQuery, HistoryRow, OpenClaimRow,
-    SaveRow, Settle, Store, StoreError, StoreOpener,
+    SaveRow, Store, StoreError, StoreOpener,
 };
 use crate::message::InstanceName;
 
@@ -44,17 +44,23 @@ CREATE TABLE IF NOT EXISTS claims (
 ) WITHOUT ROWID;
 ";
 
-/// The guard's columns, which version 2's `claims` lacks: who holds a claim and for
-/// which message, until when it waits for its outcome (NULL once it has one), and the
-/// host's claim before it, which a release restores.
-const CLAIM_COLUMNS: [&str; 6] = [
-    "claimed_by TEXT",
-    "message_id TEXT",
-    "hostname TEXT",
-    "action TEXT",
-    "expires_at INTEGER",
-    "previous_at INTEGER",
-];
+/// Claims waiting for their restart's outcome: who holds each, for which message, until
+/// when it may be given back, and the host's claim before it, which giving it back
+/// restores. The table stays as small as the restarts under way, so settling a claim
+/// (deleting its row here) touches a page or two, where a column of `claims`, one row per
+/// host ever restarted, would touch a page anywhere in it.
+const OPEN_CLAIMS: &str = "
+CREATE TABLE IF NOT EXISTS open_claims (
+    host        TEXT PRIMARY KEY,
+    claimed_at  INTEGER NOT NULL,
+    claimed_by  TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    hostname    TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    previous_at INTEGER
+) WITHOUT ROWID;
+";
 
 /// From versions before 3: each host's latest restart, or restart that timed out,
 /// becomes its claim, which the guard now reads instead of the history.
@@ -107,17 +113,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     if version == 0 && old_restarts {
         tx.execute_batch(FROM_V0)?;
     }
-    for column in CLAIM_COLUMNS {
-        let name = column.split(' ').next().unwrap_or(column);
-        let present: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('claims') WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )?;
-        if !present {
-            tx.execute_batch(&format!("ALTER TABLE claims ADD COLUMN {column}"))?;
-        }
-    }
+    tx.execute_batch(OPEN_CLAIMS)?;
     if version < SCHEMA_VERSION {
         tx.execute_batch(CLAIMS_FROM_HISTORY)?;
         if version > 0 || old_restarts {
@@ -315,24 +311,23 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(classify)?;
-            let mut keep = tx
+            let mut settle = tx
                 .prepare_cached(
-                    "INSERT INTO claims (host, claimed_at, message_id) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (host) DO UPDATE SET
-                         claimed_at = max(claimed_at, excluded.claimed_at),
-                         expires_at = CASE WHEN message_id = excluded.message_id
-                                           THEN NULL ELSE expires_at END",
+                    "DELETE FROM open_claims
+                     WHERE host = ?1 AND message_id = ?2 AND claimed_by = ?3",
                 )
                 .map_err(classify)?;
             for r in rows {
                 let id = r.message_id.hyphenated().to_string();
-                match r.outcome.settle() {
-                    Settle::Keep => {
-                        keep.execute(params![&*r.host.as_str(), r.finished_ms, &id])
-                            .map_err(classify)?;
-                    }
-                    Settle::Release => release(&tx, &context.service, r.host, &id)?,
-                    Settle::Nothing => {}
+                // The attempt's claim, if it held one, has its outcome: it stands as the
+                // host's last restart, or is given back if nothing was restarted.
+                if !context.claimed {
+                } else if r.outcome.gives_back_claim() {
+                    release(&tx, &context.service, r.host, &id)?;
+                } else {
+                    settle
+                        .execute(params![&*r.host.as_str(), &id, &*context.service])
+                        .map_err(classify)?;
                 }
                 insert
                     .execute(params![
@@ -361,8 +356,9 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare(
-                "SELECT host, claimed_at FROM claims
-                 WHERE claimed_at >= ?1 AND (expires_at IS NULL OR expires_at < ?2)",
+                "SELECT c.host, c.claimed_at FROM claims AS c
+                 LEFT JOIN open_claims AS o ON o.host = c.host
+                 WHERE c.claimed_at >= ?1 AND (o.expires_at IS NULL OR o.expires_at < ?2)",
             )
             .map_err(classify)?;
         let rows = stmt
@@ -393,18 +389,34 @@ impl Store for SqliteStore {
         let mut out = Vec::with_capacity(claims.len());
         {
             let mut held = tx
-                .prepare_cached("SELECT claimed_at, expires_at FROM claims WHERE host = ?1")
+                .prepare_cached(
+                    "SELECT c.claimed_at, o.expires_at FROM claims AS c
+                     LEFT JOIN open_claims AS o ON o.host = c.host WHERE c.host = ?1",
+                )
                 .map_err(classify)?;
             let mut claim = tx
                 .prepare_cached(
-                    "INSERT INTO claims (host, claimed_at, claimed_by, message_id, hostname,
-                                         action, expires_at, previous_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
-                     ON CONFLICT (host) DO UPDATE SET
-                         previous_at = claimed_at, claimed_at = excluded.claimed_at,
-                         claimed_by = excluded.claimed_by, message_id = excluded.message_id,
-                         hostname = excluded.hostname, action = excluded.action,
-                         expires_at = excluded.expires_at",
+                    "INSERT INTO claims (host, claimed_at) VALUES (?1, ?2)
+                     ON CONFLICT (host) DO UPDATE SET claimed_at = excluded.claimed_at",
+                )
+                .map_err(classify)?;
+            // A claim left open past its ttl by an instance that died goes into the
+            // history as `unknown` when a new claim on its host replaces it.
+            let mut lapsed = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO attempts (message_id, instance, hostname, action, leashed,
+                         started_at, finished_at, outcome, reason, service)
+                     SELECT message_id, host, hostname, action, 0, claimed_at, expires_at,
+                            'unknown', '{}', claimed_by
+                     FROM open_claims WHERE host = ?1",
+                    super::UNKNOWN
+                ))
+                .map_err(classify)?;
+            let mut open = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO open_claims (host, claimed_at, claimed_by,
+                         message_id, hostname, action, expires_at, previous_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(classify)?;
             for c in claims {
@@ -418,16 +430,22 @@ impl Store for SqliteStore {
                     continue;
                 }
                 claim
-                    .execute(params![
-                        &*host,
-                        terms.now_ms,
-                        &*terms.context.service,
-                        c.message_id.hyphenated().to_string(),
-                        c.host.hostname(&terms.context.domain).to_string(),
-                        terms.context.action,
-                        terms.now_ms + terms.ttl_ms,
-                    ])
+                    .execute(params![&*host, terms.now_ms])
                     .map_err(classify)?;
+                if prior.is_some_and(|(_, expires)| expires.is_some()) {
+                    lapsed.execute([&*host]).map_err(classify)?;
+                }
+                open.execute(params![
+                    &*host,
+                    terms.now_ms,
+                    &*terms.context.service,
+                    c.message_id.hyphenated().to_string(),
+                    c.host.hostname(&terms.context.domain).to_string(),
+                    terms.context.action,
+                    terms.now_ms + terms.ttl_ms,
+                    prior.map(|(at, _)| at),
+                ])
+                .map_err(classify)?;
                 out.push(Claimed::Won);
             }
         }
@@ -466,18 +484,26 @@ fn release(
     id: &str,
 ) -> Result<(), StoreError> {
     let host = host.as_str();
-    let mine = "host = ?1 AND claimed_by = ?2 AND message_id = ?3 AND expires_at IS NOT NULL";
-    tx.prepare_cached(&format!(
-        "DELETE FROM claims WHERE {mine} AND previous_at IS NULL"
-    ))
-    .and_then(|mut s| s.execute(params![&*host, service, id]))
-    .map_err(classify)?;
-    tx.prepare_cached(&format!(
-        "UPDATE claims SET claimed_at = previous_at, expires_at = NULL, previous_at = NULL
-         WHERE {mine}"
-    ))
-    .and_then(|mut s| s.execute(params![&*host, service, id]))
-    .map_err(classify)?;
+    let previous: Option<Option<i64>> = tx
+        .prepare_cached(
+            "DELETE FROM open_claims WHERE host = ?1 AND message_id = ?2 AND claimed_by = ?3
+             RETURNING previous_at",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![&*host, id, service], |r| r.get(0))
+                .optional()
+        })
+        .map_err(classify)?;
+    let restore = match previous {
+        None => return Ok(()),
+        Some(Some(at)) => tx
+            .prepare_cached("UPDATE claims SET claimed_at = ?2 WHERE host = ?1")
+            .and_then(|mut s| s.execute(params![&*host, at])),
+        Some(None) => tx
+            .prepare_cached("DELETE FROM claims WHERE host = ?1")
+            .and_then(|mut s| s.execute(params![&*host])),
+    };
+    restore.map_err(classify)?;
     Ok(())
 }
 
@@ -545,9 +571,8 @@ pub fn read_history(path: &Path, q: &HistoryQuery) -> Result<Vec<HistoryRow>, St
     let mut stmt = conn
         .prepare(
             "SELECT host, claimed_at, expires_at, claimed_by, message_id, hostname, action
-             FROM claims
-             WHERE expires_at IS NOT NULL
-               AND (?1 IS NULL OR host GLOB ?1) AND (?2 IS NULL OR claimed_at >= ?2)",
+             FROM open_claims
+             WHERE (?1 IS NULL OR host GLOB ?1) AND (?2 IS NULL OR claimed_at >= ?2)",
         )
         .map_err(classify)?;
     let claims = stmt
@@ -631,16 +656,10 @@ mod tests {
     }
 
     #[test]
-    fn restart_history_keeps_the_latest_per_host() {
+    fn the_guard_loads_each_hosts_latest_claim() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        let h = InstanceName::parse("cattle-a").unwrap();
-        let id = uuid::Uuid::new_v4();
-        let r = |at_ms| Attempt::restarted(h, at_ms, id);
-        s.record_attempts(&AttemptContext::test(), &[r(100), r(300), r(200)])
-            .unwrap();
-        assert_eq!(s.restarts_since(0, 400).unwrap(), vec![(h, 300)]);
-        assert!(s.restarts_since(301, 400).unwrap().is_empty());
+        crate::store::the_guard_loads_each_hosts_latest_claim(&mut s);
     }
 
     #[test]
@@ -677,6 +696,42 @@ mod tests {
         crate::store::raced_claims_win_each_host_once(&|| {
             Box::new(SqliteStore::open(&path).unwrap())
         });
+    }
+
+    #[test]
+    fn a_claim_left_without_an_outcome_shows_as_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        let context = AttemptContext::test();
+        let host = InstanceName::parse("web-01").unwrap();
+        let mut claim = |now_ms| {
+            let terms = ClaimTerms {
+                context: &context,
+                now_ms,
+                interval_ms: 3_600_000,
+                ttl_ms: 60_000,
+            };
+            let c = Claim {
+                host,
+                message_id: uuid::Uuid::new_v4(),
+            };
+            s.claim_restarts(&[c], &terms).unwrap()
+        };
+        assert_eq!(claim(1_000), [Claimed::Won]);
+        let outcomes = |now_ms| -> Vec<String> {
+            let q = HistoryQuery {
+                limit: 10,
+                now_ms,
+                ..HistoryQuery::default()
+            };
+            let rows = read_history(&path, &q).unwrap();
+            rows.into_iter().map(|r| r.outcome).collect()
+        };
+        assert_eq!(outcomes(2_000), ["running"]);
+        assert_eq!(outcomes(70_000), ["unknown"]);
+        assert_eq!(claim(3_700_000), [Claimed::Won]);
+        assert_eq!(outcomes(3_700_001), ["running", "unknown"]);
     }
 
     /// The schema of files made before the schema had a version.
