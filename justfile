@@ -17,11 +17,14 @@ lint:
 # markdown table of medians of 3 and writes target/bench/bench.json and bench.svg. Then
 # the real-broker benchmarks (the local nats-server, the Pub/Sub emulator, and the talk's
 # design on Google's Python client in a virtualenv): target/bench/bench_brokers.json.
+# Last, the fleet's: PostgreSQL and the guard (the local PostgreSQL and NATS):
+# target/bench/bench_fleet.json.
 bench:
-    cargo build --release --bin mandrill --example bench --example bench_brokers
+    cargo build --release --bin mandrill --example bench --example bench_brokers --example bench_fleet
     cargo run --release --example bench -- target/bench
     test -x target/bench/venv/bin/python || (python3 -m venv target/bench/venv && target/bench/venv/bin/pip install -q google-cloud-pubsub==2.44.0)
     MANDRILL_BENCH_PYTHON=target/bench/venv/bin/python cargo run --release --example bench_brokers -- target/bench
+    cargo run --release --example bench_fleet -- target/bench
 
 # Build the API docs, including private items, and open nothing.
 doc:

@@ -180,6 +180,16 @@ impl PostgresStore {
 /// Creates the schema, or checks its version, in one transaction that holds the
 /// schema lock, so that instances starting together do not race.
 fn migrate(client: &mut Client) -> Result<(), String> {
+    // A schema already at this version is left alone, without a lock or a statement of
+    // DDL: `ALTER TABLE` takes a table's strongest lock even when it changes nothing,
+    // and a connection opened while other instances claim and save would wait on them
+    // and make them wait on it, until the server broke the deadlock.
+    if let Ok(Some(row)) = client.query_opt("SELECT version FROM mandrill_schema", &[]) {
+        let v: i32 = row.get(0);
+        if v == SCHEMA_VERSION {
+            return Ok(());
+        }
+    }
     let mut tx = client.transaction().map_err(|e| why(&e))?;
     // "Already exists, skipping" is the normal case, not news for the log.
     tx.batch_execute("SET LOCAL client_min_messages = warning")
