@@ -26,6 +26,9 @@ use gcloud_pubsub::client::{Client, ClientConfig};
 use serde::Serialize;
 use serde_json::Value;
 
+mod support;
+use support::{binary, mandrill, median, report};
+
 const RUNS: usize = 3;
 const MESSAGES: usize = 20_000;
 const PROJECT: &str = "mandrill-bench";
@@ -43,41 +46,8 @@ const QUICK: &[&str] = &[
     "none",
 ];
 
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("mandrill");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `just bench`",
-        bin.display()
-    );
-    bin
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Runs the binary to its end and returns its report.
-fn mandrill(args: &[&str], env: &[(&str, &str)]) -> Value {
-    let out = Command::new(binary())
-        .args(args)
-        .envs(env.iter().copied())
-        .stderr(Stdio::null())
-        .output()
-        .expect("run mandrill");
-    assert!(out.status.success(), "mandrill {args:?} failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("report")
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -237,11 +207,7 @@ fn jetstream_instances(url: &str, k: usize) -> (f64, f64) {
         .collect();
     let reports: Vec<Value> = children
         .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("wait");
-            let text = String::from_utf8_lossy(&out.stdout);
-            serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("report")
-        })
+        .map(|c| report(&c.wait_with_output().expect("wait").stdout))
         .collect();
     delete_stream(url, &stream);
     let rates: Vec<f64> = reports
@@ -388,8 +354,8 @@ fn main() {
     let jetstream_instances = (1..=3)
         .map(|k| {
             let runs: Vec<_> = (0..RUNS).map(|_| jetstream_instances(&url, k)).collect();
-            let per = median(runs.iter().map(|r| r.0).collect());
-            let total = median(runs.iter().map(|r| r.1).collect());
+            let per = median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+            let total = median(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
             (k, per, total)
         })
         .collect();
@@ -406,7 +372,7 @@ fn main() {
                 let runs: Vec<f64> = (0..RUNS)
                     .filter_map(|_| pubsub_python(&emulator, py, streams))
                     .collect();
-                (!runs.is_empty()).then(|| (streams, median(runs)))
+                (!runs.is_empty()).then(|| (streams, median(&runs)))
             })
             .collect(),
         None => {
@@ -416,11 +382,11 @@ fn main() {
     };
     let r = Results {
         messages: MESSAGES,
-        jetstream_pipeline: median(pipe),
-        jetstream_raw: median(raw),
+        jetstream_pipeline: median(&pipe),
+        jetstream_raw: median(&raw),
         jetstream_instances,
-        pubsub_pipeline: median(ps_pipe),
-        pubsub_bare: median(ps_bare),
+        pubsub_pipeline: median(&ps_pipe),
+        pubsub_bare: median(&ps_bare),
         pubsub_python,
     };
     table(&r);

@@ -22,31 +22,14 @@ use postgres::{Client, NoTls};
 use serde::Serialize;
 use serde_json::Value;
 
+mod support;
+use support::{binary, mandrill, median, report};
+
 const RUNS: usize = 3;
 /// Messages a pipeline run into PostgreSQL saves, and rows the raw insert writes.
 const ROWS: usize = 200_000;
 /// Messages a JetStream run takes.
 const STREAMED: usize = 20_000;
-
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("mandrill");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `just bench`",
-        bin.display()
-    );
-    bin
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 /// A schema of the benchmark's own, dropped when this is.
 struct Schema {
@@ -85,18 +68,6 @@ impl Drop for Schema {
     }
 }
 
-/// Runs the binary to its end and returns its report.
-fn mandrill(args: &[&str]) -> Value {
-    let out = Command::new(binary())
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .expect("run mandrill");
-    assert!(out.status.success(), "mandrill {args:?} failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("report")
-}
-
 /// The talk's pipeline, P2's workload, saving into PostgreSQL; `guard` keeps the
 /// default minimum interval, and so a claim per restart.
 fn pipeline(guard: bool) -> f64 {
@@ -116,7 +87,7 @@ fn pipeline(guard: bool) -> f64 {
     if !guard {
         args.extend(["--min-restart-interval", "0"]);
     }
-    mandrill(&args)["msgs_per_s"].as_f64().unwrap_or(0.0)
+    mandrill(&args, &[])["msgs_per_s"].as_f64().unwrap_or(0.0)
 }
 
 /// A bare batched insert into a table shaped as the store's, 1,000 rows a statement.
@@ -201,18 +172,21 @@ fn jetstream_into_postgres(nats: &str, k: usize) -> f64 {
     let schema = Schema::new();
     let stream = format!("BENCH_{}", uuid::Uuid::new_v4().simple());
     let n = STREAMED.to_string();
-    mandrill(&[
-        "publish",
-        "--to",
-        "jetstream",
-        "--create",
-        "--nats-url",
-        nats,
-        "--stream",
-        &stream,
-        "--messages",
-        &n,
-    ]);
+    mandrill(
+        &[
+            "publish",
+            "--to",
+            "jetstream",
+            "--create",
+            "--nats-url",
+            nats,
+            "--stream",
+            &stream,
+            "--messages",
+            &n,
+        ],
+        &[],
+    );
     let url = schema.url();
     let args = [
         "--source",
@@ -249,11 +223,7 @@ fn jetstream_into_postgres(nats: &str, k: usize) -> f64 {
         .collect();
     let reports: Vec<Value> = children
         .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("wait");
-            let text = String::from_utf8_lossy(&out.stdout);
-            serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("report")
-        })
+        .map(|c| report(&c.wait_with_output().expect("wait").stdout))
         .collect();
     delete_stream(nats, &stream);
     let acked: f64 = reports
@@ -325,7 +295,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (pipe, raw) = (median(r.pipeline.clone()), median(r.raw_insert.clone()));
+    let (pipe, raw) = (median(&r.pipeline), median(&r.raw_insert));
     println!("\n| workload | runs | median | against |\n|---|---|---:|---|");
     println!(
         "| durable pipeline into PostgreSQL, no guard (`--min-restart-interval 0`), msgs/s | {} | {pipe:.0} | {:.2} of the raw insert (target 0.5: {}) |",
@@ -340,19 +310,19 @@ fn main() {
     println!(
         "| durable pipeline into PostgreSQL with the guard (a new host almost every message), msgs/s | {} | {:.0} | |",
         runs(&r.pipeline_guarded),
-        median(r.pipeline_guarded.clone())
+        median(&r.pipeline_guarded)
     );
     println!(
         "| claims decided a second, 3 connections racing for 1,000 hosts | {} | {:.0} | hosts won: {:?} (1,000 each run) |",
         runs(&r.claims_per_s),
-        median(r.claims_per_s.clone()),
+        median(&r.claims_per_s),
         r.hosts_won
     );
     for (k, v) in &r.jetstream_into_postgres {
         println!(
             "| JetStream into PostgreSQL, {k} instance(s), guard on, msgs/s in all | {} | {:.0} | |",
             runs(v),
-            median(v.clone())
+            median(v)
         );
     }
     let json = serde_json::to_string_pretty(&r).expect("json");
