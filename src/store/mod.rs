@@ -146,9 +146,10 @@ pub trait Store: Send {
         rows: &[Attempt],
     ) -> Result<(), StoreError>;
 
-    /// Each host claimed at or after `since_ms` whose claim is past its ttl at `now_ms`,
-    /// so that it stands: the host counts as restarted then. A claim still within its
-    /// ttl may yet be given back, and the guard answers for it.
+    /// Each host claimed at or after `since_ms` whose claim stands at `now_ms`, with when
+    /// it counts as restarted: its restart has an outcome that keeps the claim, or it is
+    /// past its ttl without one. A claim still waiting within its ttl may yet be given
+    /// back, and the guard answers for it.
     fn restarts_since(
         &mut self,
         since_ms: i64,
