@@ -23,6 +23,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use serde_json::Value;
 
+mod support;
+use support::{binary, median};
+
 const RUNS: usize = 3;
 /// The flags every pipeline throughput run shares: P1's workload.
 const PIPELINE: &[&str] = &[
@@ -41,28 +44,6 @@ const PIPELINE: &[&str] = &[
 ];
 /// P5's fixed IO delay.
 const P5_IO: Duration = Duration::from_millis(10);
-
-fn binary() -> PathBuf {
-    // Examples live in target/<profile>/examples; the binary one level up.
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("mandrill");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release` first",
-        bin.display()
-    );
-    bin
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut xs = xs.to_vec();
-    xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    xs[xs.len() / 2]
-}
 
 fn conserved(r: &Value) -> bool {
     let n = |f: &str| r[f].as_u64().unwrap_or(u64::MAX);

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 mod support;
-use support::{binary, mandrill, median, report};
+use support::{delete_stream, instances, mandrill, median, total_rate};
 
 const RUNS: usize = 3;
 const MESSAGES: usize = 20_000;
@@ -123,15 +123,6 @@ fn fill_stream(url: &str, stream: &str) {
     );
 }
 
-fn delete_stream(url: &str, stream: &str) {
-    rt().block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("nats"));
-        for name in [stream.to_string(), format!("{stream}_DLQ")] {
-            let _ = js.delete_stream(&name).await;
-        }
-    });
-}
-
 /// The pipeline's rate on a stream filled for it.
 fn jetstream_pipeline(url: &str) -> f64 {
     let stream = unique("BENCH");
@@ -184,7 +175,6 @@ fn jetstream_raw(url: &str) -> f64 {
 fn jetstream_instances(url: &str, k: usize) -> (f64, f64) {
     let stream = unique("BENCH");
     fill_stream(url, &stream);
-    let bin = binary();
     let mut args = vec![
         "--source",
         "jetstream",
@@ -195,34 +185,13 @@ fn jetstream_instances(url: &str, k: usize) -> (f64, f64) {
     ];
     args.extend(["--consumer", "shared", "--create", "--idle-exit", "1"]);
     args.extend(QUICK);
-    let children: Vec<_> = (0..k)
-        .map(|_| {
-            Command::new(&bin)
-                .args(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mandrill")
-        })
-        .collect();
-    let reports: Vec<Value> = children
-        .into_iter()
-        .map(|c| report(&c.wait_with_output().expect("wait").stdout))
-        .collect();
+    let reports = instances(&args, k);
     delete_stream(url, &stream);
     let rates: Vec<f64> = reports
         .iter()
         .map(|r| r["msgs_per_s"].as_f64().unwrap_or(0.0))
         .collect();
-    let acked: f64 = reports
-        .iter()
-        .map(|r| r["acked"].as_f64().unwrap_or(0.0))
-        .sum();
-    let longest = reports
-        .iter()
-        .map(|r| r["elapsed_s"].as_f64().unwrap_or(f64::MAX))
-        .fold(0.0, f64::max);
-    (rates.iter().sum::<f64>() / k as f64, acked / longest)
+    (rates.iter().sum::<f64>() / k as f64, total_rate(&reports))
 }
 
 /// A fresh topic and subscription with the simulated messages in it.

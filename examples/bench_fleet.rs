@@ -12,7 +12,6 @@
 //! of medians of three and writes `bench_fleet.json` into the directory it is given.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use mandrill::message::InstanceName;
@@ -20,10 +19,9 @@ use mandrill::store::postgres::PostgresStore;
 use mandrill::store::{AttemptContext, Claim, ClaimTerms, Store};
 use postgres::{Client, NoTls};
 use serde::Serialize;
-use serde_json::Value;
 
 mod support;
-use support::{binary, mandrill, median, report};
+use support::{delete_stream, instances, mandrill, median, total_rate};
 
 const RUNS: usize = 3;
 /// Messages a pipeline run into PostgreSQL saves, and rows the raw insert writes.
@@ -211,43 +209,9 @@ fn jetstream_into_postgres(nats: &str, k: usize) -> f64 {
         "--log",
         "none",
     ];
-    let children: Vec<_> = (0..k)
-        .map(|_| {
-            Command::new(binary())
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mandrill")
-        })
-        .collect();
-    let reports: Vec<Value> = children
-        .into_iter()
-        .map(|c| report(&c.wait_with_output().expect("wait").stdout))
-        .collect();
+    let reports = instances(&args, k);
     delete_stream(nats, &stream);
-    let acked: f64 = reports
-        .iter()
-        .map(|r| r["acked"].as_f64().unwrap_or(0.0))
-        .sum();
-    let longest = reports
-        .iter()
-        .map(|r| r["elapsed_s"].as_f64().unwrap_or(f64::MAX))
-        .fold(0.0, f64::max);
-    acked / longest
-}
-
-fn delete_stream(url: &str, stream: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("nats"));
-        for name in [stream.to_string(), format!("{stream}_DLQ")] {
-            let _ = js.delete_stream(&name).await;
-        }
-    });
+    total_rate(&reports)
 }
 
 #[derive(Serialize)]
