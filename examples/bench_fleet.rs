@@ -5,7 +5,8 @@
 //! - the durable pipeline into PostgreSQL, beside a raw batched insert (`UNNEST`, 1,000
 //!   rows a statement) into a table of the same shape on the same server;
 //! - restart claims per second, three connections racing for one set of hosts, as three
-//!   instances do;
+//!   instances do, without and with the fleet's cap and rate (set too high to refuse, so
+//!   that only their cost shows);
 //! - JetStream into PostgreSQL, end to end, with one, two and three instances.
 //!
 //! Every workload runs in a schema of its own, dropped after. It prints a markdown table
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use mandrill::message::InstanceName;
 use mandrill::store::postgres::PostgresStore;
-use mandrill::store::{AttemptContext, Claim, ClaimTerms, Store};
+use mandrill::store::{AttemptContext, Claim, ClaimTerms, FleetRails, Store};
 use postgres::{Client, NoTls};
 use serde::Serialize;
 
@@ -114,7 +115,7 @@ fn raw_insert() -> f64 {
 
 /// Three connections claim batches of 100 hosts, drawn from one set of 1,000, as fast as
 /// they can: decisions a second, all three together, and how many hosts were won.
-fn claims() -> (f64, usize) {
+fn claims(fleet: FleetRails) -> (f64, usize) {
     const RACERS: usize = 3;
     const BATCHES: usize = 200;
     let schema = Schema::new();
@@ -150,6 +151,7 @@ fn claims() -> (f64, usize) {
                             now_ms: 1_000 + b as i64,
                             interval_ms: 3_600_000,
                             ttl_ms: 60_000,
+                            fleet,
                         };
                         let got = store.claim_restarts(&claims, &terms).expect("claim");
                         won += got.iter().filter(|c| c.won()).count();
@@ -221,6 +223,7 @@ struct Results {
     raw_insert: Vec<f64>,
     claims_per_s: Vec<f64>,
     hosts_won: Vec<usize>,
+    claims_with_rails_per_s: Vec<f64>,
     /// (instances, runs in msgs/s)
     jetstream_into_postgres: Vec<(usize, Vec<f64>)>,
 }
@@ -235,6 +238,7 @@ fn main() {
         raw_insert: Vec::new(),
         claims_per_s: Vec::new(),
         hosts_won: Vec::new(),
+        claims_with_rails_per_s: Vec::new(),
         jetstream_into_postgres: Vec::new(),
     };
     for i in 0..RUNS {
@@ -242,9 +246,16 @@ fn main() {
         r.pipeline.push(pipeline(false));
         r.raw_insert.push(raw_insert());
         r.pipeline_guarded.push(pipeline(true));
-        let (rate, won) = claims();
+        let (rate, won) = claims(FleetRails::default());
         r.claims_per_s.push(rate);
         r.hosts_won.push(won);
+        let unreachable = FleetRails {
+            running: Some(1 << 40),
+            starts: Some((3_600_000, 1 << 40)),
+        };
+        let (rate, won) = claims(unreachable);
+        assert_eq!(won, 1000, "rails set too high to refuse refused");
+        r.claims_with_rails_per_s.push(rate);
     }
     for k in 1..=3 {
         eprintln!("JetStream into PostgreSQL, {k} instance(s)");
@@ -281,6 +292,11 @@ fn main() {
         runs(&r.claims_per_s),
         median(&r.claims_per_s),
         r.hosts_won
+    );
+    println!(
+        "| the same, with the fleet's cap and rate set, too high to refuse | {} | {:.0} | |",
+        runs(&r.claims_with_rails_per_s),
+        median(&r.claims_with_rails_per_s)
     );
     for (k, v) in &r.jetstream_into_postgres {
         println!(

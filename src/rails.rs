@@ -311,13 +311,13 @@ impl Rails {
 
     /// Checks every rail but the cap on restarts running at once, in the documented
     /// order, for a restart of `host` at `now_ms` (milliseconds since the epoch);
-    /// `started` holds when recent restarts started. Returns the rail that refuses, if
-    /// any.
+    /// `started` holds when recent restarts started, or is `None` when a store the
+    /// fleet shares counts them instead. Returns the rail that refuses, if any.
     pub fn check(
         &self,
         host: InstanceName,
         now_ms: i64,
-        started: &mut RecentStarts,
+        started: Option<&mut RecentStarts>,
     ) -> Result<Option<Rail>, RailError> {
         if let Some(path) = &self.pause_file {
             match std::fs::metadata(path) {
@@ -354,7 +354,7 @@ impl Rails {
                 return Ok(Some(Rail::Day));
             }
         }
-        if let Some(rate) = self.rate {
+        if let (Some(rate), Some(started)) = (self.rate, started) {
             if !started.admit(now_ms, rate) {
                 return Ok(Some(Rail::Rate));
             }
@@ -400,7 +400,7 @@ mod tests {
     }
 
     fn check(r: &Rails, h: &str, now_ms: i64) -> Option<Rail> {
-        r.check(host(h), now_ms, &mut RecentStarts::default())
+        r.check(host(h), now_ms, Some(&mut RecentStarts::default()))
             .unwrap()
     }
 
@@ -463,10 +463,12 @@ mod tests {
         };
         let mut started = RecentStarts::default();
         let hour = 3_600_000;
-        let mut go = |t| r.check(host("a"), t, &mut started).unwrap();
+        let mut go = |t| r.check(host("a"), t, Some(&mut started)).unwrap();
         assert_eq!([go(0), go(10)], [None, None]);
         assert_eq!(go(20), Some(Rail::Rate));
         assert_eq!(go(hour), None, "the first start left the window");
+        let fleet = r.check(host("a"), hour, None).unwrap();
+        assert_eq!(fleet, None, "the fleet's store counts the starts");
         assert!("1h".parse::<Rate>().is_err());
         assert!("0s=1".parse::<Rate>().is_err());
     }
@@ -488,7 +490,7 @@ mod tests {
             ..Rails::default()
         };
         assert!(blocked
-            .check(host("a"), 0, &mut RecentStarts::default())
+            .check(host("a"), 0, Some(&mut RecentStarts::default()))
             .is_err());
     }
 }

@@ -12,8 +12,8 @@ use crate::actors::protocol::StepError;
 use crate::message::{AckId, Delivery, InstanceName, Message as PubSubMessage};
 use crate::metrics::Metrics;
 use crate::store::{
-    memory::MemoryStore, Attempt, AttemptOutcome, ClaimRestarts, ClaimTerms, Claimed, CloseStore,
-    LoadRestarts, RecordAttempts, ReleaseClaims, SaveBatch, Store, StoreError,
+    memory::MemoryStore, Attempt, AttemptOutcome, ClaimRestarts, Claimed, CloseStore, LoadRestarts,
+    RecordAttempts, ReleaseClaims, SaveBatch, Store, StoreError,
 };
 use crate::supervision::policy::{ChildPolicy, RestartType};
 use crate::supervision::{BackoffFor, ChildExited, ChildFailed, Link};
@@ -189,13 +189,7 @@ impl Handler<ClaimRestarts> for FakeStore {
     type Result = Result<Vec<Claimed>, StoreError>;
     fn handle(&mut self, msg: ClaimRestarts, _: &mut Context<Self>) -> Self::Result {
         self.check()?;
-        let terms = ClaimTerms {
-            context: &msg.context,
-            now_ms: msg.now_ms,
-            interval_ms: msg.interval_ms,
-            ttl_ms: msg.ttl_ms,
-        };
-        self.inner.claim_restarts(&msg.claims, &terms)
+        self.inner.claim_restarts(&msg.claims, &msg.terms())
     }
 }
 

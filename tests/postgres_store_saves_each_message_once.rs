@@ -44,7 +44,7 @@ fn every_message_is_stored_once_in_postgres() {
     );
     assert_eq!(
         schema.count("SELECT max(version)::bigint FROM mandrill_schema"),
-        2
+        3
     );
 }
 

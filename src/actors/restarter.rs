@@ -26,8 +26,8 @@ use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::rails::{Rail, RailError, Rails, RecentStarts};
 use crate::store::{
-    Attempt, AttemptContext, AttemptOutcome, Claim, ClaimRestarts, Claimed, LoadRestarts,
-    RecordAttempts, ReleaseClaims, StoreError,
+    Attempt, AttemptContext, AttemptOutcome, Claim, ClaimRestarts, Claimed, FleetRails,
+    LoadRestarts, RecordAttempts, ReleaseClaims, StoreError,
 };
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
 use crate::{FastMap, FLOW};
@@ -156,6 +156,11 @@ pub struct Restarter {
     /// for a claim in the store, and whether a claim is under way.
     to_claim: Vec<RestartJob>,
     claiming: bool,
+    /// Survive restarts too: restarts the fleet's cap on restarts running at once made
+    /// wait, to be claimed again once a place may have freed up, and whether that is
+    /// already arranged.
+    for_place: Vec<RestartJob>,
+    place_asked: bool,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
     watchers: Vec<Recipient<HostRestarts>>,
@@ -201,6 +206,11 @@ struct Finished {
     now_ms: i64,
 }
 
+/// How often restarts waiting for a place under the fleet's cap on restarts running at
+/// once ask for one again: a claim each time, so not too often, and a restart waits no
+/// longer than this for a place another instance freed.
+const PLACE_POLL: Duration = Duration::from_millis(100);
+
 /// What joiners are told of the restart they shared.
 const SHARED: &str = "it was restarted for another message at the same time";
 
@@ -245,6 +255,8 @@ impl Restarter {
             replaced: Vec::new(),
             to_claim: Vec::new(),
             claiming: false,
+            for_place: Vec::new(),
+            place_asked: false,
             watchers: Vec::new(),
             notices: Vec::new(),
             state: State::default(),
@@ -279,7 +291,9 @@ impl Restarter {
             }
         }
         if self.rails_on {
-            match self.config.rails.check(host, now_ms, &mut self.started) {
+            // The store counts the starts when the fleet shares the rate rail.
+            let started = self.fleet().starts.is_none().then_some(&mut self.started);
+            match self.config.rails.check(host, now_ms, started) {
                 Ok(Some(rail)) => return Plan::Refuse(rail),
                 Ok(None) => {}
                 Err(e) => return Plan::Unsafe(e),
@@ -291,8 +305,26 @@ impl Restarter {
     /// Whether restarts are guarded by claims in the store: with no minimum interval
     /// there is nothing to guard, and a store no other process can share (the in-memory
     /// one) has no other instance to guard against: the index is the guard there.
+    /// With the fleet's rails, a claim is a place under them too, so claims are made
+    /// whatever the interval.
     fn guarded(&self) -> bool {
-        self.config.shared_store && !self.config.min_interval.is_zero()
+        self.config.shared_store && (!self.config.min_interval.is_zero() || self.fleet().any())
+    }
+
+    /// The rails every instance sharing the store shares: the cap on restarts running
+    /// at once and the rate, counted in the store. A leashed instance restarts nothing,
+    /// so it takes no place under them.
+    fn fleet(&self) -> FleetRails {
+        if !self.config.shared_store || self.config.leashed {
+            return FleetRails::default();
+        }
+        let rails = &self.config.rails;
+        FleetRails {
+            running: rails.max_concurrent.map(|n| n as u64),
+            starts: rails
+                .rate
+                .map(|r| (r.window.as_millis() as i64, u64::from(r.max))),
+        }
     }
 
     /// Who makes the attempts, for the store.
@@ -334,6 +366,7 @@ impl Restarter {
             now_ms: self.clock.now_ms(),
             interval_ms: self.config.min_interval.as_millis() as i64,
             ttl_ms: self.config.claim_ttl.as_millis() as i64,
+            fleet: self.fleet(),
         });
         let (me, incarnation) = (ctx.address(), self.incarnation);
         actix_rt::spawn(async move {
@@ -472,8 +505,20 @@ impl Restarter {
                         out.outcomes.push(Outcome::ok_for(tag));
                     }
                 }
+                Claimed::Refused => {
+                    self.running.remove(&job.host);
+                    let joiners = self.joined.remove(&job.host).unwrap_or_default();
+                    self.refuse(&job, Rail::Rate, &mut out);
+                    for tag in joiners {
+                        self.refuse_joiner(&job, Rail::Rate);
+                        out.outcomes.push(Outcome::ok_for(tag));
+                    }
+                    out.outcomes.push(Outcome::ok_for(job.id));
+                }
+                Claimed::Wait => self.for_place.push(job),
             }
         }
+        self.ask_for_place(ctx);
         if !start.is_empty() {
             self.action.start(start, &ctx.address().recipient());
         }
@@ -482,6 +527,46 @@ impl Restarter {
         if !done.is_empty() {
             self.finished(done, ctx);
         }
+    }
+
+    /// Refuses a restart by a rail: a decision, not a failure, so its delivery is acked;
+    /// the caller answers for it.
+    fn refuse(&mut self, job: &RestartJob, rail: Rail, out: &mut Finished) {
+        self.refuse_joiner(job, rail);
+        if self.config.history {
+            let outcome = AttemptOutcome::Refused(rail.as_str());
+            out.rows.push(self.attempt(job, out.now_ms, outcome, None));
+        }
+    }
+
+    /// Logs and counts a refusal for one delivery, which `refuse` records once.
+    fn refuse_joiner(&mut self, job: &RestartJob, rail: Rail) {
+        info!(
+            target: FLOW,
+            "Refused restarting {}: the {} rail",
+            job.host.hostname(&self.config.domain),
+            rail.as_str()
+        );
+        self.link.metrics.refuse(rail);
+        self.notice(job.host, || {
+            RestartOutcome::Skipped(format!("refused by the {} rail", rail.as_str()))
+        });
+    }
+
+    /// Arranges for the restarts waiting for a place under the fleet's cap to be
+    /// claimed again after `PLACE_POLL`: the other instances' restarts finish unseen.
+    /// (This instance's own finish sooner, once their outcomes are written: `send`.)
+    /// The timer is a task of its own, so that it outlives restarts of this actor.
+    fn ask_for_place(&mut self, ctx: &mut Context<Self>) {
+        if self.for_place.is_empty() || self.place_asked {
+            return;
+        }
+        self.place_asked = true;
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(PLACE_POLL).await;
+            me.do_send(ClaimAgain);
+        });
     }
 
     /// Starts the restarts waiting for a place under the cap, as places free up.
@@ -638,12 +723,17 @@ impl Restarter {
             // A failed history write is a store failure like the Saver's, decided by the
             // policy; its answer comes back through the mailbox.
             let context = self.context();
+            // Settling a claim frees a place under the fleet's cap for those waiting.
+            let freed = !self.for_place.is_empty();
             let written = self.store.record.send(RecordAttempts { context, rows });
             let me = ctx.address();
             actix_rt::spawn(async move {
                 let res = written
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
+                if freed {
+                    me.do_send(ClaimAgain);
+                }
                 if let Some((acker, outcomes)) = held.filter(|(_, o)| !o.is_empty()) {
                     acker.do_send(Outcomes {
                         step: Step::Restart,
@@ -781,23 +871,7 @@ impl Handler<Restart> for Restarter {
                     }
                     Plan::Join => act.joined.entry(host).or_default().push(d.tag),
                     Plan::Refuse(rail) => {
-                        info!(
-                            target: FLOW,
-                            "Refused restarting {}: the {} rail",
-                            host.hostname(&act.config.domain),
-                            rail.as_str()
-                        );
-                        act.link.metrics.refuse(rail);
-                        if act.config.history {
-                            let outcome = AttemptOutcome::Refused(rail.as_str());
-                            out.rows.push(act.attempt(&job, out.now_ms, outcome, None));
-                        }
-                        act.notice(host, || {
-                            RestartOutcome::Skipped(format!(
-                                "refused by the {} rail",
-                                rail.as_str()
-                            ))
-                        });
+                        act.refuse(&job, rail, &mut out);
                         out.outcomes.push(Outcome::ok(d));
                     }
                     Plan::Unsafe(e) => {
@@ -900,6 +974,28 @@ impl Handler<ClaimsDecided> for Restarter {
     }
 }
 
+/// A place under the fleet's cap on restarts running at once may have freed up.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ClaimAgain;
+
+impl Handler<ClaimAgain> for Restarter {
+    type Result = ();
+    fn handle(&mut self, _: ClaimAgain, ctx: &mut Context<Self>) {
+        self.place_asked = false;
+        // The shutdown, or a restart of this actor, may have given up on some.
+        let waiting = std::mem::take(&mut self.for_place);
+        let running = &self.running;
+        let tracked = waiting
+            .into_iter()
+            .filter(|job| running.get(&job.host) == Some(&job.id));
+        self.to_claim.extend(tracked);
+        if !self.retired {
+            self.claim(ctx);
+        }
+    }
+}
+
 /// A history write failed; the policy decides what the Restarter does about it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -970,8 +1066,10 @@ impl Handler<Shutdown> for Restarter {
         for old in &mut self.replaced {
             old.stop();
         }
-        // Restarts still waiting for a claim have none to give back.
+        // Restarts still waiting for a claim, or for a place to claim, have none to give
+        // back.
         self.to_claim.clear();
+        self.for_place.clear();
         // Restarts still waiting for a place never started: their claims go back.
         let waiting = std::mem::take(&mut self.waiting);
         if self.guarded() {
@@ -1011,6 +1109,7 @@ impl Handler<Probe> for Restarter {
                 ("joined", self.joined.values().map(Vec::len).sum()),
                 ("waiting", self.waiting.len()),
                 ("to_claim", self.to_claim.len()),
+                ("waiting_for_a_fleet_place", self.for_place.len()),
                 ("hosts_indexed", self.last_restart.len()),
             ],
         ))
@@ -1143,6 +1242,7 @@ mod tests {
             now_ms: now_ms - 60_000,
             interval_ms: HOUR.as_millis() as i64,
             ttl_ms: 1_000,
+            fleet: crate::store::FleetRails::default(),
         };
         store.inner.claim_restarts(&[claim], &terms).unwrap();
         let r = rig(Duration::ZERO, 0.0, HOUR, store);
@@ -1392,7 +1492,7 @@ mod tests {
     }
 
     /// A second Restarter on the rig's store, as another instance of the service.
-    fn another_instance(r: &Rig) -> (Addr<Restarter>, Got<Outcomes>) {
+    fn another_instance(r: &Rig, rails: Rails) -> (Addr<Restarter>, Got<Outcomes>) {
         let (link, _, _) = link();
         let (acker, outcomes) = sink();
         let calls = StoreCalls::to(&r.store);
@@ -1400,7 +1500,7 @@ mod tests {
             min_interval: HOUR,
             domain: "example.net".into(),
             leashed: false,
-            rails: Rails::default(),
+            rails,
             service: "another".into(),
             history: true,
             claim_ttl: Duration::from_secs(90),
@@ -1418,7 +1518,7 @@ mod tests {
     async fn two_instances_on_one_store_restart_a_host_once() {
         tokio::time::pause();
         let r = rig(Duration::from_secs(1), 0.0, HOUR, FakeStore::new(None));
-        let (other, other_outcomes) = another_instance(&r);
+        let (other, other_outcomes) = another_instance(&r, Rails::default());
         r.restarter
             .send(Restart(vec![delivery(1, "web-01")].into()))
             .await
@@ -1442,6 +1542,43 @@ mod tests {
         settle().await;
         assert_eq!(results(&other_outcomes), vec![Ok(())]);
         assert_eq!(r.history.lock().unwrap().len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn the_cap_on_restarts_at_once_counts_every_instance() {
+        tokio::time::pause();
+        let rails = Rails {
+            max_concurrent: Some(1),
+            ..Rails::default()
+        };
+        let io = Duration::from_secs(10);
+        let r = rig_with(io, 0.0, HOUR, FakeStore::new(None), rails.clone());
+        let (other, other_outcomes) = another_instance(&r, rails);
+        r.restarter
+            .send(Restart(vec![delivery(1, "web-01")].into()))
+            .await
+            .unwrap();
+        settle().await;
+        other
+            .send(Restart(vec![delivery(2, "web-02")].into()))
+            .await
+            .unwrap();
+        // The other instance's restart waits for the one place the fleet has.
+        tokio::time::sleep(io / 2).await;
+        settle().await;
+        let holds = other.send(Probe).await.unwrap().holds;
+        assert!(
+            holds.contains(&("waiting_for_a_fleet_place", 1)),
+            "{holds:?}"
+        );
+        tokio::time::sleep(io / 2 + Duration::from_millis(5)).await;
+        settle().await;
+        assert_eq!(results(&r.outcomes), vec![Ok(())]);
+        assert!(results(&other_outcomes).is_empty());
+        // It gets the place once the first restart is over, and restarts its host.
+        tokio::time::sleep(PLACE_POLL + Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(results(&other_outcomes), vec![Ok(())]);
     }
 
     #[actix_rt::test]

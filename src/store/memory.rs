@@ -26,6 +26,8 @@ struct Tables {
     messages: GrowingMap<Uuid, (InstanceName, u32)>,
     /// The guard: each host's latest claim, or its latest restart.
     claims: GrowingMap<InstanceName, HostClaim>,
+    /// When the restarts the fleet's rate rail counts started, oldest first.
+    starts: std::collections::VecDeque<i64>,
     closed: bool,
 }
 
@@ -47,6 +49,19 @@ struct OpenClaim {
 }
 
 impl Tables {
+    /// Settles the claim `by` holds on `host` for `message_id`, if it still does: the
+    /// host counts as restarted from the claim, which no longer waits for an outcome.
+    fn settle(&mut self, by: &str, host: InstanceName, message_id: Uuid) {
+        if let Some(c) = self.claims.get_mut(&host) {
+            if c.open
+                .as_ref()
+                .is_some_and(|o| &*o.by == by && o.message_id == message_id)
+            {
+                c.open = None;
+            }
+        }
+    }
+
     /// Gives back the claim `by` holds on `host` for `message_id`, if it still does.
     fn release(&mut self, by: &str, host: InstanceName, message_id: Uuid) {
         let Some(c) = self.claims.get_mut(&host) else {
@@ -115,9 +130,12 @@ impl Store for MemoryStore {
         rows: &[Attempt],
     ) -> Result<(), StoreError> {
         let mut t = self.open_tables()?;
-        let released = rows.iter().filter(|r| r.outcome.gives_back_claim());
-        for r in released.filter(|_| context.claimed) {
-            t.release(&context.service, r.host, r.message_id);
+        for r in rows.iter().filter(|_| context.claimed) {
+            if r.outcome.gives_back_claim() {
+                t.release(&context.service, r.host, r.message_id);
+            } else {
+                t.settle(&context.service, r.host, r.message_id);
+            }
         }
         Ok(())
     }
@@ -144,31 +162,50 @@ impl Store for MemoryStore {
         terms: &ClaimTerms,
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut t = self.open_tables()?;
+        let now_ms = terms.now_ms;
+        let mut places = if terms.fleet.any() {
+            let kept_from = now_ms - terms.fleet.starts_kept_ms();
+            while t.starts.front().is_some_and(|&at| at <= kept_from) {
+                t.starts.pop_front();
+            }
+            let running = t
+                .claims
+                .values()
+                .filter(|c| c.open.as_ref().is_some_and(|o| o.expires_ms >= now_ms))
+                .count() as u64;
+            let started = terms.fleet.starts.map_or(0, |(window, _)| {
+                t.starts.iter().filter(|&&at| at > now_ms - window).count() as u64
+            });
+            Some(terms.fleet.places(running, started))
+        } else {
+            None
+        };
         Ok(claims
             .iter()
             .map(|claim| {
-                let previous_ms = match t.claims.get(&claim.host) {
-                    Some(c) if terms.now_ms - c.at_ms < terms.interval_ms => {
-                        let running = c
-                            .open
-                            .as_ref()
-                            .is_some_and(|o| o.expires_ms >= terms.now_ms);
-                        return Claimed::Held {
-                            restarted_ms: (!running).then_some(c.at_ms),
-                        };
-                    }
-                    c => c.map(|c| c.at_ms),
-                };
+                let held = t.claims.get(&claim.host).map(|c| {
+                    let expires = c.open.as_ref().map(|o| o.expires_ms);
+                    (c.at_ms, terms.stopped_by(c.at_ms, expires))
+                });
+                if let Some((_, Some(held))) = held {
+                    return held;
+                }
+                if let Some(no) = places.as_mut().and_then(|p| p.take()) {
+                    return no;
+                }
+                if terms.fleet.starts.is_some() {
+                    t.starts.push_back(now_ms);
+                }
                 let open = OpenClaim {
                     by: terms.context.service.clone(),
                     message_id: claim.message_id,
-                    expires_ms: terms.now_ms + terms.ttl_ms,
-                    previous_ms,
+                    expires_ms: now_ms + terms.ttl_ms,
+                    previous_ms: held.map(|(at, _)| at),
                 };
                 t.claims.insert(
                     claim.host,
                     HostClaim {
-                        at_ms: terms.now_ms,
+                        at_ms: now_ms,
                         open: Some(open),
                     },
                 );
@@ -227,5 +264,18 @@ mod tests {
     fn raced_claims_win_each_host_once() {
         let store = MemoryStore::default();
         crate::store::raced_claims_win_each_host_once(&|| store.open().unwrap());
+    }
+
+    #[test]
+    fn the_fleets_rails_count_every_connection() {
+        let mut a = MemoryStore::default();
+        let mut b = a.open().unwrap();
+        crate::store::the_fleets_rails_count_every_connection(&mut a, b.as_mut());
+    }
+
+    #[test]
+    fn raced_claims_take_each_place_once() {
+        let store = MemoryStore::default();
+        crate::store::raced_claims_take_each_place_once(&|| store.open().unwrap());
     }
 }

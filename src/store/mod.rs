@@ -161,7 +161,9 @@ pub trait Store: Send {
     /// claim by claim, whether it was won. It is atomic across every connection to the
     /// store, so that instances sharing one store never restart a host twice within the
     /// interval, and the claim is durable before it returns, so that a restart is
-    /// recorded before it runs. A host named twice is won once at most.
+    /// recorded before it runs. A host named twice is won once at most. With
+    /// `terms.fleet` set, the claims the guard lets through, in order, also take a place
+    /// under the fleet's rails, checked and taken in the same atomic step.
     fn claim_restarts(
         &mut self,
         claims: &[Claim],
@@ -198,6 +200,72 @@ pub struct ClaimTerms<'a> {
     /// How long a claim may wait for its outcome: past it, the history shows the
     /// restart's outcome as `unknown`. The host still counts as restarted.
     pub ttl_ms: i64,
+    /// The rails the instances sharing the store share.
+    pub fleet: FleetRails,
+}
+
+/// The safety rails a fleet shares through its store, checked in the claim's own
+/// transaction: every instance's claims count against one limit. With neither set,
+/// a claim costs no more than the guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetRails {
+    /// At most this many restarts claimed and waiting for their outcome at once; claims
+    /// past it wait their turn (`Claimed::Wait`). A claim past its ttl no longer counts.
+    pub running: Option<u64>,
+    /// At most `.1` restarts started (claims won) within any `.0` ms; claims past it are
+    /// refused (`Claimed::Refused`).
+    pub starts: Option<(i64, u64)>,
+}
+
+impl FleetRails {
+    pub fn any(&self) -> bool {
+        self.running.is_some() || self.starts.is_some()
+    }
+
+    /// How long the store keeps when restarts started: the rate's window, and never
+    /// less than a day, so that a window made longer by a reload still counts the
+    /// restarts before it.
+    pub(crate) fn starts_kept_ms(&self) -> i64 {
+        const DAY_MS: i64 = 86_400_000;
+        self.starts.map_or(DAY_MS, |(window, _)| window.max(DAY_MS))
+    }
+
+    /// The places left under the rails, given how many restarts are `running` and how
+    /// many `started` within the rate's window.
+    pub(crate) fn places(&self, running: u64, started: u64) -> Places {
+        Places {
+            running: self.running.map(|max| max.saturating_sub(running)),
+            starts: self.starts.map(|(_, max)| max.saturating_sub(started)),
+        }
+    }
+}
+
+/// What the fleet's rails still allow within one claim's transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Places {
+    running: Option<u64>,
+    starts: Option<u64>,
+}
+
+impl Places {
+    /// Takes a place for one claim the guard lets through, or says why there is none:
+    /// the rate refuses before the cap makes it wait, as the rails are checked before
+    /// the cap on one instance.
+    pub(crate) fn take(&mut self) -> Option<Claimed> {
+        if self.starts == Some(0) {
+            return Some(Claimed::Refused);
+        }
+        if self.running == Some(0) {
+            return Some(Claimed::Wait);
+        }
+        if let Some(n) = &mut self.starts {
+            *n -= 1;
+        }
+        if let Some(n) = &mut self.running {
+            *n -= 1;
+        }
+        None
+    }
 }
 
 /// Whether a claim was won.
@@ -210,6 +278,11 @@ pub enum Claimed {
     Held {
         restarted_ms: Option<i64>,
     },
+    /// The fleet's rate rail refuses the restart: a decision, as on one instance.
+    Refused,
+    /// The fleet's cap on restarts running at once is reached: the claim is to be made
+    /// again once a place may have freed up.
+    Wait,
 }
 
 impl Claimed {
@@ -222,11 +295,13 @@ impl ClaimTerms<'_> {
     /// Whether a host's claim made at `at_ms`, waiting for its outcome until
     /// `expires_ms` (`None` once it has one), stops a new claim; and if so, what the
     /// claimant is told.
+    /// A host whose restart is still running elsewhere is held whatever the interval:
+    /// a host is never restarted twice at once.
     pub(crate) fn stopped_by(&self, at_ms: i64, expires_ms: Option<i64>) -> Option<Claimed> {
-        if self.now_ms - at_ms >= self.interval_ms {
+        let running = expires_ms.is_some_and(|e| e >= self.now_ms);
+        if self.now_ms - at_ms >= self.interval_ms && !running {
             return None;
         }
-        let running = expires_ms.is_some_and(|e| e >= self.now_ms);
         Some(Claimed::Held {
             restarted_ms: (!running).then_some(at_ms),
         })
@@ -556,17 +631,26 @@ pub(crate) struct ClaimRestarts {
     pub now_ms: i64,
     pub interval_ms: i64,
     pub ttl_ms: i64,
+    pub fleet: FleetRails,
+}
+
+impl ClaimRestarts {
+    /// What its claims share, as the store reads it.
+    pub(crate) fn terms(&self) -> ClaimTerms<'_> {
+        ClaimTerms {
+            context: &self.context,
+            now_ms: self.now_ms,
+            interval_ms: self.interval_ms,
+            ttl_ms: self.ttl_ms,
+            fleet: self.fleet,
+        }
+    }
 }
 
 impl Handler<ClaimRestarts> for StoreWriter {
     type Result = Result<Vec<Claimed>, StoreError>;
     fn handle(&mut self, msg: ClaimRestarts, _: &mut SyncContext<Self>) -> Self::Result {
-        let terms = ClaimTerms {
-            context: &msg.context,
-            now_ms: msg.now_ms,
-            interval_ms: msg.interval_ms,
-            ttl_ms: msg.ttl_ms,
-        };
+        let terms = msg.terms();
         self.call(|s| s.claim_restarts(&msg.claims, &terms))
     }
 }
@@ -601,6 +685,7 @@ pub(crate) fn claims_are_won_once_per_interval(a: &mut dyn Store, b: &mut dyn St
         now_ms,
         interval_ms: 500,
         ttl_ms: 100,
+        fleet: FleetRails::default(),
     };
     let (h, other) = (claim("cattle-a"), claim("cattle-b"));
     assert_eq!(
@@ -693,6 +778,7 @@ pub(crate) fn the_guard_loads_each_hosts_latest_claim(s: &mut dyn Store) {
             now_ms: at,
             interval_ms: 150,
             ttl_ms: 10,
+            fleet: FleetRails::default(),
         };
         assert_eq!(s.claim_restarts(&[claim], &terms).unwrap(), [Claimed::Won]);
         let done = Attempt::restarted(h, at + 5, claim.message_id);
@@ -728,6 +814,7 @@ pub(crate) fn raced_claims_win_each_host_once(open: &(dyn Fn() -> Box<dyn Store>
                         now_ms: 10_000,
                         interval_ms: 3_600_000,
                         ttl_ms: 60_000,
+                        fleet: FleetRails::default(),
                     };
                     store.claim_restarts(&claims, &terms).unwrap()
                 })
@@ -739,6 +826,121 @@ pub(crate) fn raced_claims_win_each_host_once(open: &(dyn Fn() -> Box<dyn Store>
         let winners = wins.iter().filter(|w| w[i].won()).count();
         assert_eq!(winners, 1, "{host} was won {winners} times");
     }
+}
+
+/// The fleet's rails, for each store's tests: `a` and `b` are two connections to one
+/// empty store. Every claim the guard lets through takes a place under the cap on
+/// restarts running at once and under the rate, whichever connection makes it.
+#[cfg(test)]
+pub(crate) fn the_fleets_rails_count_every_connection(a: &mut dyn Store, b: &mut dyn Store) {
+    let claim = |host: &str| Claim {
+        host: InstanceName::parse(host).unwrap(),
+        message_id: Uuid::new_v4(),
+    };
+    let context = AttemptContext::test();
+    let terms = |now_ms, fleet| ClaimTerms {
+        context: &context,
+        now_ms,
+        interval_ms: 0,
+        ttl_ms: 100,
+        fleet,
+    };
+    let capped = FleetRails {
+        running: Some(2),
+        starts: None,
+    };
+    let (x, y, z) = (claim("cattle-x"), claim("cattle-y"), claim("cattle-z"));
+    let wait = Claimed::Wait;
+    let won =
+        |c: &mut dyn Store, claims: &[Claim], at| c.claim_restarts(claims, &terms(at, capped));
+    assert_eq!(won(a, &[x, y], 1_000).unwrap(), [Claimed::Won; 2]);
+    // A host whose restart runs is held whatever the interval, and takes no place.
+    let x_again = Claim {
+        message_id: Uuid::new_v4(),
+        ..x
+    };
+    let held = Claimed::Held { restarted_ms: None };
+    assert_eq!(won(b, &[x_again, z], 1_010).unwrap(), [held, wait]);
+    // A recorded outcome frees a place; so does a claim past its ttl.
+    let done = Attempt::restarted(x.host, 1_020, x.message_id);
+    a.record_attempts(&context, &[done]).unwrap();
+    assert_eq!(won(b, &[z], 1_030).unwrap(), [Claimed::Won]);
+    assert_eq!(won(b, &[claim("cattle-w")], 1_040).unwrap(), [wait]);
+    assert_eq!(won(b, &[claim("cattle-w")], 1_101).unwrap(), [Claimed::Won]);
+
+    // The rate counts the claims won within its window, and refuses past it.
+    let rated = FleetRails {
+        running: None,
+        starts: Some((1_000, 2)),
+    };
+    let (p, q, r) = (claim("cattle-p"), claim("cattle-q"), claim("cattle-r"));
+    let refused = Claimed::Refused;
+    let rate =
+        |c: &mut dyn Store, claims: &[Claim], at| c.claim_restarts(claims, &terms(at, rated));
+    assert_eq!(
+        rate(a, &[p, q, r], 5_000).unwrap(),
+        [Claimed::Won, Claimed::Won, refused]
+    );
+    assert_eq!(rate(b, &[r], 5_999).unwrap(), [refused]);
+    assert_eq!(rate(b, &[r], 6_000).unwrap(), [Claimed::Won]);
+}
+
+/// The fleet's rails, raced: 8 connections claim 10 hosts each at once, and the places
+/// under the cap, then under the rate, are taken exactly once.
+#[cfg(test)]
+pub(crate) fn raced_claims_take_each_place_once(open: &(dyn Fn() -> Box<dyn Store> + Sync)) {
+    let context = AttemptContext::test();
+    let race = |round: usize, now_ms: i64, fleet: FleetRails| -> Vec<Claimed> {
+        std::thread::scope(|s| {
+            let racers: Vec<_> = (0..8)
+                .map(|racer| {
+                    let mut store = open();
+                    let context = &context;
+                    s.spawn(move || {
+                        let claims: Vec<Claim> = (0..10)
+                            .map(|i| Claim {
+                                host: InstanceName::parse(&format!("h-{round}-{racer}-{i}"))
+                                    .unwrap(),
+                                message_id: Uuid::new_v4(),
+                            })
+                            .collect();
+                        let terms = ClaimTerms {
+                            context,
+                            now_ms,
+                            interval_ms: 3_600_000,
+                            ttl_ms: 60_000,
+                            fleet,
+                        };
+                        store.claim_restarts(&claims, &terms).unwrap()
+                    })
+                })
+                .collect();
+            racers.into_iter().flat_map(|r| r.join().unwrap()).collect()
+        })
+    };
+    let count = |all: &[Claimed], which: Claimed| all.iter().filter(|&&c| c == which).count();
+    let capped = race(
+        0,
+        10_000,
+        FleetRails {
+            running: Some(5),
+            starts: None,
+        },
+    );
+    assert_eq!(count(&capped, Claimed::Won), 5, "{capped:?}");
+    assert_eq!(count(&capped, Claimed::Wait), 75);
+    // The capped round's claims are past their ttl by now, and its starts out of the
+    // rate's window.
+    let rated = race(
+        1,
+        100_000,
+        FleetRails {
+            running: None,
+            starts: Some((1_000, 7)),
+        },
+    );
+    assert_eq!(count(&rated, Claimed::Won), 7, "{rated:?}");
+    assert_eq!(count(&rated, Claimed::Refused), 73);
 }
 
 #[cfg(test)]

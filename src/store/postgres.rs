@@ -18,11 +18,15 @@ use super::{
 use crate::message::InstanceName;
 
 /// The schema's version, kept in `mandrill_schema`. Version 1's claims held only a
-/// time, and the guard searched the history.
-const SCHEMA_VERSION: i32 = 2;
+/// time, and the guard searched the history; version 2 had no `starts`.
+const SCHEMA_VERSION: i32 = 3;
 
 /// Serialises schema changes between instances starting at once.
 const SCHEMA_LOCK: i64 = 0x6d61_6e64_7269_6c6c;
+
+/// Serialises the claims of instances that share the fleet's rails, so that counting
+/// the places left and taking them is one step across the fleet.
+const RAILS_LOCK: i64 = 0x6d61_6e64_7261_696c;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mandrill_schema (version integer NOT NULL);
@@ -61,6 +65,8 @@ CREATE TABLE IF NOT EXISTS open_claims (
     expires_at  bigint NOT NULL,
     previous_at bigint
 );
+CREATE TABLE IF NOT EXISTS starts (started_at bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS starts_by_time ON starts (started_at);
 ";
 
 /// From version 1: each host's latest restart, or restart that timed out, becomes its
@@ -215,7 +221,9 @@ fn migrate(client: &mut Client) -> Result<(), String> {
             ))
         }
         Some(v) if v < SCHEMA_VERSION => {
-            tx.batch_execute(CLAIMS_FROM_HISTORY).map_err(|e| why(&e))?;
+            if v < 2 {
+                tx.batch_execute(CLAIMS_FROM_HISTORY).map_err(|e| why(&e))?;
+            }
             tx.execute(
                 "UPDATE mandrill_schema SET version = $1",
                 &[&SCHEMA_VERSION],
@@ -382,14 +390,30 @@ impl Store for PostgresStore {
         // waits for that row, then sees its claim and loses, so each host is won by one
         // instance alone. A statement may not touch a row twice, so a host named twice
         // is claimed for its first mention only; the others lose.
+        let mut tx = self.client()?.transaction().map_err(classify)?;
+        // With the fleet's rails, what each claim would meet is decided first, under
+        // a lock every instance with the rails takes: those the guard would let through
+        // take the places left in order, and only those that got one are claimed.
+        let decided: Vec<Option<Claimed>> = if terms.fleet.any() {
+            fleet_decisions(&mut tx, claims, terms)?
+        } else {
+            vec![None; claims.len()]
+        };
         let mut first = std::collections::HashSet::with_capacity(claims.len());
         let (mut hosts, mut ids, mut hostnames) = (Vec::new(), Vec::new(), Vec::new());
-        for c in claims.iter().filter(|c| first.insert(c.host)) {
+        let tried = claims.iter().zip(&decided).filter(|(_, d)| d.is_none());
+        for (c, _) in tried.filter(|(c, _)| first.insert(c.host)) {
             hosts.push(c.host.as_str().to_string());
             ids.push(c.message_id.hyphenated().to_string());
             hostnames.push(c.host.hostname(&terms.context.domain).to_string());
         }
-        let mut tx = self.client()?.transaction().map_err(classify)?;
+        if terms.fleet.starts.is_some() && !hosts.is_empty() {
+            tx.execute(
+                "INSERT INTO starts (started_at) SELECT $1 FROM generate_series(1, $2)",
+                &[&terms.now_ms, &(hosts.len() as i32)],
+            )
+            .map_err(classify)?;
+        }
         let won: HashMap<String, String> = tx
             .query(
                 "WITH t AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
@@ -400,6 +424,8 @@ impl Store for PostgresStore {
                      ON CONFLICT (host) DO UPDATE SET
                          previous_at = c.claimed_at, claimed_at = excluded.claimed_at
                      WHERE c.claimed_at <= excluded.claimed_at - $8::bigint
+                       AND NOT EXISTS (SELECT 1 FROM open_claims AS r
+                                       WHERE r.host = c.host AND r.expires_at >= $4)
                      RETURNING c.host, c.previous_at),
                  lapsed AS (
                      INSERT INTO attempts (message_id, instance, hostname, action, leashed,
@@ -454,7 +480,11 @@ impl Store for PostgresStore {
         let mut taken = std::collections::HashSet::with_capacity(won.len());
         Ok(claims
             .iter()
-            .map(|c| {
+            .zip(decided)
+            .map(|(c, decided)| {
+                if let Some(decided) = decided {
+                    return decided;
+                }
                 let host = c.host.as_str();
                 let id = c.message_id.hyphenated().to_string();
                 if won.get(&*host) == Some(&id) && taken.insert(c.host) {
@@ -486,6 +516,63 @@ impl Store for PostgresStore {
             None => Ok(()),
         }
     }
+}
+
+/// Decides, under the rails' lock, the claims that meet the guard or the fleet's rails
+/// (`Some`), leaving those that took a place (`None`) to be claimed. A claim that took
+/// a place and then lost its host to an instance without the rails counts as started
+/// all the same: the rails err on the side of fewer restarts.
+fn fleet_decisions(
+    tx: &mut postgres::Transaction<'_>,
+    claims: &[Claim],
+    terms: &ClaimTerms,
+) -> Result<Vec<Option<Claimed>>, StoreError> {
+    let now = terms.now_ms;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RAILS_LOCK])
+        .map_err(classify)?;
+    tx.execute(
+        "DELETE FROM starts WHERE started_at <= $1",
+        &[&(now - terms.fleet.starts_kept_ms())],
+    )
+    .map_err(classify)?;
+    let window = terms.fleet.starts.map_or(0, |(w, _)| w);
+    let row = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM open_claims WHERE expires_at >= $1),
+                    (SELECT count(*) FROM starts WHERE started_at > $1 - $2::bigint)",
+            &[&now, &window],
+        )
+        .map_err(classify)?;
+    let (running, started): (i64, i64) = (row.get(0), row.get(1));
+    let mut places = terms.fleet.places(running as u64, started as u64);
+    let hosts: Vec<String> = claims.iter().map(|c| c.host.as_str().to_string()).collect();
+    let holders: HashMap<String, (i64, Option<i64>)> = tx
+        .query(
+            "SELECT c.host, c.claimed_at, o.expires_at FROM claims AS c
+             LEFT JOIN open_claims AS o ON o.host = c.host WHERE c.host = ANY($1)",
+            &[&hosts],
+        )
+        .map_err(classify)?
+        .into_iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut first: HashMap<InstanceName, Option<Claimed>> = HashMap::new();
+    Ok(claims
+        .iter()
+        .zip(&hosts)
+        .map(|(c, host)| {
+            // A host named twice is claimed for its first mention at most.
+            if let Some(&before) = first.get(&c.host) {
+                return Some(before.unwrap_or(Claimed::Held { restarted_ms: None }));
+            }
+            let decided = holders
+                .get(host)
+                .and_then(|&(at, expires)| terms.stopped_by(at, expires))
+                .or_else(|| places.take());
+            first.insert(c.host, decided);
+            decided
+        })
+        .collect())
 }
 
 /// Reads the newest attempts that match `q`, newest first, and the claims still
@@ -606,6 +693,7 @@ fn glob_to_regex(glob: &str) -> String {
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::store::FleetRails;
 
     /// A schema of the test's own in the test database, dropped when this is.
     struct Schema {
@@ -699,6 +787,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fleets_rails_count_every_connection() {
+        let Some(schema) = Schema::new() else { return };
+        let (mut one, mut two) = (schema.open(), schema.open());
+        crate::store::the_fleets_rails_count_every_connection(&mut one, &mut two);
+    }
+
+    #[test]
+    fn raced_claims_take_each_place_once() {
+        let Some(schema) = Schema::new() else { return };
+        schema.open();
+        crate::store::raced_claims_take_each_place_once(&|| Box::new(schema.open()));
+    }
+
+    #[test]
     fn a_claim_left_without_an_outcome_shows_as_unknown() {
         let Some(schema) = Schema::new() else { return };
         let mut store = schema.open();
@@ -713,6 +815,7 @@ mod tests {
             now_ms: 1_000,
             interval_ms: 3_600_000,
             ttl_ms: 60_000,
+            fleet: FleetRails::default(),
         };
         assert_eq!(
             store.claim_restarts(&[claim], &terms).unwrap(),
@@ -775,6 +878,7 @@ mod tests {
             now_ms: 6_000,
             interval_ms: 3_600_000,
             ttl_ms: 60_000,
+            fleet: FleetRails::default(),
         };
         let claim = Claim {
             host,

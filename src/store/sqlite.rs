@@ -8,14 +8,14 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use super::{
     Attempt, AttemptContext, Claim, ClaimTerms, Claimed, HistoryQuery, HistoryRow, OpenClaimRow,
-    SaveRow, Store, StoreError, StoreOpener,
+    Places, SaveRow, Store, StoreError, StoreOpener,
 };
 use crate::message::InstanceName;
 
 /// The schema's version, kept in `PRAGMA user_version`. Version 0 is a file made before
 /// versions, whose `restarts` table kept successful restarts only; version 2's claims
-/// held only a time, and the guard searched the history.
-const SCHEMA_VERSION: i64 = 3;
+/// held only a time, and the guard searched the history; version 3 had no `starts`.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS claims (
     host       TEXT PRIMARY KEY,
     claimed_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS starts (started_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS starts_by_time ON starts (started_at);
 ";
 
 /// Claims waiting for their restart's outcome: who holds each, for which message, until
@@ -114,13 +116,11 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
         tx.execute_batch(FROM_V0)?;
     }
     tx.execute_batch(OPEN_CLAIMS)?;
-    if version < SCHEMA_VERSION {
+    if version < 3 {
         tx.execute_batch(CLAIMS_FROM_HISTORY)?;
-        if version > 0 || old_restarts {
-            tracing::info!(
-                "Migrated the store's schema from version {version} to {SCHEMA_VERSION}"
-            );
-        }
+    }
+    if version < SCHEMA_VERSION && (version > 0 || old_restarts) {
+        tracing::info!("Migrated the store's schema from version {version} to {SCHEMA_VERSION}");
     }
     tx.execute_batch(RESTARTS_VIEW)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -387,6 +387,11 @@ impl Store for SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(classify)?;
         let mut out = Vec::with_capacity(claims.len());
+        let mut places = if terms.fleet.any() {
+            Some(fleet_places(&tx, terms)?)
+        } else {
+            None
+        };
         {
             let mut held = tx
                 .prepare_cached(
@@ -428,6 +433,15 @@ impl Store for SqliteStore {
                 if let Some(found) = prior.and_then(|(at, expires)| terms.stopped_by(at, expires)) {
                     out.push(found);
                     continue;
+                }
+                if let Some(no) = places.as_mut().and_then(|p| p.take()) {
+                    out.push(no);
+                    continue;
+                }
+                if terms.fleet.starts.is_some() {
+                    tx.prepare_cached("INSERT INTO starts (started_at) VALUES (?1)")
+                        .and_then(|mut s| s.execute([terms.now_ms]))
+                        .map_err(classify)?;
                 }
                 claim
                     .execute(params![&*host, terms.now_ms])
@@ -473,6 +487,37 @@ impl Store for SqliteStore {
             None => Ok(()),
         }
     }
+}
+
+/// The places the fleet's rails leave, read inside a claim's write transaction, which
+/// no other process's claim can interleave with; restarts started too long ago for any
+/// window are forgotten first.
+fn fleet_places(tx: &rusqlite::Transaction<'_>, terms: &ClaimTerms) -> Result<Places, StoreError> {
+    let now = terms.now_ms;
+    tx.prepare_cached("DELETE FROM starts WHERE started_at <= ?1")
+        .and_then(|mut s| s.execute([now - terms.fleet.starts_kept_ms()]))
+        .map_err(classify)?;
+    let count = |sql: &str, at: i64| -> Result<u64, StoreError> {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.query_row([at], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(classify)
+    };
+    let running = match terms.fleet.running {
+        Some(_) => count(
+            "SELECT count(*) FROM open_claims WHERE expires_at >= ?1",
+            now,
+        )?,
+        None => 0,
+    };
+    let started = match terms.fleet.starts {
+        Some((window, _)) => count(
+            "SELECT count(*) FROM starts WHERE started_at > ?1",
+            now - window,
+        )?,
+        None => 0,
+    };
+    Ok(terms.fleet.places(running, started))
 }
 
 /// Gives back the claim `service` holds on `host` for message `id`, if it still does:
@@ -605,6 +650,7 @@ impl Drop for SqliteStore {
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::store::FleetRails;
 
     fn row(m: Message, attempt: u32) -> SaveRow {
         SaveRow {
@@ -699,6 +745,25 @@ mod tests {
     }
 
     #[test]
+    fn the_fleets_rails_count_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut a = SqliteStore::open(&path).unwrap();
+        let mut b = SqliteStore::open(&path).unwrap();
+        crate::store::the_fleets_rails_count_every_connection(&mut a, &mut b);
+    }
+
+    #[test]
+    fn raced_claims_take_each_place_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        SqliteStore::open(&path).unwrap();
+        crate::store::raced_claims_take_each_place_once(&|| {
+            Box::new(SqliteStore::open(&path).unwrap())
+        });
+    }
+
+    #[test]
     fn a_claim_left_without_an_outcome_shows_as_unknown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
@@ -711,6 +776,7 @@ mod tests {
                 now_ms,
                 interval_ms: 3_600_000,
                 ttl_ms: 60_000,
+                fleet: FleetRails::default(),
             };
             let c = Claim {
                 host,
