@@ -788,27 +788,31 @@ pub(crate) fn the_guard_loads_each_hosts_latest_claim(s: &mut dyn Store) {
     assert!(s.restarts_since(301, 400).unwrap().is_empty());
 }
 
-/// The guard, raced: 8 connections claim the same 100 hosts at once, and each host is
-/// won exactly once.
+/// The guard, raced: 8 connections claim the same 100 hosts at once, each in an order of
+/// its own, and each host is won exactly once, with no claim failing.
 #[cfg(test)]
 pub(crate) fn raced_claims_win_each_host_once(open: &(dyn Fn() -> Box<dyn Store> + Sync)) {
     let hosts: Vec<InstanceName> = (0..100)
         .map(|i| InstanceName::parse(&format!("host-{i}")).unwrap())
         .collect();
     let context = AttemptContext::test();
-    let wins: Vec<Vec<Claimed>> = std::thread::scope(|s| {
+    let wins: Vec<Vec<(InstanceName, Claimed)>> = std::thread::scope(|s| {
         let racers: Vec<_> = (0..8)
-            .map(|_| {
+            .map(|racer| {
                 let mut store = open();
                 let (hosts, context) = (&hosts, &context);
                 s.spawn(move || {
-                    let claims: Vec<Claim> = hosts
+                    let mut claims: Vec<Claim> = hosts
                         .iter()
                         .map(|&host| Claim {
                             host,
                             message_id: Uuid::new_v4(),
                         })
                         .collect();
+                    claims.rotate_left(racer * 13);
+                    if racer % 2 == 1 {
+                        claims.reverse();
+                    }
                     let terms = ClaimTerms {
                         context,
                         now_ms: 10_000,
@@ -816,16 +820,81 @@ pub(crate) fn raced_claims_win_each_host_once(open: &(dyn Fn() -> Box<dyn Store>
                         ttl_ms: 60_000,
                         fleet: FleetRails::default(),
                     };
-                    store.claim_restarts(&claims, &terms).unwrap()
+                    let got = store.claim_restarts(&claims, &terms).unwrap();
+                    claims.iter().map(|c| c.host).zip(got).collect()
                 })
             })
             .collect();
         racers.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    for (i, host) in hosts.iter().enumerate() {
-        let winners = wins.iter().filter(|w| w[i].won()).count();
+    for host in &hosts {
+        let winners = wins
+            .iter()
+            .flatten()
+            .filter(|(h, c)| h == host && c.won())
+            .count();
         assert_eq!(winners, 1, "{host} was won {winners} times");
     }
+}
+
+/// Instances saving the same messages, and claiming the same hosts, each in an order of
+/// its own and over and over, never fail for waiting on each other: a store that took
+/// rows in the order it was given them would deadlock.
+#[cfg(test)]
+pub(crate) fn writes_in_any_order_never_deadlock(open: &(dyn Fn() -> Box<dyn Store> + Sync)) {
+    let hosts: Vec<InstanceName> = (0..200)
+        .map(|i| InstanceName::parse(&format!("host-{i}")).unwrap())
+        .collect();
+    let messages: Vec<crate::message::Message> = hosts
+        .iter()
+        .map(|&h| crate::message::Message::new(h))
+        .collect();
+    let context = AttemptContext::test();
+    std::thread::scope(|s| {
+        let racers: Vec<_> = (0..4)
+            .map(|racer| {
+                let mut store = open();
+                let (hosts, messages, context) = (&hosts, &messages, &context);
+                s.spawn(move || {
+                    for round in 0..25 {
+                        let turn = (racer * 37 + round * 11) % hosts.len();
+                        let mut rows: Vec<SaveRow> = messages
+                            .iter()
+                            .map(|&message| SaveRow {
+                                message,
+                                attempt: 1 + racer as u32,
+                            })
+                            .collect();
+                        rows.rotate_left(turn);
+                        let mut claims: Vec<Claim> = hosts
+                            .iter()
+                            .map(|&host| Claim {
+                                host,
+                                message_id: Uuid::new_v4(),
+                            })
+                            .collect();
+                        claims.rotate_left(turn);
+                        if racer % 2 == 1 {
+                            rows.reverse();
+                            claims.reverse();
+                        }
+                        store.save(&rows).expect("save");
+                        let terms = ClaimTerms {
+                            context,
+                            now_ms: 1_000 * round as i64,
+                            interval_ms: 500,
+                            ttl_ms: 100,
+                            fleet: FleetRails::default(),
+                        };
+                        store.claim_restarts(&claims, &terms).expect("claim");
+                    }
+                })
+            })
+            .collect();
+        for r in racers {
+            r.join().unwrap();
+        }
+    });
 }
 
 /// The fleet's rails, for each store's tests: `a` and `b` are two connections to one

@@ -262,7 +262,8 @@ fn release(
 impl Store for PostgresStore {
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError> {
         // One statement may not touch a row twice: a batch that holds a message twice
-        // sends it once, at its highest delivery.
+        // sends it once, at its highest delivery. Rows go in the order of their ids, so
+        // that instances saving the same redelivered messages cannot deadlock.
         let mut by_id: HashMap<Uuid, (String, i32)> = HashMap::with_capacity(rows.len());
         for r in rows {
             let attempt = i32::try_from(r.attempt).unwrap_or(i32::MAX);
@@ -283,7 +284,8 @@ impl Store for PostgresStore {
             .client()?
             .query(
                 "INSERT INTO messages (message_id, instance_name, deliveries)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[])
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(id, name, n)
+                 ORDER BY id
                  ON CONFLICT (message_id) DO UPDATE
                      SET deliveries = GREATEST(messages.deliveries, excluded.deliveries)
                  RETURNING (xmax = 0)",
@@ -389,7 +391,10 @@ impl Store for PostgresStore {
         // One statement claims them all: a claim that conflicts with another instance's
         // waits for that row, then sees its claim and loses, so each host is won by one
         // instance alone. A statement may not touch a row twice, so a host named twice
-        // is claimed for its first mention only; the others lose.
+        // is claimed for its first mention only; the others lose. Rows are claimed in
+        // the order of their hosts: two instances that claimed overlapping hosts in
+        // their own orders would each wait for a row the other holds, until the
+        // server's deadlock check (a second) failed one of them.
         let mut tx = self.client()?.transaction().map_err(classify)?;
         // With the fleet's rails, what each claim would meet is decided first, under
         // a lock every instance with the rails takes: those the guard would let through
@@ -420,7 +425,7 @@ impl Store for PostgresStore {
                             AS t(h, id, hn)),
                  won AS (
                      INSERT INTO claims AS c (host, claimed_at)
-                     SELECT h, $4::bigint FROM t
+                     SELECT h, $4::bigint FROM t ORDER BY h
                      ON CONFLICT (host) DO UPDATE SET
                          previous_at = c.claimed_at, claimed_at = excluded.claimed_at
                      WHERE c.claimed_at <= excluded.claimed_at - $8::bigint
@@ -437,7 +442,7 @@ impl Store for PostgresStore {
                                                hostname, action, expires_at, previous_at)
                  SELECT won.host, $4::bigint, $5, t.id, t.hn, $6, $4::bigint + $7::bigint,
                         won.previous_at
-                 FROM won JOIN t ON t.h = won.host
+                 FROM won JOIN t ON t.h = won.host ORDER BY won.host
                  ON CONFLICT (host) DO UPDATE SET
                      claimed_at = excluded.claimed_at, claimed_by = excluded.claimed_by,
                      message_id = excluded.message_id, hostname = excluded.hostname,
@@ -784,6 +789,13 @@ mod tests {
         let Some(schema) = Schema::new() else { return };
         schema.open();
         crate::store::raced_claims_win_each_host_once(&|| Box::new(schema.open()));
+    }
+
+    #[test]
+    fn writes_in_any_order_never_deadlock() {
+        let Some(schema) = Schema::new() else { return };
+        schema.open();
+        crate::store::writes_in_any_order_never_deadlock(&|| Box::new(schema.open()));
     }
 
     #[test]

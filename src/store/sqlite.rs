@@ -745,6 +745,16 @@ mod tests {
     }
 
     #[test]
+    fn writes_in_any_order_never_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        SqliteStore::open(&path).unwrap();
+        crate::store::writes_in_any_order_never_deadlock(&|| {
+            Box::new(SqliteStore::open(&path).unwrap())
+        });
+    }
+
+    #[test]
     fn the_fleets_rails_count_every_connection() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
