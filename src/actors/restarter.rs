@@ -161,6 +161,8 @@ pub struct Restarter {
     /// already arranged.
     for_place: Vec<RestartJob>,
     place_asked: bool,
+    /// Set at shutdown, when claims still queued in the store lose their use.
+    claims_abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Survive restarts: the actors that asked to hear of every host restart, and what
     /// they are owed from the handler call in progress.
     watchers: Vec<Recipient<HostRestarts>>,
@@ -257,6 +259,7 @@ impl Restarter {
             claiming: false,
             for_place: Vec::new(),
             place_asked: false,
+            claims_abandoned: Default::default(),
             watchers: Vec::new(),
             notices: Vec::new(),
             state: State::default(),
@@ -367,6 +370,7 @@ impl Restarter {
             interval_ms: self.config.min_interval.as_millis() as i64,
             ttl_ms: self.config.claim_ttl.as_millis() as i64,
             fleet: self.fleet(),
+            abandoned: self.claims_abandoned.clone(),
         });
         let (me, incarnation) = (ctx.address(), self.incarnation);
         actix_rt::spawn(async move {
@@ -426,8 +430,10 @@ impl Restarter {
             Ok(claimed) => claimed,
             Err(e) => {
                 // No restart without a claim. The claim may have been written all the
-                // same, so it is given back too.
-                back.extend(jobs.iter().map(claim_of));
+                // same, so it is given back too, unless the store never saw it.
+                if e != StoreError::Closed {
+                    back.extend(jobs.iter().map(claim_of));
+                }
                 for job in &jobs {
                     if self.running.get(&job.host) != Some(&job.id) {
                         continue;
@@ -449,7 +455,7 @@ impl Restarter {
                 // An answer that waited in the mailbox through a restart is old news: a
                 // store outage restarts the Restarter once per incarnation, not once per
                 // claim that was under way when it began.
-                if incarnation == self.incarnation {
+                if incarnation == self.incarnation && !self.retired {
                     report_error(&self.link.metrics, Self::NAME.as_str(), false, &e);
                     fail(self, ctx, (&e).into(), &e);
                 }
@@ -1067,7 +1073,9 @@ impl Handler<Shutdown> for Restarter {
             old.stop();
         }
         // Restarts still waiting for a claim, or for a place to claim, have none to give
-        // back.
+        // back, and a claim still queued in the store is not made.
+        self.claims_abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
         self.to_claim.clear();
         self.for_place.clear();
         // Restarts still waiting for a place never started: their claims go back.

@@ -632,6 +632,10 @@ pub(crate) struct ClaimRestarts {
     pub interval_ms: i64,
     pub ttl_ms: i64,
     pub fleet: FleetRails,
+    /// Set once the claimant has shut down: a claim still queued then is answered
+    /// `Closed` without touching the store, so that the shutdown waits neither for
+    /// claims no restart will use nor for giving them back.
+    pub abandoned: Arc<AtomicBool>,
 }
 
 impl ClaimRestarts {
@@ -650,6 +654,9 @@ impl ClaimRestarts {
 impl Handler<ClaimRestarts> for StoreWriter {
     type Result = Result<Vec<Claimed>, StoreError>;
     fn handle(&mut self, msg: ClaimRestarts, _: &mut SyncContext<Self>) -> Self::Result {
+        if msg.abandoned.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
         let terms = msg.terms();
         self.call(|s| s.claim_restarts(&msg.claims, &terms))
     }
@@ -1111,5 +1118,29 @@ mod tests {
             writer.send(SaveBatch(Vec::new())).await.unwrap(),
             Err(StoreError::Closed)
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_claim_abandoned_while_queued_is_not_made() {
+        let store = memory::MemoryStore::default();
+        let writer = StoreWriter::start(Arc::new(store.clone()), Box::new(store.clone()));
+        let host = InstanceName::parse("web-01").unwrap();
+        let claim = |abandoned: bool| ClaimRestarts {
+            claims: vec![Claim {
+                host,
+                message_id: Uuid::new_v4(),
+            }],
+            context: AttemptContext::test(),
+            now_ms: 1_000,
+            interval_ms: 3_600_000,
+            ttl_ms: 60_000,
+            fleet: FleetRails::default(),
+            abandoned: Arc::new(AtomicBool::new(abandoned)),
+        };
+        let answer = writer.send(claim(true)).await.unwrap();
+        assert_eq!(answer, Err(StoreError::Closed));
+        // Nothing was claimed: the host is still free.
+        let answer = writer.send(claim(false)).await.unwrap();
+        assert_eq!(answer, Ok(vec![Claimed::Won]));
     }
 }
