@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{sh_action, stdin_line, Mandrill};
+use common::{fleet_on_sqlite, sh_action, stdin_line};
 
 const HOSTS: usize = 20;
 const RATE: u64 = 15;
@@ -24,28 +22,22 @@ fn three_processes_share_the_cap_and_the_rate() {
            printf '%s\n' "$1" >> "$2"; sleep 0.02; rmdir "$2.lock""#,
         &["sh", "{instance}", &out_s],
     );
-    for f in flags.iter_mut().filter(|f| **f == "memory") {
-        *f = "sqlite";
-    }
     let rate = format!("1h={RATE}");
     flags.extend(["--max-concurrent-host-restarts", "1"]);
     flags.extend(["--max-host-restarts", &rate]);
-    let mut fleet: Vec<Mandrill> = (0..3).map(|_| Mandrill::spawn_on(&flags, &db)).collect();
-    for (n, m) in fleet.iter_mut().enumerate() {
-        let lines: String = (0..HOSTS)
-            .map(|i| stdin_line(n * HOSTS + i, &format!("web-{n}-{i:02}")))
-            .collect();
-        m.write_stdin(lines.as_bytes());
-    }
-    let (mut restarted, mut refused) = (0, 0);
-    for mut m in fleet {
-        m.close_stdin();
-        let f = m.finish(Duration::from_secs(60));
-        assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
-        assert_eq!(f.n("acked"), HOSTS as u64, "{}", f.report);
-        restarted += f.n("restarted");
-        refused += f.report["refused"]["rate"].as_u64().unwrap_or(0);
-    }
+    let inputs: Vec<String> = (0..3)
+        .map(|n| {
+            (0..HOSTS)
+                .map(|i| stdin_line(n * HOSTS + i, &format!("web-{n}-{i:02}")))
+                .collect()
+        })
+        .collect();
+    let finished = fleet_on_sqlite(&flags, &db, &inputs);
+    let restarted: u64 = finished.iter().map(|f| f.n("restarted")).sum();
+    let refused: u64 = finished
+        .iter()
+        .map(|f| f.report["refused"]["rate"].as_u64().unwrap_or(0))
+        .sum();
     let overlaps = std::fs::read_to_string(dir.path().join("restarted.overlaps"));
     assert!(overlaps.is_err(), "restarts ran at once: {overlaps:?}");
     let lines = std::fs::read_to_string(&out).unwrap().lines().count() as u64;

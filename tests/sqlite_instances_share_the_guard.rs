@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use common::{sh_action, stdin_line, Mandrill};
+use common::{fleet_on_sqlite, sh_action, stdin_line};
 
 const HOSTS: usize = 100;
 
@@ -21,27 +20,19 @@ fn three_processes_on_one_file_restart_each_host_once() {
         r#"printf '%s\n' "$1" >> "$2""#,
         &["sh", "{instance}", &out_s],
     );
-    // The shared file, not the memory store.
-    for f in flags.iter_mut().filter(|f| **f == "memory") {
-        *f = "sqlite";
-    }
     flags.extend(["--min-restart-interval", "1h"]);
-    let mut fleet: Vec<Mandrill> = (0..3).map(|_| Mandrill::spawn_on(&flags, &db)).collect();
-    // Each gets every host, under message ids of its own, as at once as processes can.
-    for (n, m) in fleet.iter_mut().enumerate() {
-        let lines: String = (0..HOSTS)
-            .map(|i| stdin_line(n * HOSTS + i, &format!("web-{i:02}")))
-            .collect();
-        m.write_stdin(lines.as_bytes());
-    }
-    let mut restarted = 0;
-    for mut m in fleet {
-        m.close_stdin();
-        let f = m.finish(Duration::from_secs(60));
-        assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
-        assert_eq!(f.n("acked"), HOSTS as u64, "{}", f.report);
-        restarted += f.n("restarted");
-    }
+    // Each gets every host, under message ids of its own.
+    let inputs: Vec<String> = (0..3)
+        .map(|n| {
+            (0..HOSTS)
+                .map(|i| stdin_line(n * HOSTS + i, &format!("web-{i:02}")))
+                .collect()
+        })
+        .collect();
+    let restarted: u64 = fleet_on_sqlite(&flags, &db, &inputs)
+        .iter()
+        .map(|f| f.n("restarted"))
+        .sum();
     let text = std::fs::read_to_string(&out).unwrap();
     let mut times: HashMap<&str, usize> = HashMap::new();
     for line in text.lines() {

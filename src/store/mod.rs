@@ -795,6 +795,24 @@ pub(crate) fn the_guard_loads_each_hosts_latest_claim(s: &mut dyn Store) {
     assert!(s.restarts_since(301, 400).unwrap().is_empty());
 }
 
+/// A claim on each of `hosts`, each for a message of its own, in the `racer`'s own
+/// order: turned `turn` places, and backwards for odd racers.
+#[cfg(test)]
+fn in_own_order(hosts: &[InstanceName], racer: usize, turn: usize) -> Vec<Claim> {
+    let mut claims: Vec<Claim> = hosts
+        .iter()
+        .map(|&host| Claim {
+            host,
+            message_id: Uuid::new_v4(),
+        })
+        .collect();
+    claims.rotate_left(turn % hosts.len());
+    if racer % 2 == 1 {
+        claims.reverse();
+    }
+    claims
+}
+
 /// The guard, raced: 8 connections claim the same 100 hosts at once, each in an order of
 /// its own, and each host is won exactly once, with no claim failing.
 #[cfg(test)]
@@ -809,17 +827,7 @@ pub(crate) fn raced_claims_win_each_host_once(open: &(dyn Fn() -> Box<dyn Store>
                 let mut store = open();
                 let (hosts, context) = (&hosts, &context);
                 s.spawn(move || {
-                    let mut claims: Vec<Claim> = hosts
-                        .iter()
-                        .map(|&host| Claim {
-                            host,
-                            message_id: Uuid::new_v4(),
-                        })
-                        .collect();
-                    claims.rotate_left(racer * 13);
-                    if racer % 2 == 1 {
-                        claims.reverse();
-                    }
+                    let claims = in_own_order(hosts, racer, racer * 13);
                     let terms = ClaimTerms {
                         context,
                         now_ms: 10_000,
@@ -873,18 +881,10 @@ pub(crate) fn writes_in_any_order_never_deadlock(open: &(dyn Fn() -> Box<dyn Sto
                             })
                             .collect();
                         rows.rotate_left(turn);
-                        let mut claims: Vec<Claim> = hosts
-                            .iter()
-                            .map(|&host| Claim {
-                                host,
-                                message_id: Uuid::new_v4(),
-                            })
-                            .collect();
-                        claims.rotate_left(turn);
                         if racer % 2 == 1 {
                             rows.reverse();
-                            claims.reverse();
                         }
+                        let claims = in_own_order(hosts, racer, turn);
                         store.save(&rows).expect("save");
                         let terms = ClaimTerms {
                             context,

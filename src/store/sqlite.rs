@@ -158,6 +158,19 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
     Ok(Ok(()))
 }
 
+/// How long a connection waits for another process's lock, and how long opening a file
+/// is tried again while other processes create it.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why one try at opening a file failed.
+#[derive(Debug, thiserror::Error)]
+enum OpenFailure {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
 /// A SQLite file, opened with the schema in place.
 pub struct SqliteStore {
     conn: Option<Connection>,
@@ -293,35 +306,45 @@ fn classify(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |e: rusqlite::Error| StoreError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        // Processes opening one new file at once race to create it, to turn on WAL and
+        // to write the schema. SQLite answers some of those races "database is locked"
+        // at once, without waiting on the busy timeout (switching the journal mode is
+        // one), so the open is made again until that timeout has passed.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(path) {
+                Err(OpenFailure::Sqlite(e))
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => {
+                    return result.map_err(|e| StoreError::Open {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, OpenFailure> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // Bigger pages mean fewer WAL frames per commit; this takes effect on a new file
         // only. SQLite's default cache of 2 MB is kept: ids are time-ordered, so a batch
         // touches the last pages of each index, and a 64 MB cache cost memory (a peak of
         // 160 MB instead of 91 MB over a million messages) for no throughput.
-        conn.pragma_update(None, "page_size", 16384)
-            .map_err(open_err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        migrate(&mut conn)
-            .map_err(open_err)?
-            .map_err(|reason| StoreError::Open {
-                path: path.display().to_string(),
-                reason,
-            })?;
-        let flusher = WalFlusher::start(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            reason: format!("cannot start the wal flusher: {e}"),
-        })?;
+        conn.pragma_update(None, "page_size", 16384)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&mut conn)?.map_err(OpenFailure::Other)?;
+        let flusher = WalFlusher::start(path)
+            .map_err(|e| OpenFailure::Other(format!("cannot start the wal flusher: {e}")))?;
         Ok(Self {
             conn: Some(conn),
             flusher: Some(flusher),
@@ -968,6 +991,29 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tables, 0, "the old table is dropped");
+    }
+
+    #[test]
+    fn connections_opening_a_new_file_at_once_all_open_it() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("new.db");
+            let start = std::sync::Barrier::new(6);
+            std::thread::scope(|s| {
+                let openers: Vec<_> = (0..6)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            SqliteStore::open(&path).map(drop)
+                        })
+                    })
+                    .collect();
+                for o in openers {
+                    let opened = o.join().unwrap();
+                    assert!(opened.is_ok(), "{:?}", opened.err());
+                }
+            });
+        }
     }
 
     #[test]

@@ -58,6 +58,35 @@ pub fn stdin_lines(hosts: &[&str]) -> String {
         .collect()
 }
 
+/// Runs one instance for each of `inputs` on the SQLite file `db`, as instances sharing
+/// it: `flags` come from `sh_action`, whose memory store becomes the file. Each is given
+/// its input on stdin as at once as processes can, and each run must end well and ack
+/// every line of it.
+pub fn fleet_on_sqlite(flags: &[&str], db: &std::path::Path, inputs: &[String]) -> Vec<Finished> {
+    let flags: Vec<&str> = flags
+        .iter()
+        .map(|&f| if f == "memory" { "sqlite" } else { f })
+        .collect();
+    let mut fleet: Vec<Mandrill> = inputs
+        .iter()
+        .map(|_| Mandrill::spawn_on(&flags, db))
+        .collect();
+    for (m, input) in fleet.iter_mut().zip(inputs) {
+        m.write_stdin(input.as_bytes());
+    }
+    fleet
+        .into_iter()
+        .zip(inputs)
+        .map(|(mut m, input)| {
+            m.close_stdin();
+            let f = m.finish(Duration::from_secs(60));
+            assert!(f.status.success(), "{:?}\n{}", f.status, f.log.join("\n"));
+            assert_eq!(f.n("acked"), input.lines().count() as u64, "{}", f.report);
+            f
+        })
+        .collect()
+}
+
 /// Flags for a fast run under injected faults: no pacing and no simulated IO, lifecycle
 /// logs only, no escalation, and small pulls and batches, which mean many handler calls
 /// and so many chances to fail.
