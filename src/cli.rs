@@ -73,7 +73,12 @@ pub enum StoreArg {
 /// shutdown; a second SIGINT or SIGTERM exits at once. At exit, one JSON line on stdout
 /// reports the run. Durations take seconds (0.5) or units (30s, 7d).
 #[derive(Debug, Parser)]
-#[command(name = "mandrill", version, args_override_self = true)]
+#[command(
+    name = "mandrill",
+    version,
+    args_override_self = true,
+    allow_negative_numbers = true
+)]
 pub struct Cli {
     /// A command other than running the service.
     #[command(subcommand)]
@@ -203,7 +208,7 @@ pub struct Cli {
     pub store: StoreArg,
 
     /// The SQLite file; its schema is created at start.
-    #[arg(long, value_name = "PATH", default_value = "mandrill.db")]
+    #[arg(long, value_name = "PATH", default_value = "mandrill.db", value_parser = parse_db_path)]
     pub db: PathBuf,
 
     /// The PostgreSQL database, for --store postgres: postgres://USER@HOST/DB; its
@@ -495,13 +500,35 @@ impl Cli {
     }
 }
 
+/// The largest config file read: a config is a few hundred bytes, and a path such as
+/// `/dev/zero` must not be read without end.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a config file: a regular file, of at most `MAX_CONFIG_BYTES`.
+fn read_config(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("larger than {} KiB", MAX_CONFIG_BYTES / 1024));
+    }
+    Ok(text)
+}
+
 /// Reads a TOML config file into the flags it stands for, checking every key and value.
 pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError> {
     use clap::CommandFactory;
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError::Read {
+    let text = read_config(path).map_err(|reason| ConfigFileError::Read {
         path: shown.clone(),
-        reason: e.to_string(),
+        reason,
     })?;
     let table: toml::Table =
         text.parse()
@@ -660,6 +687,17 @@ fn parse_rail<T: std::str::FromStr<Err = RailSpecError>>(s: &str) -> Result<T, S
 fn parse_faults(s: &str) -> Result<Faults, String> {
     s.parse()
         .map_err(|e: crate::faults::FaultSpecError| e.to_string())
+}
+
+/// A SQLite file is a path: SQLite would also take `:memory:` and `file:` URIs, and
+/// a run on one would report messages saved that nothing kept.
+fn parse_db_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() || s == ":memory:" || s.starts_with("file:") {
+        return Err(format!(
+            "{s:?} is not a file path; for a run that keeps nothing, use --store memory"
+        ));
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// A domain is dot-separated labels, each valid as an instance name.
@@ -900,10 +938,37 @@ mod tests {
             &["--store", "mysql"],
             &["--log", "loud"],
             &["--strategy", "all-for-none"],
+            &["--handler-deadline", "1e19"],
+            &["--ack-deadline", "1e19"],
+            &["--redelivery-delay", "1e19"],
+            &["--message-timeout", "1e19"],
+            &["--io-delay", "1e19"],
+            &["--min-restart-interval", "367d"],
+            &["--db", ":memory:"],
+            &["--db", "file:x?mode=memory"],
         ] {
             let err = parse(args).expect_err(&format!("{args:?} accepted"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_negative_value_is_a_range_error_not_an_unknown_flag() {
+        let err = parse(&["--failure-rate", "-0.1"]).expect_err("accepted");
+        let text = err.to_string();
+        assert!(!text.contains("unexpected argument"), "{text}");
+        assert!(text.contains("-0.1"), "{text}");
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_a_small_regular_file_is_refused() {
+        let dev = file_args(std::path::Path::new("/dev/zero")).expect_err("read");
+        assert!(dev.to_string().contains("not a regular file"), "{dev}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        let big = file_args(&big).expect_err("read");
+        assert!(big.to_string().contains("larger than"), "{big}");
     }
 
     fn with_file(toml: &str, args: &[&str]) -> Result<Config, ArgsError> {

@@ -10,7 +10,19 @@ use mandrill::cli::{ArgsError, Cli, Command};
 use mandrill::config::{ConfigSource, OnSighup};
 use mandrill::{app, history, logging, metrics, publish};
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    // An error that ends the run is one line, with its causes, whatever
+    // `RUST_BACKTRACE` says: returning it from `main` would print its backtrace too.
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let cli = match Cli::parse_with_file(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ArgsError::Clap(e)) => e.exit(),

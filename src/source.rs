@@ -59,24 +59,7 @@ fn read_all(
         number += 1;
         let mut too_long = None;
         if line.last() != Some(&b'\n') && n > MAX_LINE {
-            // Skip the rest of the over-long line, counting its length.
-            let mut rest = n;
-            loop {
-                let buf = match input.fill_buf() {
-                    Ok(b) if !b.is_empty() => b,
-                    _ => break,
-                };
-                let (used, done) = match buf.iter().position(|&b| b == b'\n') {
-                    Some(i) => (i + 1, true),
-                    None => (buf.len(), false),
-                };
-                rest += used;
-                input.consume(used);
-                if done {
-                    break;
-                }
-            }
-            too_long = Some(rest);
+            too_long = Some(skip_rest_of_line(&mut input, n));
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -114,6 +97,36 @@ fn read_all(
     }
     info!("End of input after {number} lines: {accepted} accepted, {rejected} rejected");
     closed.do_send(InputClosed);
+}
+
+/// Skips the rest of an over-long line, of which `read` bytes were read, and returns its
+/// length, without the newline or a carriage return before it, as a normal line is
+/// measured.
+fn skip_rest_of_line(input: &mut impl BufRead, read: usize) -> usize {
+    let mut len = read;
+    let mut last = None;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) if !b.is_empty() => b,
+            _ => return len,
+        };
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let cr = match i {
+                    0 => last == Some(b'\r'),
+                    _ => buf[i - 1] == b'\r',
+                };
+                input.consume(i + 1);
+                return len + i - usize::from(cr);
+            }
+            None => {
+                len += buf.len();
+                last = buf.last().copied();
+                let used = buf.len();
+                input.consume(used);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +179,23 @@ mod tests {
         assert_eq!(ids, vec!["cattle-1", "cattle-2"]);
         assert_eq!(metrics.rejected.load(Relaxed), 2);
         assert_eq!(closes.len(), 1);
+    }
+
+    #[test]
+    fn an_over_long_line_is_measured_without_its_line_ending() {
+        let skip_in = |chunk: usize, rest: &str, read| {
+            let mut input = std::io::BufReader::with_capacity(chunk, rest.as_bytes());
+            let len = skip_rest_of_line(&mut input, read);
+            let mut after = String::new();
+            input.read_to_string(&mut after).unwrap();
+            (len, after)
+        };
+        let skip = |rest, read| skip_in(64, rest, read);
+        assert_eq!(skip("abcdefgh\nnext", 10), (18, "next".into()));
+        assert_eq!(skip("abc\r\nnext", 10), (13, "next".into()));
+        // The carriage return at the end of one read, the newline at the start of the
+        // next.
+        assert_eq!(skip_in(4, "abc\r\nnext", 10), (13, "next".into()));
+        assert_eq!(skip("abcdefg", 10), (17, String::new()));
     }
 }

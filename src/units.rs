@@ -4,14 +4,25 @@
 
 use std::time::Duration;
 
-/// Parses a duration given as seconds (`0.5`) or in human form (`30s`, `7d`).
+/// The longest duration any setting takes: a year. Past it, deadlines and timers
+/// overflow the clock, or wait for ever.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses a duration given as seconds (`0.5`) or in human form (`30s`, `7d`), of at most
+/// `MAX_DURATION`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{s:?} is not a non-negative number of seconds"));
+    let d = match s.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a non-negative number of seconds"))?,
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is neither seconds nor a duration like 30s or 7d: {e}"))?,
+    };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the longest duration taken, 366d"
+        ));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is neither seconds nor a duration like 30s or 7d: {e}"))
+    Ok(d)
 }
 
 /// Parses a duration as `parse_duration` does, refusing zero.
@@ -51,6 +62,10 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 24 * 3600)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("366d"), Ok(MAX_DURATION));
+        assert!(parse_duration("367d").is_err());
+        assert!(parse_duration("31622401").is_err());
+        assert!(parse_duration("1e19").is_err());
     }
 
     #[test]
