@@ -93,7 +93,18 @@ pub fn flush() {
 /// loop. The writer is not lossy: when its buffer is full the logger waits rather than
 /// drop a line. Keep the returned guard alive until the end of `main`; dropping it
 /// flushes every buffered line.
+///
+/// It also quiets panics, for the binary and the examples alike: those inside handlers
+/// are caught and logged by the supervision guard, and the default hook would print a
+/// second, unformatted report of each, with a backtrace whenever `RUST_BACKTRACE` is
+/// set. The location is kept, at debug level.
 pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
+    std::panic::set_hook(Box::new(|info| {
+        tracing::debug!(
+            "panic at {}",
+            info.location().map_or("?".into(), |l| l.to_string())
+        );
+    }));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.directives()));
     let (writer, guard) = NonBlockingBuilder::default()

@@ -54,15 +54,6 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     // Dropped at the end of `main`, which flushes every buffered log line.
     let _log = logging::init(cli.log, cli.log_format);
-    // Panics inside handlers are caught and logged by the supervision guard; the default
-    // hook would print a second, unformatted report of each one. Keep the location for
-    // debugging only.
-    std::panic::set_hook(Box::new(|info| {
-        tracing::debug!(
-            "panic at {}",
-            info.location().map_or("?".into(), |l| l.to_string())
-        );
-    }));
     if let Some(addr) = cli.metrics_addr {
         metrics::serve_prometheus(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;

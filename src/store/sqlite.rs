@@ -333,6 +333,13 @@ impl SqliteStore {
 
     fn open_once(path: &Path) -> Result<Self, OpenFailure> {
         let mut conn = Connection::open(path)?;
+        // SQLite opens a file it may not write read-only, without a word; every save
+        // would then fail, and every message go to the dead letters.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(OpenFailure::Other(
+                "the file is read-only for this user".into(),
+            ));
+        }
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Bigger pages mean fewer WAL frames per commit; this takes effect on a new file
         // only. SQLite's default cache of 2 MB is kept: ids are time-ordered, so a batch
