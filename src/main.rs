@@ -23,6 +23,17 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
+    // Before anything else: a signal during start-up takes the ordered path once the
+    // service runs. The subcommands keep the default actions. A word that merely looks
+    // like one (a value such as `--command publish`) only skips this.
+    let subcommand = std::env::args_os()
+        .skip(1)
+        .any(|a| a == "publish" || a == "history");
+    let early = if subcommand {
+        Ok(())
+    } else {
+        app::catch_signals_early()
+    };
     let cli = match Cli::parse_with_file(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ArgsError::Clap(e)) => e.exit(),
@@ -54,6 +65,9 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     // Dropped at the end of `main`, which flushes every buffered log line.
     let _log = logging::init(cli.log, cli.log_format);
+    if let Err(e) = early {
+        tracing::warn!("Cannot catch signals at start-up ({e}); they are caught once running");
+    }
     if let Some(addr) = cli.metrics_addr {
         metrics::serve_prometheus(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;

@@ -84,6 +84,19 @@ impl Signal {
         }
     }
 
+    /// The signal's number on this system.
+    #[cfg(unix)]
+    pub(crate) fn number(self) -> i32 {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+        match self {
+            Signal::Int => SIGINT,
+            Signal::Term => SIGTERM,
+            Signal::Hup => SIGHUP,
+            Signal::Usr1 => SIGUSR1,
+            Signal::Quit => SIGQUIT,
+        }
+    }
+
     /// The exit status of a process that exits at once on this signal: 128 plus its number.
     pub(crate) fn exit_status(self) -> i32 {
         128 + match self {

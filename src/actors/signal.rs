@@ -193,6 +193,27 @@ impl SignalActor {
     #[cfg(unix)]
     fn listen(&self, ctx: &mut Context<Self>) {
         use actix_rt::signal::unix::{signal, SignalKind};
+        // Signals caught since the start of `main` are taken over, those that came
+        // already included; their handlers stay the only ones, so no signal is read
+        // twice.
+        let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut signals) = early {
+            let me = ctx.address();
+            let forward = move || {
+                for number in signals.forever() {
+                    if let Some(&sig) = Signal::ALL.iter().find(|s| s.number() == number) {
+                        me.do_send(OsSignal(sig));
+                    }
+                }
+            };
+            let spawned = std::thread::Builder::new()
+                .name("mandrill-signals".into())
+                .spawn(forward);
+            if let Err(e) = spawned {
+                error!("Cannot listen for signals: {e}");
+            }
+            return;
+        }
         for sig in Signal::ALL {
             let kind = match sig {
                 Signal::Int => SignalKind::interrupt(),
@@ -223,6 +244,22 @@ impl SignalActor {
             error!("Cannot listen for Ctrl-C: {e}");
         }
     }
+}
+
+/// The service's signals, caught from the first moment of `main` and held until the
+/// SignalActor listens: a signal that came before would take its default action, and end
+/// the process without its report, or leave a new SQLite file without its tables.
+#[cfg(unix)]
+static EARLY: Mutex<Option<signal_hook::iterator::Signals>> = Mutex::new(None);
+
+/// Catches every signal the service acts on from now on, holding them until the
+/// SignalActor listens. For the service's own run only: a subcommand keeps the default
+/// actions, so that a signal still ends it.
+#[cfg(unix)]
+pub(crate) fn catch_early() -> std::io::Result<()> {
+    let signals = signal_hook::iterator::Signals::new(Signal::ALL.map(Signal::number))?;
+    *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(signals);
+    Ok(())
 }
 
 impl Actor for SignalActor {
