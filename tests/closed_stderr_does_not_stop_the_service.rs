@@ -1,10 +1,13 @@
 //! A log reader that goes away (a closed stderr pipe) must not stop the service: it keeps
 //! handling messages and still shuts down in order on SIGTERM.
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::exit_within;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -22,17 +25,11 @@ fn service_outlives_its_log_reader() {
     drop(child.stderr.take());
     std::thread::sleep(Duration::from_millis(700));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ignored SIGTERM after its stderr closed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(
+        &mut child,
+        Duration::from_secs(15),
+        "SIGTERM after its stderr closed",
+    );
     assert!(status.success(), "{status:?}");
     let mut out = String::new();
     child

@@ -1,10 +1,12 @@
 //! A signal that comes while the service starts takes the ordered path: the process
 //! exits with its report and status 0, never by the signal's default action. Signals are
 //! caught first thing in `main`, before the flags are read, the logs set up or the store
-//! opened, which took up to 33 ms: the process catches SIGTERM before its SQLite file
+//! opened, which took up to 33 ms: the process catches them before its SQLite file
 //! exists. The time before `main` no program can cover: the loader maps and relocates
 //! this binary in 2 to 6 ms here, so the delays count from the moment the process shows
-//! it catches SIGTERM (`SigCgt` in `/proc/PID/status`), which is `main`'s first act.
+//! it catches them all (`SigCgt` in `/proc/PID/status`), which is `main`'s first act.
+
+mod common;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -14,26 +16,35 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use common::exit_within;
+
 /// Waits until the child forked for `pid` has become the binary and reached `main`,
-/// which catches SIGTERM before anything else; `db` must not exist by then.
+/// whose first act is to catch the signals the service acts on; `db` must not exist by
+/// then.
 fn wait_for_main(pid: u32, binary: &std::path::Path, db: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let exe = format!("/proc/{pid}/exe");
     let status = format!("/proc/{pid}/status");
-    let catches_sigterm = || {
+    let wanted = [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+    ]
+    .iter()
+    .fold(0u64, |bits, &sig| bits | 1 << (sig as i32 - 1));
+    let catches_them = || {
         let text = std::fs::read_to_string(&status).unwrap_or_default();
         let caught = text.lines().find_map(|l| l.strip_prefix("SigCgt:"));
-        caught
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(0)
-            & (1 << (Signal::SIGTERM as i32 - 1))
-            != 0
+        let bits = caught.and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+        bits.unwrap_or(0) & wanted == wanted
     };
-    while std::fs::read_link(&exe).ok().as_deref() != Some(binary) || !catches_sigterm() {
+    while std::fs::read_link(&exe).ok().as_deref() != Some(binary) || !catches_them() {
         assert!(Instant::now() < deadline, "the process never reached main");
         assert!(
             !db.exists(),
-            "the store was opened before SIGTERM was caught"
+            "the store was opened before the signals were caught"
         );
         std::thread::sleep(Duration::from_micros(50));
     }
@@ -53,17 +64,8 @@ fn signal_after(sig: Signal, after: Duration) {
     wait_for_main(child.id(), &binary, &db);
     std::thread::sleep(after);
     kill(Pid::from_raw(child.id() as i32), sig).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{sig} {after:?} after start: no exit within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let what = format!("{sig} {after:?} after start");
+    let status = exit_within(&mut child, Duration::from_secs(30), &what);
     let mut out = String::new();
     child
         .stdout

@@ -396,6 +396,22 @@ impl Finished {
     }
 }
 
+/// Waits for `child` to exit, for at most `limit`; past it, kills it and fails with
+/// `what`.
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: no exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Whether a process runs: signal 0 only asks whether it is there, and a zombie, dead
 /// but not yet reaped by whoever adopted it, does not count.
 pub fn process_alive(pid: i32) -> bool {
