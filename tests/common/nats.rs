@@ -72,20 +72,27 @@ impl Nats {
 
     fn start(program: &std::path::Path) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let own = Own {
-            program: program.to_path_buf(),
-            port,
-            dir: dir.path().to_path_buf(),
-        };
-        Self {
-            url: format!("nats://127.0.0.1:{port}"),
-            child: Some(own.spawn()),
-            _dir: Some(dir),
+        // A port found free may be taken again before the server binds it, by a test
+        // running beside this one: the server then exits, and another port is tried.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let own = Own {
+                program: program.to_path_buf(),
+                port,
+                dir: dir.path().to_path_buf(),
+            };
+            if let Some(child) = own.try_spawn() {
+                return Self {
+                    url: format!("nats://127.0.0.1:{port}"),
+                    child: Some(child),
+                    _dir: Some(dir),
+                };
+            }
         }
+        panic!("nats-server could not start on any of 5 free ports");
     }
 
     fn own_settings(&self) -> Own {
@@ -117,7 +124,14 @@ impl Nats {
 impl Own {
     /// Starts the server and waits until it listens.
     fn spawn(&self) -> Child {
-        let child = Command::new(&self.program)
+        self.try_spawn()
+            .unwrap_or_else(|| panic!("nats-server could not start on port {}", self.port))
+    }
+
+    /// Starts the server and waits until it listens; `None` if it exits first, as it
+    /// does when its port is taken. Whatever answers on the port must be this server.
+    fn try_spawn(&self) -> Option<Child> {
+        let mut child = Command::new(&self.program)
             .args([
                 "-js",
                 "-a",
@@ -132,14 +146,25 @@ impl Own {
             .spawn()
             .expect("start nats-server");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if child.try_wait().expect("wait for nats-server").is_some() {
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Still running a moment after something listens: it is this server
+                // that does. One that lost its port exits within milliseconds.
+                std::thread::sleep(Duration::from_millis(50));
+                if child.try_wait().expect("wait for nats-server").is_none() {
+                    return Some(child);
+                }
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not listen within 10s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        child
     }
 }
 
