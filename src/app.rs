@@ -130,7 +130,6 @@ fn open_store(kind: &StoreKind) -> Result<OpenedStore, StoreError> {
     Ok(OpenedStore { opener, first })
 }
 
-/// Runs the service, reading standard input when the source is stdin.
 /// Catches the signals the service acts on from this moment, so that one that comes
 /// while the service starts still takes the ordered path once it runs. `main` calls it
 /// first, for the service's run and not for a subcommand.
@@ -140,6 +139,7 @@ pub fn catch_signals_early() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs the service, reading standard input when the source is stdin.
 pub fn run(config: Config) -> Result<Report, RunError> {
     run_extended(config, Box::new(std::io::stdin()), Vec::new())
 }
