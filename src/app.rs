@@ -152,7 +152,10 @@ pub fn run_extended(
     extensions: Vec<Box<dyn Extension>>,
 ) -> Result<Report, RunError> {
     let store = open_store(&config.store)?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics {
+        health: config.health.clone(),
+        ..Metrics::default()
+    });
     let report = Arc::new(Mutex::new(None));
     let system = actix_rt::System::new();
     system.block_on(async {

@@ -881,6 +881,7 @@ impl Cli {
             on_sighup: self.on_sighup,
             reload: None,
             metrics_addr: self.metrics_addr,
+            health: Default::default(),
             handle_signals: true,
         })
     }

@@ -188,6 +188,8 @@ pub struct Config {
     pub reload: Option<ConfigSource>,
     /// Where `main` serves Prometheus metrics, if anywhere; it cannot change live.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// What the run tells the metrics endpoint's probes.
+    pub health: std::sync::Arc<crate::metrics::Health>,
     /// Off in in-process tests, which must not take over the test runner's signals.
     pub handle_signals: bool,
 }
@@ -259,6 +261,7 @@ impl Default for Config {
             on_sighup: OnSighup::Shutdown,
             reload: None,
             metrics_addr: None,
+            health: Default::default(),
             handle_signals: true,
         }
     }

@@ -68,10 +68,13 @@ fn run() -> anyhow::Result<ExitCode> {
     if let Err(e) = early {
         tracing::warn!("Cannot catch signals at start-up ({e}); they are caught once running");
     }
+    let health = Arc::new(metrics::Health::default());
     if let Some(addr) = cli.metrics_addr {
-        metrics::serve_prometheus(addr)
+        let bound = metrics::serve(addr, health.clone())
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tracing::info!("Serving Prometheus metrics at http://{addr}/metrics");
+        tracing::info!(
+            "Serving Prometheus metrics at http://{bound}/metrics, probes at /healthz and /readyz"
+        );
     }
     let linger = cli.metrics_linger;
     let mut config = match cli.into_config() {
@@ -81,6 +84,7 @@ fn run() -> anyhow::Result<ExitCode> {
             std::process::exit(2);
         }
     };
+    config.health = health;
     if config.on_sighup == OnSighup::Reload {
         // A reload reads the same command line, and so the config file it names, again.
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

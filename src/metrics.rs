@@ -7,19 +7,25 @@
 //! The `metrics` crate's registry is fed from these atomics once a second by the Monitor,
 //! and a last time in the shutdown's "Flushing metrics" phase, rather than on every
 //! increment: the hot path keeps its plain atomic adds whether or not anything scrapes.
+//!
+//! `serve` runs the HTTP endpoint on its own thread: `/metrics`, and the probes
+//! `/healthz` and `/readyz`, which answer from `Health`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::rails::Rail;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// The counters every actor reports into.
         #[derive(Debug)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
             /// When the run started.
             pub started: std::time::Instant,
             /// Nanoseconds from the start of the run to the last ack, nack or dead letter.
@@ -32,6 +38,8 @@ macro_rules! counters {
             pub loop_lag: Timings,
             /// Restarts refused by each safety rail, in `Rail::ALL` order.
             pub refused: [AtomicU64; Rail::ALL.len()],
+            /// What `/healthz` and `/readyz` answer from.
+            pub health: Arc<Health>,
         }
 
         impl Default for Metrics {
@@ -44,6 +52,7 @@ macro_rules! counters {
                     panic_recovery: Timings::default(),
                     loop_lag: Timings::default(),
                     refused: Default::default(),
+                    health: Default::default(),
                 }
             }
         }
@@ -51,7 +60,7 @@ macro_rules! counters {
         /// A point-in-time copy of the counters.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
         pub struct Counts {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl Metrics {
@@ -67,6 +76,11 @@ macro_rules! counters {
                     .absolute(self.$name);)*
             }
         }
+
+        /// Each exported counter's name and its help text, taken from its doc comment.
+        const COUNTER_HELP: &[(&str, &[&str])] = &[
+            $((concat!("mandrill_", stringify!($name), "_total"), &[$($doc),*]),)*
+        ];
     };
 }
 
@@ -101,6 +115,7 @@ counters! {
     rejected,
     /// Panics caught in actor handlers.
     panics,
+    /// Restarts of supervised actors, whatever the cause.
     actor_restarts,
     /// Errors that crossed an actor boundary.
     errors,
@@ -198,11 +213,86 @@ impl Percentiles {
     }
 }
 
-/// Starts the Prometheus exporter on its own thread, serving `/metrics` at `addr`, and
-/// installs it as the `metrics` recorder. Call before the service starts.
-pub fn serve_prometheus(
-    addr: std::net::SocketAddr,
-) -> Result<(), metrics_exporter_prometheus::BuildError> {
+/// What the probes answer from: whether the event loop is alive, and whether the
+/// service is ready for work. The Monitor beats and judges readiness once a second; the
+/// SignalActor marks the start of the shutdown.
+#[derive(Debug)]
+pub struct Health {
+    born: Instant,
+    /// Milliseconds from `born` to the loop's last beat.
+    beat_ms: AtomicU64,
+    /// The broker and the store are connected.
+    connected: AtomicBool,
+    stopping: AtomicBool,
+}
+
+/// A loop that has not beaten for this long is stuck, and `/healthz` says so.
+pub const STALE_BEAT: Duration = Duration::from_secs(5);
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            born: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    /// The loop ran a timer just now.
+    pub fn beat(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.beat_ms.fetch_max(ms, Relaxed);
+    }
+
+    /// Whether the loop beat within `STALE_BEAT`. Before the first beat, the start-up
+    /// counts as one.
+    pub fn alive(&self) -> bool {
+        let last = Duration::from_millis(self.beat_ms.load(Relaxed));
+        self.born.elapsed().saturating_sub(last) < STALE_BEAT
+    }
+
+    /// Whether the broker and the store were both connected at the last look.
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Relaxed);
+    }
+
+    /// The shutdown has begun: the service takes no new work from here on.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// Connected and not shutting down.
+    pub fn ready(&self) -> bool {
+        self.connected.load(Relaxed) && !self.stopping.load(Relaxed)
+    }
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exporter(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot start the metrics server: {0}")]
+    Server(String),
+}
+
+/// How often the exporter's histograms are brought up to date when nothing scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder and serves, on its own thread at `addr`,
+/// `GET /metrics`, `GET /healthz` (the event loop is alive) and `GET /readyz` (connected,
+/// and not shutting down). Any other path is 404, and any other method 405. Gives the
+/// address bound, which names the real port when `addr` asks for port 0. Call before the
+/// service starts.
+pub fn serve(addr: SocketAddr, health: Arc<Health>) -> Result<SocketAddr, ServeError> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     // Handler times are microseconds to seconds; latencies reach the IO delay and beyond.
     let handler = [
@@ -211,10 +301,216 @@ pub fn serve_prometheus(
     let latency = [
         1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
     ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    // Bind first: a port in use must not leave a recorder installed with nothing serving.
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("mandrill_handler_seconds".into()), &handler)?
         .set_buckets_for_metric(Matcher::Suffix("latency_seconds".into()), &latency)?
         .set_buckets_for_metric(Matcher::Full("mandrill_loop_lag_seconds".into()), &handler)?
-        .install()
+        .install_recorder()?;
+    describe();
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("mandrill-metrics".into())
+        .spawn(move || {
+            let mut upkept = Instant::now();
+            loop {
+                match server.recv_timeout(UPKEEP_EVERY) {
+                    Ok(Some(request)) => answer(request, &handle, &health),
+                    Ok(None) => {}
+                    // The listener is gone: nothing more can be served.
+                    Err(_) => return,
+                }
+                if upkept.elapsed() >= UPKEEP_EVERY {
+                    handle.run_upkeep();
+                    upkept = Instant::now();
+                }
+            }
+        })
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+    Ok(bound)
+}
+
+/// The endpoints, by path.
+const ENDPOINTS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+/// What one request gets: its status and body, and for a 405 the methods allowed.
+fn route(
+    method: &tiny_http::Method,
+    url: &str,
+    metrics: impl FnOnce() -> String,
+    health: &Health,
+) -> (u16, String) {
+    use tiny_http::Method;
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    if !ENDPOINTS.contains(&path) {
+        return (404, "not found\n".into());
+    }
+    if !matches!(method, Method::Get | Method::Head) {
+        return (405, "method not allowed\n".into());
+    }
+    match path {
+        "/metrics" => (200, metrics()),
+        "/healthz" if health.alive() => (200, "ok\n".into()),
+        "/healthz" => (503, format!("event loop stalled for over {STALE_BEAT:?}\n")),
+        _ if health.ready() => (200, "ready\n".into()),
+        _ if health.stopping.load(Relaxed) => (503, "shutting down\n".into()),
+        _ => (503, "broker or store not connected\n".into()),
+    }
+}
+
+fn answer(
+    request: tiny_http::Request,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    health: &Health,
+) {
+    let (status, body) = route(request.method(), request.url(), || handle.render(), health);
+    let kind = if status == 200 && request.url().starts_with("/metrics") {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+    response.add_header(tiny_http::Header::from_bytes("Content-Type", kind).expect("valid header"));
+    if status == 405 {
+        response
+            .add_header(tiny_http::Header::from_bytes("Allow", "GET, HEAD").expect("valid header"));
+    }
+    // A client that hung up is no concern of the service.
+    let _ = request.respond(response);
+}
+
+/// Gives every metric its `# HELP` line, and sets the build-info gauge.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    for (name, lines) in COUNTER_HELP {
+        describe_counter!(*name, help(lines));
+    }
+    describe_counter!(
+        "mandrill_refused_total",
+        "Restarts refused by a safety rail, by rail"
+    );
+    describe_counter!(
+        "mandrill_child_restarts_total",
+        "Restarts of each supervised child"
+    );
+    describe_counter!(
+        "mandrill_child_escalations_total",
+        "Escalations by each supervised child"
+    );
+    describe_counter!(
+        "mandrill_child_failures_total",
+        "Failures of each supervised child, by kind"
+    );
+    describe_gauge!(
+        "mandrill_child_backoff_seconds",
+        Unit::Seconds,
+        "The backoff before each child's next restart"
+    );
+    describe_gauge!(
+        "mandrill_child_stopped",
+        "1 when a child is stopped for good, else 0"
+    );
+    describe_gauge!("mandrill_in_flight", "Deliveries the Acker holds unsettled");
+    describe_gauge!(
+        "mandrill_loop_lag_seconds_last",
+        Unit::Seconds,
+        "The last event-loop lag measured"
+    );
+    describe_histogram!(
+        "mandrill_loop_lag_seconds",
+        Unit::Seconds,
+        "How late the event loop ran the lag timer"
+    );
+    describe_histogram!(
+        "mandrill_handler_seconds",
+        Unit::Seconds,
+        "How long each actor's handlers ran, by actor and message"
+    );
+    describe_histogram!(
+        "mandrill_ack_latency_seconds",
+        Unit::Seconds,
+        "From publish to ack, for acked messages"
+    );
+    describe_gauge!(
+        "mandrill_pending_at_exit",
+        "Messages the subscription still held at exit"
+    );
+    describe_gauge!(
+        "mandrill_elapsed_seconds",
+        Unit::Seconds,
+        "From start to the last outcome, or to the signal; set at exit"
+    );
+    describe_gauge!(
+        "mandrill_msgs_per_second",
+        "Acks and nacks a second over the run; set at exit"
+    );
+    describe_gauge!(
+        "mandrill_shutdown_seconds",
+        Unit::Seconds,
+        "How long the shutdown took; set at exit"
+    );
+    describe_gauge!(
+        "mandrill_exit_code",
+        "The exit status the run ends with; set at exit"
+    );
+    describe_gauge!(
+        "mandrill_killed_at_shutdown",
+        "Children that did not stop within their shutdown timeout"
+    );
+    describe_gauge!("mandrill_build_info", "Always 1, labelled with the version");
+    metrics::gauge!("mandrill_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// One doc comment's lines as one line of help text.
+fn help(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiny_http::Method;
+
+    #[test]
+    fn only_the_three_endpoints_answer_and_only_to_get() {
+        let health = Health::default();
+        let route = |m: Method, url: &str| route(&m, url, || "m".into(), &health).0;
+        assert_eq!(route(Method::Get, "/metrics"), 200);
+        assert_eq!(route(Method::Get, "/metrics?x=1"), 200);
+        assert_eq!(route(Method::Head, "/healthz"), 200);
+        assert_eq!(route(Method::Delete, "/metrics"), 405);
+        assert_eq!(route(Method::Post, "/readyz"), 405);
+        assert_eq!(route(Method::Get, "/foo"), 404);
+        assert_eq!(route(Method::Delete, "/foo"), 404);
+        assert_eq!(route(Method::Get, "/"), 404);
+        assert_eq!(route(Method::Get, "/metrics/"), 404);
+    }
+
+    #[test]
+    fn ready_means_connected_and_not_stopping() {
+        let health = Health::default();
+        let ready = |h: &Health| route(&tiny_http::Method::Get, "/readyz", String::new, h).0;
+        assert_eq!(ready(&health), 503);
+        health.set_connected(true);
+        assert_eq!(ready(&health), 200);
+        health.set_stopping();
+        assert_eq!(ready(&health), 503);
+    }
+
+    #[test]
+    fn every_counter_has_help() {
+        for (name, lines) in COUNTER_HELP {
+            assert!(!help(lines).is_empty(), "{name} has no help text");
+        }
+    }
 }

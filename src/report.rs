@@ -46,6 +46,26 @@ pub struct Report {
     pub loop_lag_ms: Percentiles,
 }
 
+/// Exports each child's supervision counters: at exit from the report, and once a second
+/// while the service runs.
+pub(crate) fn export_supervision(stats: &BTreeMap<&'static str, ChildStats>) {
+    for (&child, s) in stats {
+        metrics::counter!("mandrill_child_restarts_total", "child" => child).absolute(s.restarts);
+        metrics::counter!("mandrill_child_escalations_total", "child" => child)
+            .absolute(s.escalations);
+        metrics::gauge!("mandrill_child_backoff_seconds", "child" => child).set(s.backoff_s);
+        metrics::gauge!("mandrill_child_stopped", "child" => child).set(if s.stopped {
+            1.0
+        } else {
+            0.0
+        });
+        for (&kind, &n) in &s.failures {
+            metrics::counter!("mandrill_child_failures_total", "child" => child, "kind" => kind)
+                .absolute(n);
+        }
+    }
+}
+
 impl Report {
     /// Exports every report field: the counts as counters, the rest as gauges.
     pub(crate) fn export(&self) {
@@ -59,22 +79,7 @@ impl Report {
         for (&rail, &n) in &self.refused {
             metrics::counter!("mandrill_refused_total", "rail" => rail).absolute(n);
         }
-        for (&child, s) in &self.supervision {
-            metrics::counter!("mandrill_child_restarts_total", "child" => child)
-                .absolute(s.restarts);
-            metrics::counter!("mandrill_child_escalations_total", "child" => child)
-                .absolute(s.escalations);
-            metrics::gauge!("mandrill_child_backoff_seconds", "child" => child).set(s.backoff_s);
-            metrics::gauge!("mandrill_child_stopped", "child" => child).set(if s.stopped {
-                1.0
-            } else {
-                0.0
-            });
-            for (&kind, &n) in &s.failures {
-                metrics::counter!("mandrill_child_failures_total", "child" => child, "kind" => kind)
-                    .absolute(n);
-            }
-        }
+        export_supervision(&self.supervision);
     }
 
     /// The conservation law every run must keep.

@@ -23,6 +23,8 @@ use crate::supervision::supervisor::SupervisionStats;
 const LAG_EVERY: Duration = Duration::from_millis(50);
 /// How often the exporter is fed from the counters.
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
+/// The states in which a broker adapter describes itself as connected.
+const CONNECTED: [&str; 2] = ["open", "connected"];
 /// How long the dump waits for each actor's answer.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
 
@@ -67,6 +69,7 @@ impl Monitor {
         ctx.run_later(LAG_EVERY, move |act, ctx| {
             let lag = Instant::now().saturating_duration_since(due);
             act.last_lag = lag;
+            act.metrics.health.beat();
             act.metrics.loop_lag.record(lag);
             metrics::gauge!("mandrill_loop_lag_seconds_last").set(lag.as_secs_f64());
             metrics::histogram!("mandrill_loop_lag_seconds").record(lag.as_secs_f64());
@@ -81,12 +84,32 @@ impl Monitor {
         });
     }
 
-    /// Feeds the exporter: counters from the atomics, the in-flight gauge from the Acker.
+    /// Feeds the exporter: counters from the atomics, the in-flight gauge from the Acker,
+    /// each child's supervision counters from the Supervisor. Tells the readiness probe
+    /// whether the broker and the store are connected, as their actors describe themselves.
     fn export(&mut self, ctx: &mut Context<Self>) {
         self.metrics.snapshot().export();
         for (rail, n) in self.metrics.refusals() {
             metrics::counter!("mandrill_refused_total", "rail" => rail).absolute(n);
         }
+        let stats = self.tree.supervisor.send(SupervisionStats);
+        ctx.spawn(stats.into_actor(self).map(|stats, _, _| {
+            if let Ok(stats) = stats {
+                crate::report::export_supervision(&stats);
+            }
+        }));
+        let broker = probe("subscription", self.tree.broker.probe.clone());
+        let store = probe("saver", self.tree.saver.clone().recipient());
+        let health = self.metrics.health.clone();
+        ctx.spawn(
+            async move {
+                let (broker, store) = (broker.await.1, store.await.1);
+                let up = broker.is_some_and(|p| CONNECTED.contains(&p.state))
+                    && store.is_some_and(|p| p.state == "running");
+                health.set_connected(up);
+            }
+            .into_actor(self),
+        );
         let ask = self.tree.acker.send(InFlight);
         ctx.spawn(ask.into_actor(self).map(|n, act, _| {
             if let Ok(n) = n {

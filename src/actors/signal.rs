@@ -174,6 +174,9 @@ impl SignalActor {
             return;
         }
         self.shutting_down = true;
+        // The readiness probe fails from the first moment of the shutdown, so that a
+        // load balancer sends no more work here.
+        self.metrics.health.set_stopping();
         let stopping_at = Instant::now();
         let run = shutdown(
             self.pipeline.clone(),

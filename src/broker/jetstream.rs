@@ -759,10 +759,11 @@ impl Handler<Shutdown> for JetStreamBroker {
 impl Handler<Probe> for JetStreamBroker {
     type Result = MessageResult<Probe>;
     fn handle(&mut self, _: Probe, _: &mut Context<Self>) -> Self::Result {
-        let state = match () {
+        let state = match &self.conn {
             _ if self.retired => "retired",
-            _ if self.conn.is_some() => "connected",
-            _ => "connecting",
+            Some((stream, _)) if stream.connected() => "connected",
+            Some(_) => "reconnecting",
+            None => "connecting",
         };
         MessageResult(Probed::new(state, &[("leased", self.leases.len())]))
     }
