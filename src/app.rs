@@ -25,7 +25,7 @@ use crate::actors::Pipeline;
 use crate::broker::jetstream::JetStreamBroker;
 use crate::broker::memory::{MemoryBroker, MemoryBrokerConfig};
 use crate::broker::pubsub::PubSubBroker;
-use crate::broker::{Broker, Extend, Pending, Publish, Pull, Settle};
+use crate::broker::{Backlog, Broker, Extend, Pending, Publish, Pull, Settle};
 use crate::config::{ActionSpec, Config, Source, StoreKind};
 use crate::faults::{rng_for, Injector, Purpose};
 use crate::iowait::AlarmClock;
@@ -170,6 +170,7 @@ pub fn run_extended(
                 source::spawn(
                     input,
                     pipeline.broker.publish.clone(),
+                    pipeline.broker.backlog.clone(),
                     closed.clone(),
                     m.clone(),
                 )
@@ -406,7 +407,10 @@ fn start_pipeline(
     // 1. The store's writer threads, one per connection it takes.
     let store = StoreWriter::start(store.opener, store.first);
 
-    // 2. The broker adapter, which everything else talks to.
+    // 2. The broker adapter, which everything else talks to. The in-memory one bounds
+    // what it holds undelivered; a remote broker keeps its backlog on its own disks.
+    let backlog = matches!(config.source, Source::Simulated | Source::Stdin)
+        .then(|| Arc::new(Backlog::new(config.max_backlog)));
     let broker = match &config.source {
         Source::JetStream(js) => {
             let js = js.clone();
@@ -421,8 +425,12 @@ fn start_pipeline(
                 max_in_flight: config.max_in_flight,
                 max_deliveries: config.max_deliveries,
                 ack_deadline: config.ack_deadline,
+                backlog: backlog.clone(),
             };
-            w.start_broker(move |link, injector| MemoryBroker::new(link, memory, injector))
+            let mut broker =
+                w.start_broker(move |link, injector| MemoryBroker::new(link, memory, injector));
+            broker.backlog = backlog.clone();
+            broker
         }
     };
 
@@ -445,6 +453,7 @@ fn start_pipeline(
         io_clock: AlarmClock::Thread,
         batch_size: config.batch_size,
         flush_interval: config.flush_interval,
+        persistent: config.store != StoreKind::Memory,
     };
     let rng = rng_for(seed, Purpose::SaveIo);
     let saver = w.start_child(move |link, injector| {
@@ -491,6 +500,7 @@ fn start_pipeline(
             limit: config.messages,
             rate: config.publish_rate,
             clock: AlarmClock::Thread,
+            backlog: backlog.clone(),
         };
         let rng = rng_for(seed, Purpose::Publishing);
         w.start_child(move |link, injector| {

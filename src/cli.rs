@@ -44,6 +44,14 @@ pub enum Command {
     /// The talk's publisher as a load generator into a real broker, or a replay of a
     /// file of messages; prints what it published.
     Publish(PublishArgs),
+    /// Prints a completion script for a shell, e.g. `mandrill completions bash >
+    /// /etc/bash_completion.d/mandrill`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page, in roff: `mandrill man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,9 +92,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub subcommand: Option<Command>,
 
-    /// Read settings from a TOML file first; flags given here override it. Keys are the
-    /// long flag names (`failure-rate = 0.1`, or `failure_rate`), and a table joins its
-    /// name to its keys (`[backoff]` `min = 1` is --backoff-min 1).
+    /// The config file read, if any: named by --config or MANDRILL_CONFIG, or found on
+    /// the search path.
+    #[arg(skip)]
+    pub config_read: Option<PathBuf>,
+
+    /// What to warn about once logging runs, such as a MANDRILL_ variable that is no
+    /// setting.
+    #[arg(skip)]
+    pub warnings: Vec<String>,
+
+    /// Read settings from a TOML file first; environment variables and flags override
+    /// it. Keys are the long flag names (`failure-rate = 0.1`, or `failure_rate`), and a
+    /// table joins its name to its keys (`[backoff]` `min = 1` is --backoff-min 1).
+    /// Without it, the first file found of $XDG_CONFIG_HOME/mandrill/mandrill.toml
+    /// (~/.config when unset) and /etc/mandrill/mandrill.toml is read.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -134,52 +154,6 @@ pub struct Cli {
     #[arg(long)]
     pub create: bool,
 
-    /// Publish this many messages, then shut down once every one is settled; with
-    /// --source jetstream or pubsub, shut down once this many are settled [default: run
-    /// until a signal].
-    #[arg(long, value_name = "N")]
-    pub messages: Option<u64>,
-
-    /// Run the ordered shutdown once nothing has been pulled for this long, for batch
-    /// runs against a broker that has no end of its own.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_exit: Option<Duration>,
-
-    /// Fixed delay between published messages; 0 publishes as fast as possible
-    /// [default: random() * 1s, the talk's pace].
-    #[arg(long, value_name = "S", value_parser = parse_duration)]
-    pub publish_delay: Option<Duration>,
-
-    /// Make each publish delay random() * --publish-delay.
-    #[arg(long)]
-    pub jitter: bool,
-
-    /// Publish this many messages a second, in small bursts every 100 µs (one message at a
-    /// time below 10,000 a second); overrides --publish-delay. For load tests at a fixed
-    /// offered rate.
-    #[arg(long, value_name = "N", value_parser = parse_rate)]
-    pub publish_rate: Option<f64>,
-
-    /// Seed every random choice (host names, ids, failures, delays) for a reproducible run.
-    #[arg(long, value_name = "N")]
-    pub seed: Option<u64>,
-
-    /// Simulated IO: saving and restarting each take random() * S.
-    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_duration)]
-    pub io_delay: Duration,
-
-    /// Make every save and restart take exactly --io-delay, not random() * --io-delay.
-    #[arg(long)]
-    pub io_fixed: bool,
-
-    /// Probability that a simulated restart fails.
-    #[arg(long, value_name = "P", default_value_t = 0.25, value_parser = parse_probability)]
-    pub failure_rate: f64,
-
-    /// Domain appended to instance names to make hostnames.
-    #[arg(long, default_value = "example.net", value_parser = parse_domain)]
-    pub domain: String,
-
     /// Deliveries before a message goes to the dead letters; 1 makes a nack final.
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -189,6 +163,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_in_flight: u64,
+
+    /// The in-memory broker holds at most this many messages not yet acked or
+    /// dead-lettered; the simulated publisher and the stdin reader wait for room beyond it.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_backlog: u64,
 
     /// Lease on a delivery; the subscription redelivers it when the lease runs out.
     /// Leases of messages still being worked on are extended.
@@ -212,8 +192,8 @@ pub struct Cli {
     pub db: PathBuf,
 
     /// The PostgreSQL database, for --store postgres: postgres://USER@HOST/DB; its
-    /// schema is created or migrated at start.
-    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    /// schema is created or migrated at start. DATABASE_URL, when this is unset.
+    #[arg(long, value_name = "URL")]
     pub db_url: Option<String>,
 
     /// Connections to PostgreSQL, each with a writer thread of its own.
@@ -231,122 +211,23 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value = "0.005", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
-    /// Do not restart a host restarted less than this long ago; 0 disables the check.
-    #[arg(long, value_name = "S", default_value = "7d", value_parser = parse_duration)]
-    pub min_restart_interval: Duration,
-
     /// How long a restart's claim in the store waits for its outcome; past it, an
     /// instance that died mid-restart shows as `unknown` in the history [default: the
     /// action timeout + 30s].
     #[arg(long, value_name = "S", value_parser = parse_positive_duration)]
     pub claim_ttl: Option<Duration>,
 
-    /// Shutdown: how long to let in-flight messages finish; 0 does not wait.
-    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    /// Who this service is in the restart history [default: hostname:pid].
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
 
-    /// Shutdown: how long to wait for restarts already running.
-    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
-    pub shield_timeout: Duration,
+    /// Domain appended to instance names to make hostnames.
+    #[arg(long, default_value = "example.net", value_parser = parse_domain)]
+    pub domain: String,
 
-    /// Shutdown: how long each child may take to stop before the shutdown goes on
-    /// without it (OTP's brutal kill after a timeout). S for every child, or
-    /// CHILD=S[,...]; the Saver's includes its last commit and closing the store.
-    #[arg(long, value_name = "SPEC", default_value = "5", value_parser = parse_policy::<ShutdownTimeouts>)]
-    pub shutdown_timeout: ShutdownTimeouts,
-
-    /// Restart intensity: more than this many actor restarts within --restart-window
-    /// escalates to an ordered shutdown with exit status 1.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub max_restarts: u32,
-
-    /// The window for --max-restarts.
-    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
-    pub restart_window: Duration,
-
-    /// Supervision strategy: which children restart when one fails.
-    #[arg(long, value_enum, default_value_t = Strategy::OneForOne)]
-    pub strategy: Strategy,
-
-    /// The decider: what each kind of failure leads to, as KIND=DIRECTIVE[,...] over the
-    /// defaults. Kinds: panic, stall, store-open, store-unavailable, store-corrupt,
-    /// store-closed, store-panicked, restart-failed. Directives: resume, restart,
-    /// restart-with-backoff, stop, escalate. Defaults: restart-failed and store-closed
-    /// resume, store-unavailable restarts with backoff, store-open and store-corrupt
-    /// escalate, the rest restart.
-    #[arg(long, value_name = "SPEC", value_parser = parse_policy::<Decider>)]
-    pub decider: Option<Decider>,
-
-    /// Restart types, CHILD=TYPE[,...]: permanent (always restarted), transient (not after
-    /// a normal exit) or temporary (never restarted). Defaults: the publisher is
-    /// transient, the rest permanent.
-    #[arg(long, value_name = "SPEC", value_parser = parse_policy::<RestartTypes>)]
-    pub restart_type: Option<RestartTypes>,
-
-    /// A handler that runs longer than this is a stall, a failure the decider handles.
-    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_positive_duration)]
-    pub handler_deadline: Duration,
-
-    /// Backoff, for the restart-with-backoff directive: the delay before a failed
-    /// actor's first restart in a row; it doubles with each further failure. 0 turns it off.
-    #[arg(long, value_name = "S", default_value = "0.1", value_parser = parse_duration)]
-    pub backoff_min: Duration,
-
-    /// Backoff: the longest delay, before jitter.
-    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
-    pub backoff_max: Duration,
-
-    /// Backoff: each delay is multiplied by 1 + random() * this.
-    #[arg(long, value_name = "F", default_value_t = 0.2, value_parser = parse_probability)]
-    pub backoff_jitter: f64,
-
-    /// Backoff: an actor that has not failed for this long starts again from --backoff-min.
-    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_duration)]
-    pub backoff_reset: Duration,
-
-    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01,stall:acker=0.001.
-    /// RATE is the chance that one handler call fails (a call may carry a batch of
-    /// messages). Kinds: panic; stall (the handler blocks for twice --handler-deadline);
-    /// error (the saver's commit fails as store-unavailable, the restarter's host restart
-    /// fails). Actors: publisher, consumer, saver, restarter, acker.
-    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
-    pub inject: Option<Faults>,
-
-    /// Logging: none keeps lifecycle lines only; RUST_LOG overrides it.
-    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
-    pub log: LogLevel,
-
-    /// Log line format: text for people, json for log pipelines (one object a line).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// Warn about any actor handler that runs longer than this many milliseconds, naming
-    /// the actor, what it handled and how long it took. 0 turns the warning off.
-    #[arg(long, value_name = "MS", default_value_t = 100)]
-    pub slow_handler_ms: u64,
-
-    /// Warn when the event loop runs a timer this many milliseconds late or more (the
-    /// loop lag, also exported as a metric). 0 turns the warning off.
-    #[arg(long, value_name = "MS", default_value_t = 100)]
-    pub lag_warn_ms: u64,
-
-    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9000.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
-
-    /// Keep serving /metrics this long after the final flush at shutdown, so that a last
-    /// scrape sees the final counts.
-    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
-    pub metrics_linger: Duration,
-
-    /// A status line every --status-every on stderr: auto prints it only when stderr is
-    /// a terminal.
-    #[arg(long, value_enum, default_value_t = StatusArg::Auto)]
-    pub status: StatusArg,
-
-    /// How often the status line is printed.
-    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
-    pub status_every: Duration,
+    /// Do not restart a host restarted less than this long ago; 0 disables the check.
+    #[arg(long, value_name = "S", default_value = "7d", value_parser = parse_duration)]
+    pub min_restart_interval: Duration,
 
     /// What restarts a host. A real action (`command`) is leashed until --unleash: it
     /// logs what it would run, and the message is acked.
@@ -421,18 +302,163 @@ pub struct Cli {
     #[arg(long, value_name = "WINDOW=N", value_parser = parse_rail::<Rate>)]
     pub max_host_restarts: Option<Rate>,
 
+    /// Rail: at most N host restarts running at once; the rest wait their turn.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent_host_restarts: Option<u64>,
+
+    /// Restart intensity: more than this many actor restarts within --restart-window
+    /// escalates to an ordered shutdown with exit status 1.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_restarts: u32,
+
+    /// The window for --max-restarts.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
+    pub restart_window: Duration,
+
+    /// Supervision strategy: which children restart when one fails.
+    #[arg(long, value_enum, default_value_t = Strategy::OneForOne)]
+    pub strategy: Strategy,
+
+    /// The decider: what each kind of failure leads to, as KIND=DIRECTIVE[,...] over the
+    /// defaults. Kinds: panic, stall, store-open, store-unavailable, store-corrupt,
+    /// store-closed, store-panicked, restart-failed. Directives: resume, restart,
+    /// restart-with-backoff, stop, escalate. Defaults: restart-failed and store-closed
+    /// resume, store-unavailable restarts with backoff, store-open and store-corrupt
+    /// escalate, the rest restart.
+    #[arg(long, value_name = "SPEC", value_parser = parse_policy::<Decider>)]
+    pub decider: Option<Decider>,
+
+    /// Restart types, CHILD=TYPE[,...]: permanent (always restarted), transient (not after
+    /// a normal exit) or temporary (never restarted). Defaults: the publisher is
+    /// transient, the rest permanent.
+    #[arg(long, value_name = "SPEC", value_parser = parse_policy::<RestartTypes>)]
+    pub restart_type: Option<RestartTypes>,
+
+    /// A handler that runs longer than this is a stall, a failure the decider handles.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_positive_duration)]
+    pub handler_deadline: Duration,
+
+    /// Backoff, for the restart-with-backoff directive: the delay before a failed
+    /// actor's first restart in a row; it doubles with each further failure. 0 turns it off.
+    #[arg(long, value_name = "S", default_value = "0.1", value_parser = parse_duration)]
+    pub backoff_min: Duration,
+
+    /// Backoff: the longest delay, before jitter.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Backoff: each delay is multiplied by 1 + random() * this.
+    #[arg(long, value_name = "F", default_value_t = 0.2, value_parser = parse_probability)]
+    pub backoff_jitter: f64,
+
+    /// Backoff: an actor that has not failed for this long starts again from --backoff-min.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_duration)]
+    pub backoff_reset: Duration,
+
+    /// Run the ordered shutdown once nothing has been pulled for this long, for batch
+    /// runs against a broker that has no end of its own.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_exit: Option<Duration>,
+
+    /// Shutdown: how long to let in-flight messages finish; 0 does not wait.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Shutdown: how long to wait for restarts already running.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = parse_duration)]
+    pub shield_timeout: Duration,
+
+    /// Shutdown: how long each child may take to stop before the shutdown goes on
+    /// without it (OTP's brutal kill after a timeout). S for every child, or
+    /// CHILD=S[,...]; the Saver's includes its last commit and closing the store.
+    #[arg(long, value_name = "SPEC", default_value = "5", value_parser = parse_policy::<ShutdownTimeouts>)]
+    pub shutdown_timeout: ShutdownTimeouts,
+
     /// What SIGHUP does: the ordered shutdown, or a reload of the config file that
     /// applies the log level, the safety rails, the action and the failure rate live.
     #[arg(long, value_enum, default_value_t = OnSighup::Shutdown)]
     pub on_sighup: OnSighup,
 
-    /// Who this service is in the restart history [default: hostname:pid].
-    #[arg(long, value_name = "ID")]
-    pub instance_id: Option<String>,
+    /// Logging: none keeps lifecycle lines only; RUST_LOG overrides it.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log: LogLevel,
 
-    /// Rail: at most N host restarts running at once; the rest wait their turn.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_concurrent_host_restarts: Option<u64>,
+    /// Log line format: text for people, json for log pipelines (one object a line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Warn about any actor handler that runs longer than this many milliseconds, naming
+    /// the actor, what it handled and how long it took. 0 turns the warning off.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub slow_handler_ms: u64,
+
+    /// Warn when the event loop runs a timer this many milliseconds late or more (the
+    /// loop lag, also exported as a metric). 0 turns the warning off.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub lag_warn_ms: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9000.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Keep serving /metrics this long after the final flush at shutdown, so that a last
+    /// scrape sees the final counts.
+    #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
+    pub metrics_linger: Duration,
+
+    /// A status line every --status-every on stderr: auto prints it only when stderr is
+    /// a terminal.
+    #[arg(long, value_enum, default_value_t = StatusArg::Auto)]
+    pub status: StatusArg,
+
+    /// How often the status line is printed.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_positive_duration)]
+    pub status_every: Duration,
+
+    /// Publish this many messages, then shut down once every one is settled; with
+    /// --source jetstream or pubsub, shut down once this many are settled [default: run
+    /// until a signal].
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+
+    /// Fixed delay between published messages; 0 publishes as fast as possible
+    /// [default: random() * 1s, the talk's pace].
+    #[arg(long, value_name = "S", value_parser = parse_duration)]
+    pub publish_delay: Option<Duration>,
+
+    /// Make each publish delay random() * --publish-delay.
+    #[arg(long)]
+    pub jitter: bool,
+
+    /// Publish this many messages a second, in small bursts every 100 µs (one message at a
+    /// time below 10,000 a second); overrides --publish-delay. For load tests at a fixed
+    /// offered rate.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub publish_rate: Option<f64>,
+
+    /// Seed every random choice (host names, ids, failures, delays) for a reproducible run.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Simulated IO: saving and restarting each take random() * S.
+    #[arg(long, value_name = "S", default_value = "1", value_parser = parse_duration)]
+    pub io_delay: Duration,
+
+    /// Make every save and restart take exactly --io-delay, not random() * --io-delay.
+    #[arg(long)]
+    pub io_fixed: bool,
+
+    /// Probability that a simulated restart fails.
+    #[arg(long, value_name = "P", default_value_t = 0.25, value_parser = parse_probability)]
+    pub failure_rate: f64,
+
+    /// Inject faults: KIND:ACTOR=RATE[,...], e.g. panic:saver=0.01,stall:acker=0.001.
+    /// RATE is the chance that one handler call fails (a call may carry a batch of
+    /// messages). Kinds: panic; stall (the handler blocks for twice --handler-deadline);
+    /// error (the saver's commit fails as store-unavailable, the restarter's host restart
+    /// fails). Actors: publisher, consumer, saver, restarter, acker.
+    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+    pub inject: Option<Faults>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -448,13 +474,26 @@ pub enum StatusArg {
 pub enum ConfigFileError {
     #[error("cannot read config file {path}: {reason}")]
     Read { path: String, reason: String },
-    #[error("config file {path} is not valid toml: {reason}")]
-    Syntax { path: String, reason: String },
-    #[error("config file {path}: unknown key `{key}`")]
-    UnknownKey { path: String, key: String },
-    #[error("config file {path}: key `{key}`: {reason}")]
+    #[error("config file {path} is not valid toml, line {line}, column {column}: {reason}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("config file {path}{at}: unknown key `{key}`{hint}")]
+    UnknownKey {
+        path: String,
+        /// Where, as `, line N`, when the key is found in the text.
+        at: String,
+        key: String,
+        /// `; did you mean ...?`, when a key is close.
+        hint: String,
+    },
+    #[error("config file {path}{at}: key `{key}`: {reason}")]
     BadValue {
         path: String,
+        at: String,
         key: String,
         reason: String,
     },
@@ -467,6 +506,9 @@ pub enum ArgsError {
     Clap(#[from] clap::Error),
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    /// A `MANDRILL_` variable holds a value its flag refuses.
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
     /// The restart action's settings do not make a usable action.
     #[error("{0}")]
     Action(String),
@@ -481,23 +523,377 @@ pub enum ArgsError {
 }
 
 impl Cli {
-    /// Parses the command line; with `--config`, the file's settings go first, so that
-    /// flags on the command line override them.
+    /// Parses the command line, the environment and a config file: flags win over
+    /// `MANDRILL_<FLAG>` variables, which win over the file. The file is `--config` (or
+    /// `MANDRILL_CONFIG`), else the first found on the search path.
     pub fn parse_with_file<I, T>(argv: I) -> Result<Cli, ArgsError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
         let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
-        let cli = Cli::try_parse_from(&argv)?;
-        let Some(path) = &cli.config else {
-            return Ok(cli);
+        check_env(&argv)?;
+        let cli = Cli::parse_full(&argv)?;
+        let path = match &cli.config {
+            Some(path) => Some(path.clone()),
+            None => search_path().into_iter().find(|p| p.exists()),
         };
-        let mut merged = vec![argv[0].clone()];
-        merged.extend(file_args(path)?.into_iter().map(Into::into));
-        merged.extend(argv[1..].iter().cloned());
-        Ok(Cli::try_parse_from(merged)?)
+        let mut cli = match &path {
+            None => cli,
+            Some(path) => {
+                let from_file = file_args(path)?
+                    .into_iter()
+                    .filter(|arg| !set_in_env(flag_of(arg)));
+                let mut merged = vec![argv[0].clone()];
+                merged.extend(from_file.map(Into::into));
+                merged.extend(argv[1..].iter().cloned());
+                Cli::parse_full(&merged)?
+            }
+        };
+        cli.config_read = path;
+        cli.warnings = unknown_env_vars();
+        Ok(cli)
     }
+
+    /// The command as the binary parses it: every flag under its `--help` heading, and
+    /// readable from its `MANDRILL_<FLAG>` variable.
+    pub fn command_full() -> clap::Command {
+        use clap::CommandFactory;
+        Cli::command().mut_args(|arg| {
+            let Some(long) = arg.get_long().map(str::to_string) else {
+                return arg;
+            };
+            if is_meta(&arg) {
+                return arg;
+            }
+            let arg = match heading_of(&long) {
+                Some(heading) => arg.help_heading(heading),
+                None => arg,
+            };
+            // Values stay out of `--help`: a variable may hold a secret.
+            arg.env(env_name(&long)).hide_env_values(true)
+        })
+    }
+
+    fn parse_full(argv: &[std::ffi::OsString]) -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        let mut command = Cli::command_full();
+        let matches = command.try_get_matches_from_mut(argv)?;
+        Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+    }
+}
+
+/// The manual page, in roff: clap's sections, with the environment and the files the
+/// binary reads added before the version.
+pub fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(Cli::command_full());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    out.extend_from_slice(
+        br#".SH ENVIRONMENT
+Every flag can be set with a variable named MANDRILL_ and the flag's name in
+capitals, with underscores for hyphens: \fB\-\-failure\-rate\fR is
+\fBMANDRILL_FAILURE_RATE\fR. A flag on the command line wins over its variable,
+which wins over the config file. A bad value in a variable is an error that names
+the variable.
+.TP
+\fBMANDRILL_CONFIG\fR
+The config file, as \fB\-\-config\fR.
+.TP
+\fBDATABASE_URL\fR
+The PostgreSQL database, when \fB\-\-db\-url\fR is unset.
+.TP
+\fBPUBSUB_EMULATOR_HOST\fR
+The Pub/Sub emulator to use instead of Google Cloud.
+.TP
+\fBNO_COLOR\fR
+Set to anything but the empty string, log lines are never coloured. They are
+coloured only when standard error is a terminal.
+.TP
+\fBRUST_LOG\fR
+A log filter that overrides \fB\-\-log\fR.
+.SH FILES
+.TP
+\fI$XDG_CONFIG_HOME/mandrill/mandrill.toml\fR (\fI~/.config\fR when unset)
+The config file read when none is named.
+.TP
+\fI/etc/mandrill/mandrill.toml\fR
+The config file read when none is named and the one above is missing.
+.SH EXIT STATUS
+0 after an ordered shutdown, 1 when the service could not start or an escalation
+stopped it, 2 for a usage error.
+"#,
+    );
+    man.render_version_section(out)
+}
+
+/// Where a config file is looked for when none is named, in order.
+fn search_path() -> Vec<PathBuf> {
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    xdg.map(|d| d.join("mandrill").join("mandrill.toml"))
+        .into_iter()
+        .chain([PathBuf::from("/etc/mandrill/mandrill.toml")])
+        .collect()
+}
+
+/// `--help`, `--version` and `--config`'s own kin: flags that are not settings.
+fn is_meta(arg: &clap::Arg) -> bool {
+    matches!(
+        arg.get_action(),
+        clap::ArgAction::Help
+            | clap::ArgAction::HelpShort
+            | clap::ArgAction::HelpLong
+            | clap::ArgAction::Version
+    )
+}
+
+/// The variable a flag is read from: `--failure-rate` is `MANDRILL_FAILURE_RATE`.
+pub fn env_name(long: &str) -> String {
+    format!("MANDRILL_{}", long.replace('-', "_").to_uppercase())
+}
+
+/// Whether a flag's variable is set, so that it wins over the config file.
+fn set_in_env(long: &str) -> bool {
+    std::env::var_os(env_name(long)).is_some()
+}
+
+/// The flag of one `--flag=value` or `--flag` argument.
+fn flag_of(arg: &str) -> &str {
+    let arg = arg.trim_start_matches("--");
+    arg.split_once('=').map_or(arg, |(flag, _)| flag)
+}
+
+/// The flags under each heading of `--help`, in the order shown.
+const HEADINGS: &[(&str, &[&str])] = &[
+    (
+        "Source",
+        &[
+            "source",
+            "nats-url",
+            "stream",
+            "consumer",
+            "subscription",
+            "topic",
+            "create",
+            "broker-down-timeout",
+            "confirm-acks",
+            "max-deliveries",
+            "max-in-flight",
+            "max-backlog",
+            "ack-deadline",
+            "redelivery-delay",
+            "message-timeout",
+        ],
+    ),
+    (
+        "Store",
+        &[
+            "store",
+            "db",
+            "db-url",
+            "db-pool",
+            "batch-size",
+            "flush-interval",
+            "instance-id",
+            "claim-ttl",
+        ],
+    ),
+    (
+        "Action and safety",
+        &[
+            "action",
+            "command",
+            "command-arg",
+            "webhook-url",
+            "webhook-header",
+            "action-timeout",
+            "unleash",
+            "domain",
+            "min-restart-interval",
+            "allow",
+            "deny",
+            "allowed-hours",
+            "excluded-weekdays",
+            "excluded-days",
+            "timezone",
+            "pause-file",
+            "max-host-restarts",
+            "max-concurrent-host-restarts",
+        ],
+    ),
+    (
+        "Supervision",
+        &[
+            "strategy",
+            "max-restarts",
+            "restart-window",
+            "decider",
+            "restart-type",
+            "handler-deadline",
+            "backoff-min",
+            "backoff-max",
+            "backoff-jitter",
+            "backoff-reset",
+        ],
+    ),
+    (
+        "Shutdown",
+        &[
+            "drain-timeout",
+            "shield-timeout",
+            "shutdown-timeout",
+            "on-sighup",
+            "idle-exit",
+        ],
+    ),
+    (
+        "Observability",
+        &[
+            "log",
+            "log-format",
+            "slow-handler-ms",
+            "lag-warn-ms",
+            "metrics-addr",
+            "metrics-linger",
+            "status",
+            "status-every",
+        ],
+    ),
+    (
+        "Simulation",
+        &[
+            "messages",
+            "publish-delay",
+            "jitter",
+            "publish-rate",
+            "seed",
+            "io-delay",
+            "io-fixed",
+            "failure-rate",
+            "inject",
+        ],
+    ),
+];
+
+fn heading_of(long: &str) -> Option<&'static str> {
+    HEADINGS
+        .iter()
+        .find(|(_, flags)| flags.contains(&long))
+        .map(|(heading, _)| *heading)
+}
+
+/// Checks every `MANDRILL_<FLAG>` variable whose flag the command line does not give, on
+/// its own, so that a bad value is an error naming the variable.
+fn check_env(argv: &[std::ffi::OsString]) -> Result<(), ArgsError> {
+    let command = Cli::command_full();
+    for arg in command.get_arguments().filter(|a| !is_meta(a)) {
+        let Some(long) = arg.get_long() else { continue };
+        let var = env_name(long);
+        let Some(value) = std::env::var_os(&var) else {
+            continue;
+        };
+        let on_command_line = argv.iter().skip(1).any(|a| {
+            let a = a.to_string_lossy();
+            a.strip_prefix("--")
+                .is_some_and(|a| a == long || a.starts_with(&format!("{long}=")))
+        });
+        if on_command_line {
+            continue;
+        }
+        let bad = |reason: String| ArgsError::Env {
+            var: var.clone(),
+            reason,
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| bad("not valid UTF-8".into()))?;
+        if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            const BOOLISH: [&str; 8] = ["true", "false", "1", "0", "yes", "no", "on", "off"];
+            if !BOOLISH.contains(&value.to_ascii_lowercase().as_str()) {
+                return Err(bad(format!(
+                    "{value:?} is not one of true, false, 1, 0, yes, no, on, off"
+                )));
+            }
+            continue;
+        }
+        // The flag's own parser judges it; `--flag=value`, so that -1 is a value.
+        use clap::Parser as _;
+        if let Err(e) = Cli::try_parse_from(["mandrill".to_string(), format!("--{long}={value}")]) {
+            return Err(bad(first_line(&e.to_string())));
+        }
+    }
+    Ok(())
+}
+
+/// The `MANDRILL_` variables set that are no setting but are close to one, each with
+/// the one it is likely meant to be. Others are left alone: a webhook header may read a
+/// variable of any name.
+fn unknown_env_vars() -> Vec<String> {
+    let command = Cli::command_full();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter(|a| !is_meta(a))
+        .filter_map(|a| a.get_long().map(env_name))
+        .collect();
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("MANDRILL_") && !known.contains(k))
+        .filter_map(|k| {
+            let near = closest(&k, known.iter().map(String::as_str))?;
+            Some(format!(
+                "{k} is not a setting, and is ignored; did you mean {near}?"
+            ))
+        })
+        .collect()
+}
+
+/// The candidate closest to `word`, if any is close enough to be a likely typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// A clap error's first line, without its `error: ` prefix.
+fn first_line(e: &str) -> String {
+    e.lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+/// The line and column of a byte offset in `text`, both from 1.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// `, line N`: the first line that sets `key`, or for a key joined from a table, its last
+/// part; empty when none is found.
+fn key_line(text: &str, key: &str) -> String {
+    let leaf = key.rsplit('-').next().unwrap_or(key);
+    [key, leaf]
+        .iter()
+        .find_map(|k| {
+            text.lines().position(|l| {
+                let l = l.trim_start().trim_start_matches('"');
+                l.strip_prefix(k)
+                    .is_some_and(|rest| rest.trim_start_matches('"').trim_start().starts_with('='))
+            })
+        })
+        .map_or(String::new(), |i| format!(", line {}", i + 1))
 }
 
 /// The largest config file read: a config is a few hundred bytes, and a path such as
@@ -530,12 +926,15 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
         path: shown.clone(),
         reason,
     })?;
-    let table: toml::Table =
-        text.parse()
-            .map_err(|e: toml::de::Error| ConfigFileError::Syntax {
-                path: shown.clone(),
-                reason: e.message().to_string(),
-            })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let (line, column) = line_and_column(&text, e.span().map_or(0, |s| s.start));
+        ConfigFileError::Syntax {
+            path: shown.clone(),
+            line,
+            column,
+            reason: e.message().trim().to_string(),
+        }
+    })?;
     let command = Cli::command();
     let is_flag = |key: &str| {
         let flag = key.replace('_', "-");
@@ -552,10 +951,23 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
             .get_arguments()
             .any(|a| a.get_long() == Some(flag.as_str()) && flag != "config");
         if !known {
-            return Err(ConfigFileError::UnknownKey { path: shown, key });
+            let flags = command
+                .get_arguments()
+                .filter(|a| !is_meta(a))
+                .filter_map(|a| a.get_long())
+                .filter(|f| *f != "config");
+            let hint =
+                closest(&flag, flags).map_or(String::new(), |f| format!("; did you mean `{f}`?"));
+            return Err(ConfigFileError::UnknownKey {
+                path: shown,
+                at: key_line(&text, &key),
+                key,
+                hint,
+            });
         }
         let bad = |reason: String| ConfigFileError::BadValue {
             path: shown.clone(),
+            at: key_line(&text, &key),
             key: key.clone(),
             reason,
         };
@@ -610,13 +1022,7 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
         let mut alone = vec!["mandrill".to_string()];
         alone.extend(these.iter().cloned());
         if let Err(e) = Cli::try_parse_from(&alone) {
-            let reason = e.to_string();
-            let reason = reason
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("error: ");
-            return Err(bad(reason.to_string()));
+            return Err(bad(first_line(&e.to_string())));
         }
         args.append(&mut these);
     }
@@ -815,15 +1221,21 @@ impl Cli {
             domain: self.domain,
             max_deliveries: self.max_deliveries,
             max_in_flight: self.max_in_flight as usize,
+            max_backlog: self.max_backlog,
             ack_deadline: self.ack_deadline,
             redelivery_delay: self.redelivery_delay,
             message_timeout: self.message_timeout,
             store: match self.store {
                 StoreArg::Sqlite => StoreKind::Sqlite(self.db),
                 StoreArg::Postgres => {
-                    let url = self.db_url.as_deref().ok_or_else(|| {
-                        ArgsError::Store("--store postgres needs --db-url or DATABASE_URL".into())
-                    })?;
+                    let url = self
+                        .db_url
+                        .or_else(|| std::env::var("DATABASE_URL").ok())
+                        .ok_or_else(|| {
+                            ArgsError::Store(
+                                "--store postgres needs --db-url or DATABASE_URL".into(),
+                            )
+                        })?;
                     StoreKind::Postgres {
                         database: url.parse().map_err(|e| {
                             ArgsError::Store(format!("--db-url is not a postgres url: {e}"))
@@ -1055,6 +1467,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("key `decider`") && e.contains("reboot"), "{e}");
+    }
+
+    #[test]
+    fn every_setting_has_a_heading_and_a_variable() {
+        let command = Cli::command_full();
+        for arg in command.get_arguments().filter(|a| !is_meta(a)) {
+            let long = arg.get_long().expect("every setting has a long flag");
+            if long != "config" {
+                assert!(heading_of(long).is_some(), "--{long} has no heading");
+            }
+            let var = arg.get_env().map(|v| v.to_string_lossy().into_owned());
+            assert_eq!(var, Some(env_name(long)), "--{long}");
+        }
+        for (_, flags) in HEADINGS {
+            for flag in *flags {
+                assert!(
+                    command.get_arguments().any(|a| a.get_long() == Some(flag)),
+                    "--{flag} is under a heading but is no flag"
+                );
+            }
+        }
+        assert_eq!(env_name("failure-rate"), "MANDRILL_FAILURE_RATE");
+    }
+
+    #[test]
+    fn every_duration_is_taken_up_to_its_bound_and_refused_past_it() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let durations: Vec<&str> = command
+            .get_arguments()
+            .filter(|a| {
+                a.get_value_names()
+                    .is_some_and(|names| names.iter().any(|n| n.as_str() == "S"))
+            })
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert!(durations.len() >= 15, "{durations:?}");
+        for flag in durations {
+            let at = format!("--{flag}=366d");
+            assert!(parse(&[&at]).is_ok(), "{at} refused");
+            for past in ["367d", "1e19", "inf"] {
+                let past = format!("--{flag}={past}");
+                let err = parse(&[&past]).expect_err(&format!("{past} accepted"));
+                assert_eq!(err.exit_code(), 2, "{past}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_sample_configs_are_valid() {
+        for sample in ["examples/mandrill.toml", "contrib/mandrill.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(sample);
+            let args = file_args(&path).unwrap_or_else(|e| panic!("{sample}: {e}"));
+            let argv = std::iter::once("mandrill".to_string()).chain(args);
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{sample}: {e}"));
+            cli.into_config()
+                .unwrap_or_else(|e| panic!("{sample}: {e}"));
+        }
+    }
+
+    #[test]
+    fn toml_errors_say_where_and_suggest_a_key() {
+        let err = |toml: &str| with_file(toml, &[]).unwrap_err().to_string();
+        let e = err("messages = 3\nfailure_rat = 0.1");
+        assert!(
+            e.contains(", line 2: unknown key `failure_rat`; did you mean `failure-rate`?"),
+            "{e}"
+        );
+        let e = err("messages = 3\nfailure_rate = ");
+        assert!(e.contains("line 2, column 16"), "{e}");
+        let e = err("messages = 3\n[backoff]\nmin = \"soon\"");
+        assert!(e.contains(", line 3: key `backoff-min`"), "{e}");
+        let e = err("wholly_unlike_anything = 1");
+        assert!(!e.contains("did you mean"), "{e}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Config {
             "source" => source, "messages" => messages, "publish-delay" => publish_delay,
             "publish-rate" => publish_rate, "seed" => seed, "io-delay" => io_delay,
             "domain" => domain, "max-deliveries" => max_deliveries,
-            "max-in-flight" => max_in_flight, "ack-deadline" => ack_deadline,
+            "max-in-flight" => max_in_flight, "max-backlog" => max_backlog, "ack-deadline" => ack_deadline,
             "redelivery-delay" => redelivery_delay, "message-timeout" => message_timeout,
             "store" => store, "batch-size" => batch_size, "flush-interval" => flush_interval,
             "drain-timeout" => drain_timeout, "shield-timeout" => shield_timeout,
@@ -140,6 +140,8 @@ pub struct Config {
     pub domain: String,
     pub max_deliveries: u32,
     pub max_in_flight: usize,
+    /// Messages the in-memory broker holds, not yet acked or dead-lettered, at most.
+    pub max_backlog: u64,
     /// How long a delivery's lease lasts before the subscription redelivers it.
     pub ack_deadline: Duration,
     /// How long a nacked message waits before redelivery.
@@ -194,6 +196,42 @@ pub struct Config {
     pub handle_signals: bool,
 }
 
+impl Config {
+    /// Where messages come from, where they are kept and what restarts hosts, in a few
+    /// words each, for the start-up banner.
+    pub fn describe(&self) -> String {
+        let source = match &self.source {
+            Source::Simulated => "simulated publisher, in-memory broker".to_string(),
+            Source::Stdin => "stdin, in-memory broker".to_string(),
+            Source::JetStream(js) => format!(
+                "jetstream {} stream {} consumer {}",
+                js.target.url, js.target.stream, js.consumer.name
+            ),
+            Source::PubSub(ps) => {
+                let at = std::env::var("PUBSUB_EMULATOR_HOST")
+                    .map_or("Google Cloud".to_string(), |h| {
+                        format!("the emulator at {h}")
+                    });
+                format!("pubsub {} on {at}", ps.subscription.name)
+            }
+        };
+        let store = match &self.store {
+            StoreKind::Sqlite(path) => format!("sqlite {}", path.display()),
+            StoreKind::Postgres { database, pool } => format!("{database} ({pool} connections)"),
+            StoreKind::Memory => "memory, nothing kept".to_string(),
+        };
+        let leash = if self.unleash { "unleashed" } else { "leashed" };
+        let action = match &self.action {
+            ActionSpec::Simulated => format!("simulated, failing at {}", self.failure_rate),
+            ActionSpec::Command { template, .. } => {
+                format!("command {} ({leash})", template.program().display())
+            }
+            ActionSpec::Webhook { url, .. } => format!("webhook {url} ({leash})"),
+        };
+        format!("source {source}; store {store}; action {action}")
+    }
+}
+
 /// What a claim's ttl adds to the action's timeout by default: time to record the
 /// outcome once the action is done.
 const CLAIM_MARGIN: Duration = Duration::from_secs(30);
@@ -231,6 +269,7 @@ impl Default for Config {
             domain: "example.net".into(),
             max_deliveries: 5,
             max_in_flight: 1000,
+            max_backlog: 100_000,
             ack_deadline: Duration::from_secs(10),
             redelivery_delay: Duration::ZERO,
             message_timeout: Duration::from_secs(30),

@@ -86,6 +86,64 @@ pub fn flush() {
     drop(guard);
 }
 
+/// The fields a per-message line carries for log pipelines: JSON lines show them, and
+/// text lines keep the talk's shape without them.
+const MESSAGE_FIELDS: [&str; 5] = ["instance_name", "message_id", "attempt", "actor", "outcome"];
+
+/// Text fields: the message, then every other field as `name=value`, except a
+/// per-message line's `MESSAGE_FIELDS`, which its text already says in words. A line
+/// is per-message when it has an `outcome`.
+struct TalkFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TalkFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        struct Collect(Vec<(&'static str, String)>);
+        impl tracing::field::Visit for Collect {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                let shown = if field.name() == "message" {
+                    value.to_string()
+                } else {
+                    format!("{value:?}")
+                };
+                self.0.push((field.name(), shown));
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push((field.name(), format!("{value:?}")));
+            }
+        }
+        let mut all = Collect(Vec::new());
+        fields.record(&mut all);
+        let per_message = all.0.iter().any(|(name, _)| *name == "outcome");
+        let mut line = all
+            .0
+            .iter()
+            .find(|(name, _)| *name == "message")
+            .map_or(String::new(), |(_, text)| text.clone());
+        for (name, value) in &all.0 {
+            if *name == "message" || (per_message && MESSAGE_FIELDS.contains(name)) {
+                continue;
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&format!("{name}={value}"));
+        }
+        writer.write_str(&line)
+    }
+}
+
+/// Whether log lines are coloured: only on a terminal, and never when `NO_COLOR` is set
+/// to anything but the empty string (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    std::io::stderr().is_terminal() && !no_colour
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
 ///
 /// Lines are formatted on the logging thread but written by a dedicated thread, so a
@@ -114,6 +172,7 @@ pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
+        .with_ansi(colour())
         .with_env_filter(filter)
         .with_target(false)
         // By default a failed write is reported with `eprintln!`, which panics when stderr
@@ -122,7 +181,7 @@ pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
         .log_internal_errors(false);
     let set: SetLevel = match format {
         LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
+            let builder = builder.fmt_fields(TalkFields).with_filter_reloading();
             let handle = builder.reload_handle();
             builder.init();
             level_setter(handle)

@@ -1,6 +1,6 @@
 //! The `mandrill` binary: parse flags, set up logs and metrics, run, print the report.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -22,18 +22,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a shell's completion script or the manual page.
+fn print_docs() -> anyhow::Result<ExitCode> {
+    use clap::Parser as _;
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Made whole first: the generator panics on a failed write, and a reader such as
+    // `head` may close the pipe early, which is no error.
+    let mut text = Vec::new();
+    match cli.subcommand {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command_full(), "mandrill", &mut text);
+        }
+        Some(Command::Man) => mandrill::cli::man_page(&mut text)?,
+        _ => unreachable!("only called for completions and man"),
+    }
+    match std::io::stdout().lock().write_all(&text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     // Before anything else: a signal during start-up takes the ordered path once the
     // service runs. The subcommands keep the default actions. A word that merely looks
     // like one (a value such as `--command publish`) only skips this.
-    let subcommand = std::env::args_os()
-        .skip(1)
-        .any(|a| a == "publish" || a == "history");
+    let subcommand = std::env::args_os().skip(1).any(|a| {
+        ["publish", "history", "completions", "man"]
+            .iter()
+            .any(|c| a == *c)
+    });
     let early = if subcommand {
         Ok(())
     } else {
         app::catch_signals_early()
     };
+    // Completions and the manual need neither the environment nor a config file, so a
+    // broken one does not keep them from a user.
+    let first = std::env::args().nth(1);
+    if matches!(first.as_deref(), Some("completions" | "man")) {
+        return print_docs();
+    }
     let cli = match Cli::parse_with_file(std::env::args_os()) {
         Ok(cli) => cli,
         Err(ArgsError::Clap(e)) => e.exit(),
@@ -65,18 +96,27 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     // Dropped at the end of `main`, which flushes every buffered log line.
     let _log = logging::init(cli.log, cli.log_format);
+    for warning in &cli.warnings {
+        tracing::warn!("{warning}");
+    }
     if let Err(e) = early {
         tracing::warn!("Cannot catch signals at start-up ({e}); they are caught once running");
     }
     let health = Arc::new(metrics::Health::default());
-    if let Some(addr) = cli.metrics_addr {
-        let bound = metrics::serve(addr, health.clone())
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tracing::info!(
-            "Serving Prometheus metrics at http://{bound}/metrics, probes at /healthz and /readyz"
-        );
-    }
+    let served = match cli.metrics_addr {
+        Some(addr) => {
+            let bound = metrics::serve(addr, health.clone())
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            format!("http://{bound}/metrics")
+        }
+        None => "off".to_string(),
+    };
+    let config_read = cli
+        .config_read
+        .as_ref()
+        .map_or("none".to_string(), |p| p.display().to_string());
     let linger = cli.metrics_linger;
+    let cli_metrics = cli.metrics_addr.is_some();
     let mut config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -85,6 +125,14 @@ fn run() -> anyhow::Result<ExitCode> {
         }
     };
     config.health = health;
+    tracing::info!(
+        "mandrill {} starting: {}; metrics {served}; config file {config_read}",
+        env!("CARGO_PKG_VERSION"),
+        config.describe()
+    );
+    if cli_metrics {
+        tracing::info!("Serving Prometheus metrics at {served}, probes at /healthz and /readyz");
+    }
     if config.on_sighup == OnSighup::Reload {
         // A reload reads the same command line, and so the config file it names, again.
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -102,8 +150,15 @@ fn run() -> anyhow::Result<ExitCode> {
         tracing::error!("Cannot write the run report: {e}");
     }
     if !linger.is_zero() {
-        // The exporter runs on its own thread, so /metrics stays up with the final counts.
         tracing::info!("Serving the final metrics for {linger:?} more");
+    }
+    if std::io::stderr().is_terminal() {
+        // The last thing a person sees: after every log line, which the flush writes out.
+        logging::flush();
+        eprint!("{}", report.summary());
+    }
+    if !linger.is_zero() {
+        // The exporter runs on its own thread, so /metrics stays up with the final counts.
         std::thread::sleep(linger);
     }
     Ok(ExitCode::from(report.exit_code as u8))

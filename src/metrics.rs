@@ -187,10 +187,15 @@ impl Timings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Percentiles {
     pub count: u64,
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub p50: f64,
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub p90: f64,
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub p99: f64,
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub p999: f64,
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub max: f64,
 }
 
@@ -215,7 +220,12 @@ impl Percentiles {
 
 /// What the probes answer from: whether the event loop is alive, and whether the
 /// service is ready for work. The Monitor beats and judges readiness once a second; the
-/// SignalActor marks the start of the shutdown.
+/// SignalActor marks a reload and the start of the shutdown.
+///
+/// It tells systemd too, under `Type=notify` (`contrib/mandrill.service`): `READY=1` the
+/// first time the service is ready and after each reload, `RELOADING=1` when a reload
+/// begins, `STOPPING=1` when the shutdown does. Without `NOTIFY_SOCKET` that costs
+/// nothing.
 #[derive(Debug)]
 pub struct Health {
     born: Instant,
@@ -224,6 +234,8 @@ pub struct Health {
     /// The broker and the store are connected.
     connected: AtomicBool,
     stopping: AtomicBool,
+    /// systemd was told the service is ready.
+    announced: AtomicBool,
 }
 
 /// A loop that has not beaten for this long is stuck, and `/healthz` says so.
@@ -236,6 +248,7 @@ impl Default for Health {
             beat_ms: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
         }
     }
 }
@@ -257,16 +270,45 @@ impl Health {
     /// Whether the broker and the store were both connected at the last look.
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Relaxed);
+        if up && !self.stopping.load(Relaxed) && !self.announced.swap(true, Relaxed) {
+            tell_systemd(&[sd_notify::NotifyState::Ready]);
+        }
     }
 
     /// The shutdown has begun: the service takes no new work from here on.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Relaxed);
+        tell_systemd(&[sd_notify::NotifyState::Stopping]);
+    }
+
+    /// A reload of the configuration has begun.
+    pub fn reloading(&self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        // systemd matches a reload to its request by this clock.
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        tell_systemd(&states);
+    }
+
+    /// The reload is over, whether it changed anything or not.
+    pub fn reloaded(&self) {
+        if self.announced.load(Relaxed) && !self.stopping.load(Relaxed) {
+            tell_systemd(&[sd_notify::NotifyState::Ready]);
+        }
     }
 
     /// Connected and not shutting down.
     pub fn ready(&self) -> bool {
         self.connected.load(Relaxed) && !self.stopping.load(Relaxed)
+    }
+}
+
+/// Sends `states` to the service manager, if one listens. A failure to tell it is logged
+/// and changes nothing else: the service runs the same without one.
+fn tell_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("Cannot notify the service manager: {e}");
     }
 }
 

@@ -21,10 +21,13 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_counts: Option<&'static str>,
     /// From start to the last outcome, or to the signal.
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub elapsed_s: f64,
     /// `(acked + nacked) / elapsed_s`.
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub msgs_per_s: f64,
     /// From the start of the shutdown to its end.
+    #[serde(serialize_with = "crate::units::round_f64")]
     pub shutdown_s: f64,
     /// `done`, `eof`, `escalation` or the signal's name.
     pub stopped_by: String,
@@ -82,9 +85,104 @@ impl Report {
         export_supervision(&self.supervision);
     }
 
+    /// A few aligned lines for a person at a terminal: what the run did, how it was
+    /// stopped, and how long it took.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let rows = [
+            ("published", c.published),
+            ("acked", c.acked),
+            ("nacked", c.nacked),
+            ("dead-lettered", c.dead_lettered),
+            ("pending at exit", self.pending_at_exit),
+            ("host restarts", c.restarted),
+            ("restarts refused", self.refused.values().sum()),
+            ("actor restarts", c.actor_restarts),
+            ("panics caught", c.panics),
+        ];
+        let numbers: Vec<String> = rows.iter().map(|(_, n)| thousands(*n)).collect();
+        let width = numbers.iter().map(String::len).max().unwrap_or(0);
+        let how = match self.stopped_by.as_str() {
+            "done" => "finished: all it published was settled".to_string(),
+            "eof" => "finished: the input ended and all of it was settled".to_string(),
+            "idle" => "stopped: nothing to pull for --idle-exit".to_string(),
+            "escalation" => format!(
+                "stopped by an escalation: {}",
+                self.escalation.as_deref().unwrap_or("unknown")
+            ),
+            signal => format!("stopped by {signal}"),
+        };
+        let mut out = format!(
+            "mandrill {how}, after {:.2} s (shutdown {:.2} s), exit {}\n",
+            self.elapsed_s, self.shutdown_s, self.exit_code
+        );
+        for ((label, _), n) in rows.iter().zip(&numbers) {
+            out.push_str(&format!("  {label:<16} {n:>width$}\n"));
+        }
+        out.push_str(&format!(
+            "  {:<16} {:.0} msgs/s\n",
+            "throughput", self.msgs_per_s
+        ));
+        out
+    }
+
     /// The conservation law every run must keep.
     pub fn conserved(&self) -> bool {
         self.counts.published
             == self.counts.acked + self.counts.dead_lettered + self.pending_at_exit
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_aligns_its_numbers_and_rounds_its_times() {
+        let report = Report {
+            counts: Counts {
+                published: 1_234_567,
+                acked: 1_200_000,
+                restarted: 7,
+                ..Counts::default()
+            },
+            pending_at_exit: 34_567,
+            broker_counts: None,
+            elapsed_s: 1.800_190_999_999_999_9,
+            msgs_per_s: 685_812.345,
+            shutdown_s: 0.25,
+            stopped_by: "SIGTERM".into(),
+            exit_code: 0,
+            escalation: None,
+            supervision: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            killed_at_shutdown: Vec::new(),
+            ack_latency_ms: Percentiles::default(),
+            panic_recovery_ms: Percentiles::default(),
+            loop_lag_ms: Percentiles::default(),
+        };
+        let text = report.summary();
+        assert!(
+            text.starts_with("mandrill stopped by SIGTERM, after 1.80 s (shutdown 0.25 s), exit 0"),
+            "{text}"
+        );
+        assert!(text.contains("  published        1,234,567\n"), "{text}");
+        assert!(text.contains("  host restarts            7\n"), "{text}");
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"elapsed_s\":1.80019,"), "{json}");
+        assert!(json.contains("\"msgs_per_s\":685812.0,"), "{json}");
     }
 }

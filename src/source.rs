@@ -11,8 +11,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{error, info};
 
-use crate::broker::Publish;
-use crate::message::{parse_line, WireError, MAX_LINE};
+use crate::broker::{Backlog, Publish};
+use crate::message::{parse_line, Message, WireError, MAX_LINE};
 use crate::metrics::Metrics;
 use crate::protocol::InputClosed;
 
@@ -24,20 +24,48 @@ const BATCH: usize = 256;
 pub fn spawn(
     input: Box<dyn Read + Send>,
     publish: Recipient<Publish>,
+    backlog: Option<Arc<Backlog>>,
     closed: Recipient<InputClosed>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("stdin-source".into())
-        .spawn(move || read_all(BufReader::new(input), &publish, &metrics, &closed))
+        .spawn(move || {
+            let out = Output {
+                publish,
+                backlog,
+                metrics,
+            };
+            read_all(BufReader::new(input), &out, &closed)
+        })
 }
 
-fn read_all(
-    mut input: BufReader<impl Read>,
-    publish: &Recipient<Publish>,
-    metrics: &Metrics,
-    closed: &Recipient<InputClosed>,
-) {
+/// Where accepted messages go.
+struct Output {
+    publish: Recipient<Publish>,
+    backlog: Option<Arc<Backlog>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Output {
+    /// Publishes a batch, as it finds room in the backlog: while the broker holds all it
+    /// may, the thread waits, and reads no more of the input.
+    fn publish(&self, mut batch: Vec<Message>) {
+        while !batch.is_empty() {
+            let n = match &self.backlog {
+                Some(backlog) => backlog.take_blocking(batch.len() as u64) as usize,
+                None => batch.len(),
+            };
+            let rest = batch.split_off(n);
+            Metrics::add(&self.metrics.published, n as u64);
+            self.publish.do_send(Publish(batch));
+            batch = rest;
+        }
+    }
+}
+
+fn read_all(mut input: BufReader<impl Read>, out: &Output, closed: &Recipient<InputClosed>) {
+    let metrics = &out.metrics;
     let mut batch = Vec::with_capacity(BATCH);
     let mut line = Vec::new();
     let (mut number, mut accepted, mut rejected) = (0u64, 0u64, 0u64);
@@ -86,15 +114,10 @@ fn read_all(
             }
         }
         if batch.len() >= BATCH || (!batch.is_empty() && input.buffer().is_empty()) {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            Metrics::add(&metrics.published, full.len() as u64);
-            publish.do_send(Publish(full));
+            out.publish(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
         }
     }
-    if !batch.is_empty() {
-        Metrics::add(&metrics.published, batch.len() as u64);
-        publish.do_send(Publish(batch));
-    }
+    out.publish(batch);
     info!("End of input after {number} lines: {accepted} accepted, {rejected} rejected");
     closed.do_send(InputClosed);
 }
@@ -142,6 +165,48 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn the_reader_waits_for_room_in_the_backlog() {
+        let (publish, published) = sink::<Publish>();
+        let (closed, closes) = sink::<InputClosed>();
+        let metrics = Arc::new(Metrics::default());
+        let backlog = Arc::new(Backlog::new(2));
+        let input: String = (1..=5).map(|n| line(n) + "\n").collect();
+        let handle = spawn(
+            Box::new(std::io::Cursor::new(input.into_bytes())),
+            publish,
+            Some(backlog.clone()),
+            closed,
+            metrics.clone(),
+        )
+        .unwrap();
+        let count = |published: &crate::testkit::Got<Publish>| -> usize {
+            published.take().iter().map(|p| p.0.len()).sum()
+        };
+        let mut got = 0;
+        for _ in 0..100 {
+            settle().await;
+            got += count(&published);
+            if got >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(got, 2);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        settle().await;
+        assert_eq!(count(&published), 0, "read past the bound");
+        assert!(!handle.is_finished());
+        assert_eq!(metrics.published.load(Relaxed), 2);
+        backlog.give(3);
+        let joined = actix_rt::task::spawn_blocking(move || handle.join()).await;
+        joined.unwrap().unwrap();
+        settle().await;
+        assert_eq!(count(&published), 3);
+        assert_eq!(metrics.published.load(Relaxed), 5);
+        assert_eq!(closes.len(), 1);
+    }
+
+    #[actix_rt::test]
     async fn edge_cases_of_line_reading() {
         let (publish, published) = sink::<Publish>();
         let (closed, closes) = sink::<InputClosed>();
@@ -163,6 +228,7 @@ mod tests {
         let handle = spawn(
             Box::new(std::io::Cursor::new(input.into_bytes())),
             publish,
+            None,
             closed,
             metrics.clone(),
         )

@@ -52,6 +52,22 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Serializes a float to six significant digits: a report says `1.80019`, not
+/// `1.8001909999999999`, and keeps a microsecond's resolution in a millisecond figure.
+pub(crate) fn round_f64<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(significant(*x, 6))
+}
+
+/// `x` to `digits` significant digits.
+pub(crate) fn significant(x: f64, digits: usize) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    format!("{x:.*e}", digits.saturating_sub(1))
+        .parse()
+        .unwrap_or(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

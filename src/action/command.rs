@@ -69,6 +69,11 @@ pub struct Template {
 }
 
 impl Template {
+    /// The program it runs.
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+
     /// Parses `argv` and finds its program on the `PATH`, so that a typo is a start-up
     /// error rather than a failure per message.
     pub fn parse(argv: &[String]) -> Result<Self, TemplateError> {

@@ -87,6 +87,20 @@ impl std::str::FromStr for Url {
     }
 }
 
+/// Shows the endpoint without a password or a query, which may hold a secret.
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match reqwest::Url::parse(&self.0) {
+            Ok(mut u) => {
+                let _ = u.set_password(None);
+                u.set_query(None);
+                f.write_str(u.as_str())
+            }
+            Err(_) => f.write_str("(unparsable url)"),
+        }
+    }
+}
+
 /// How the webhook action runs.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {

@@ -148,9 +148,18 @@ impl Acker {
             return;
         };
         let msg = p.delivery.message;
+        let (id, attempt) = (msg.message_id, p.delivery.attempt);
         let verdict = match (saved, restarted) {
             (Ok(()), Ok(())) => {
-                info!(target: FLOW, "Done. Acked {msg}");
+                info!(
+                    target: FLOW,
+                    instance_name = %msg.instance_name,
+                    message_id = %id,
+                    attempt,
+                    actor = "acker",
+                    outcome = "acked",
+                    "Done. Acked {msg}"
+                );
                 let took = now
                     .duration_since(p.delivery.published_at)
                     .unwrap_or_default();
@@ -158,11 +167,27 @@ impl Acker {
                 Verdict::Ack
             }
             (Err(e), _) | (_, Err(e)) if e.is_final() => {
-                warn!(target: FLOW, "Dead-lettered {msg} at once: {e}");
+                warn!(
+                    target: FLOW,
+                    instance_name = %msg.instance_name,
+                    message_id = %id,
+                    attempt,
+                    actor = "acker",
+                    outcome = "dead_lettered",
+                    "Dead-lettered {msg} at once: {e}"
+                );
                 Verdict::DeadLetter
             }
             (Err(e), _) | (_, Err(e)) => {
-                warn!(target: FLOW, "Nacked {msg}: {e}");
+                warn!(
+                    target: FLOW,
+                    instance_name = %msg.instance_name,
+                    message_id = %id,
+                    attempt,
+                    actor = "acker",
+                    outcome = "nacked",
+                    "Nacked {msg}: {e}"
+                );
                 self.failed(&p.delivery)
             }
         };
@@ -327,7 +352,16 @@ impl Handler<Track> for Acker {
                 .0
                 .iter()
                 .map(|d| {
-                    warn!(target: FLOW, "Nacked {}: acker is stopped", d.message);
+                    warn!(
+                        target: FLOW,
+                        instance_name = %d.message.instance_name,
+                        message_id = %d.message.message_id,
+                        attempt = d.attempt,
+                        actor = "acker",
+                        outcome = "nacked",
+                        "Nacked {}: acker is stopped",
+                        d.message
+                    );
                     Settlement {
                         tag: d.tag,
                         verdict: self.failed(d),

@@ -133,7 +133,16 @@ impl Consumer {
             batch.iter().filter(|d| d.attempt > 1).count() as u64,
         );
         for d in &batch {
-            info!(target: FLOW, "Pulled {}", d.message);
+            info!(
+                target: FLOW,
+                instance_name = %d.message.instance_name,
+                message_id = %d.message.message_id,
+                attempt = d.attempt,
+                actor = "consumer",
+                outcome = "pulled",
+                "Pulled {}",
+                d.message
+            );
         }
         // Track first: the Acker must know a message before its outcomes arrive, and one
         // mailbox delivers in order.
@@ -254,6 +263,7 @@ mod tests {
                 max_in_flight,
                 max_deliveries: 5,
                 ack_deadline: Duration::from_secs(10),
+                backlog: None,
             },
             Injector::none(ChildName::Broker),
         )

@@ -126,11 +126,13 @@ impl Monitor {
         let secs = at.elapsed().as_secs_f64().max(1e-9);
         self.last_status = (outcomes, Instant::now());
         info!(
-            "Status: {:.0} msgs/s, {} in flight, {} acked, {} nacked, {} restarts, lag {:.1} ms",
+            "Status: {:.0} msgs/s, {} in flight, {} acked, {} nacked, {} host restarts, \
+             {} actor restarts, lag {:.1} ms",
             (outcomes - before) as f64 / secs,
             self.in_flight,
             c.acked,
             c.nacked,
+            c.restarted,
             c.actor_restarts,
             self.last_lag.as_secs_f64() * 1000.0
         );

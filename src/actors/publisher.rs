@@ -4,13 +4,14 @@
 //! to the subscription without ever waiting on their consumption. It stops after
 //! `--messages N` or when the shutdown begins, and then closes the subscription's input.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use rand::{rngs::SmallRng, Rng};
 use tracing::info;
 
-use crate::broker::Publish;
+use crate::broker::{Backlog, Publish};
 use crate::faults::Injector;
 use crate::iowait::Alarm;
 use crate::iowait::AlarmClock;
@@ -38,6 +39,8 @@ pub struct PublisherConfig {
     /// What times a paced publisher's ticks: one per resolution of the clock, or one per
     /// message at rates below that.
     pub clock: AlarmClock,
+    /// The broker's places for messages not yet delivered; none, no bound.
+    pub backlog: Option<Arc<Backlog>>,
 }
 
 pub struct Publisher {
@@ -136,12 +139,43 @@ impl Publisher {
         if n == 0 {
             return self.schedule(ctx);
         }
+        let Some(backlog) = self.config.backlog.clone() else {
+            return self.publish(n, ctx);
+        };
+        match backlog.try_take(n) {
+            0 => {
+                // The backlog is full: wait for the pipeline to take some, off the loop.
+                let wait = async move { backlog.take(n).await };
+                ctx.spawn(wait.into_actor(self).map(|k, act, ctx| {
+                    guard(act, ctx, "publish tick", |act, ctx| act.publish(k, ctx));
+                }));
+            }
+            k => self.publish(k, ctx),
+        }
+    }
+
+    /// Publishes `n` messages, for which it holds places in the backlog if there is one,
+    /// and schedules the next tick.
+    fn publish(&mut self, n: u64, ctx: &mut Context<Self>) {
+        if self.stopped || self.exited {
+            if let Some(backlog) = &self.config.backlog {
+                backlog.give(n);
+            }
+            return;
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let batch: Vec<Message> = (0..n).map(|_| self.make(now_ms)).collect();
         for m in &batch {
-            info!(target: FLOW, "Published {m}");
+            info!(
+                target: FLOW,
+                instance_name = %m.instance_name,
+                message_id = %m.message_id,
+                actor = "publisher",
+                outcome = "published",
+                "Published {m}"
+            );
         }
         self.sent += n;
         Metrics::add(&self.link.metrics.published, n);
@@ -271,7 +305,7 @@ mod tests {
     }
 
     fn rig_of(restart: RestartType, delay: Duration, limit: Option<u64>, seed: u64) -> Rig {
-        rig_full(restart, delay, None, limit, seed)
+        rig_full(restart, delay, None, limit, seed, None)
     }
 
     fn rig_full(
@@ -280,6 +314,7 @@ mod tests {
         rate: Option<f64>,
         limit: Option<u64>,
         seed: u64,
+        backlog: Option<Arc<Backlog>>,
     ) -> Rig {
         let (link, _, exits) = link_with(ChildPolicy {
             decider: Default::default(),
@@ -293,6 +328,7 @@ mod tests {
             limit,
             rate,
             clock: AlarmClock::Tokio,
+            backlog,
         };
         let rng = crate::faults::rng_for(Some(seed), crate::faults::Purpose::Publishing);
         let injector = crate::faults::Faults::default().injector(ChildName::Publisher, None);
@@ -351,6 +387,34 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn an_unpaced_publisher_waits_for_room_in_the_backlog() {
+        let backlog = Arc::new(Backlog::new(100));
+        let r = rig_full(
+            RestartType::Transient,
+            Duration::ZERO,
+            None,
+            Some(1000),
+            1,
+            Some(backlog.clone()),
+        );
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 100);
+        settle().await;
+        assert!(
+            messages(&r.published).is_empty(),
+            "published past the bound"
+        );
+        // 30 of them leave the broker: 30 more go out, and no more.
+        backlog.give(30);
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 30);
+        backlog.give(1000);
+        settle().await;
+        assert_eq!(messages(&r.published).len(), 870);
+        assert_eq!(r.closed.len(), 1);
+    }
+
+    #[actix_rt::test]
     async fn publishes_exactly_the_limit_then_closes_input() {
         let r = rig(Duration::ZERO, Some(2500), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -397,6 +461,7 @@ mod tests {
             Some(100_000.0),
             None,
             1,
+            None,
         );
         settle().await;
         tokio::time::sleep(Duration::from_millis(100)).await;

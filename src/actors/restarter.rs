@@ -505,7 +505,13 @@ impl Restarter {
                     };
                     let hostname = job.host.hostname(&self.config.domain);
                     for tag in joiners.into_iter().chain([job.id]) {
-                        info!(target: FLOW, "Skipped restarting {hostname}: {why}");
+                        info!(
+                            target: FLOW,
+                            instance_name = %job.host,
+                            actor = "restarter",
+                            outcome = "skipped",
+                            "Skipped restarting {hostname}: {why}"
+                        );
                         Metrics::inc(&self.link.metrics.restart_skipped);
                         self.notice(job.host, || RestartOutcome::Skipped(why.clone()));
                         out.outcomes.push(Outcome::ok_for(tag));
@@ -549,6 +555,11 @@ impl Restarter {
     fn refuse_joiner(&mut self, job: &RestartJob, rail: Rail) {
         info!(
             target: FLOW,
+            instance_name = %job.host,
+            message_id = %job.message_id,
+            attempt = job.attempt,
+            actor = "restarter",
+            outcome = "refused",
             "Refused restarting {}: the {} rail",
             job.host.hostname(&self.config.domain),
             rail.as_str()
@@ -674,13 +685,27 @@ impl Restarter {
                 out.rows.push(row);
                 Metrics::inc(&self.link.metrics.restarted);
                 let hostname = host.hostname(&self.config.domain);
-                info!(target: FLOW, "Restarted {hostname}");
+                info!(
+                    target: FLOW,
+                    instance_name = %host,
+                    message_id = %job.message_id,
+                    attempt = job.attempt,
+                    actor = "restarter",
+                    outcome = "restarted",
+                    "Restarted {hostname}"
+                );
                 self.notice(host, || RestartOutcome::Restarted);
                 if tracked {
                     out.outcomes.push(Outcome::ok_for(job.id));
                 }
                 for tag in joiners {
-                    info!(target: FLOW, "Skipped restarting {hostname}: {SHARED}");
+                    info!(
+                        target: FLOW,
+                        instance_name = %host,
+                        actor = "restarter",
+                        outcome = "skipped",
+                        "Skipped restarting {hostname}: {SHARED}"
+                    );
                     Metrics::inc(&self.link.metrics.restart_skipped);
                     self.notice(host, || RestartOutcome::Skipped(SHARED.into()));
                     out.outcomes.push(Outcome::ok_for(tag));
@@ -868,6 +893,11 @@ impl Handler<Restart> for Restarter {
                     Plan::Skip(why) => {
                         info!(
                             target: FLOW,
+                            instance_name = %host,
+                            message_id = %job.message_id,
+                            attempt = job.attempt,
+                            actor = "restarter",
+                            outcome = "skipped",
                             "Skipped restarting {}: {why}",
                             host.hostname(&act.config.domain)
                         );
@@ -902,6 +932,11 @@ impl Handler<Restart> for Restarter {
                         let would = act.action.describe(&job);
                         info!(
                             target: FLOW,
+                            instance_name = %host,
+                            message_id = %job.message_id,
+                            attempt = job.attempt,
+                            actor = "restarter",
+                            outcome = "leashed",
                             "Would restart {} (leashed): {would}",
                             host.hostname(&act.config.domain)
                         );

@@ -39,6 +39,9 @@ pub struct SaverConfig {
     pub batch_size: usize,
     /// ...or this long after its first message, whichever comes first.
     pub flush_interval: Duration,
+    /// Whether the store keeps what it is given past the run: the log says "into
+    /// database" only then.
+    pub persistent: bool,
 }
 
 #[derive(Default)]
@@ -190,10 +193,24 @@ impl Saver {
         let res = res.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())));
         match res {
             Ok(_) => {
+                let where_to = if self.config.persistent {
+                    "into database"
+                } else {
+                    "in memory, which the run does not keep"
+                };
                 let outcomes = batch
                     .into_iter()
                     .map(|d| {
-                        info!(target: FLOW, "Saved {} into database", d.message);
+                        info!(
+                            target: FLOW,
+                            instance_name = %d.message.instance_name,
+                            message_id = %d.message.message_id,
+                            attempt = d.attempt,
+                            actor = "saver",
+                            outcome = "saved",
+                            "Saved {} {where_to}",
+                            d.message
+                        );
                         Outcome::ok(d)
                     })
                     .collect();
@@ -466,6 +483,7 @@ mod tests {
             io_clock: crate::iowait::AlarmClock::Tokio,
             batch_size,
             flush_interval: Duration::from_millis(5),
+            persistent: true,
         };
         let faults: crate::faults::Faults = faults.parse().unwrap();
         let saver = start_saver(
@@ -638,6 +656,7 @@ mod tests {
             io_clock: crate::iowait::AlarmClock::Tokio,
             batch_size: 1,
             flush_interval: Duration::from_millis(5),
+            persistent: true,
         };
         let injector = crate::faults::Injector::none(ChildName::Saver);
         let saver = start_saver(link, acker, store, config, injector);
@@ -705,6 +724,7 @@ mod tests {
                 io_clock: crate::iowait::AlarmClock::Tokio,
                 batch_size: 1,
                 flush_interval: Duration::from_millis(5),
+                persistent: true,
             };
             let faults: crate::faults::Faults = faults.parse().unwrap();
             let injector = faults

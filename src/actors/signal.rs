@@ -363,8 +363,11 @@ impl SignalActor {
             warn!("Nothing to reload from; the configuration stays as it is");
             return;
         };
+        self.metrics.health.reloading();
         let read = actix_rt::task::spawn_blocking(move || read());
         ctx.spawn(read.into_actor(self).map(|res, act, _| {
+            // The old configuration or the new one, the service is ready again.
+            act.metrics.health.reloaded();
             let settings = match res {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

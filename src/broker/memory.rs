@@ -6,6 +6,7 @@
 //! adapter keeps every message, as a real broker keeps them when its client reconnects,
 //! and only answers a parked pull.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use std::{cmp::Reverse, collections::BinaryHeap, collections::VecDeque};
 
@@ -13,7 +14,9 @@ use actix::prelude::*;
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{debug, warn};
 
-use super::{BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Settlement, Verdict};
+use super::{
+    Backlog, BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Settlement, Verdict,
+};
 use crate::faults::Injector;
 use crate::message::{AckId, Delivery, Message};
 use crate::metrics::Metrics;
@@ -33,6 +36,9 @@ struct Held {
     /// Deliveries made so far.
     attempts: u32,
     published_at: SystemTime,
+    /// It holds a place in the backlog, given back when it leaves the broker: acked or
+    /// dead-lettered.
+    placed: bool,
 }
 
 #[derive(Debug)]
@@ -56,6 +62,8 @@ pub struct MemoryBrokerConfig {
     /// Acker dead-letters a failed one itself.
     pub max_deliveries: u32,
     pub ack_deadline: Duration,
+    /// The places for messages not yet delivered, which publishers take; none, no bound.
+    pub backlog: Option<Arc<Backlog>>,
 }
 
 /// The in-memory broker.
@@ -179,13 +187,26 @@ impl MemoryBroker {
         }
     }
 
+    /// Gives back the places of `n` messages that left the broker.
+    fn free_places(&self, n: u64) {
+        if let Some(backlog) = &self.config.backlog {
+            backlog.give(n);
+        }
+    }
+
     /// Dead letters are logged, not kept: a topic nobody reads would grow by a quarter of
     /// the traffic at the benchmark's failure rate.
     fn dead_letter(&self, held: Held, why: &str) {
         warn!(
             target: crate::FLOW,
+            instance_name = %held.message.instance_name,
+            message_id = %held.message.message_id,
+            attempt = held.attempts,
+            actor = "broker",
+            outcome = "dead_lettered",
             "Dead-lettered {} after {} deliveries ({why})",
-            held.message, held.attempts
+            held.message,
+            held.attempts
         );
     }
 
@@ -212,6 +233,7 @@ impl MemoryBroker {
                 debug!("Lease on {} expired", lease.held.message);
                 // Nobody settled this delivery, so nobody else counts what becomes of it.
                 if lease.held.attempts >= self.config.max_deliveries {
+                    self.free_places(u64::from(lease.held.placed));
                     self.dead_letter(lease.held, "lease expired");
                     Metrics::inc(&self.metrics().dead_lettered);
                     self.metrics().mark_outcome();
@@ -226,6 +248,7 @@ impl MemoryBroker {
     /// Applies a batch of settlements; returns those whose lease had already run out.
     fn settle(&mut self, settlements: Vec<Settlement>) -> Settled {
         let mut stale = Vec::new();
+        let mut left = 0;
         for s in settlements {
             let Some(lease) = self.leased.remove(&s.tag) else {
                 // Its lease ran out and the message went back; the later delivery counts.
@@ -234,12 +257,16 @@ impl MemoryBroker {
                 continue;
             };
             match s.verdict {
-                Verdict::Ack => {}
+                Verdict::Ack => left += u64::from(lease.held.placed),
                 Verdict::Nack { delay } => self.redeliver(lease.held, delay),
-                Verdict::DeadLetter => self.dead_letter(lease.held, "nacked"),
+                Verdict::DeadLetter => {
+                    left += u64::from(lease.held.placed);
+                    self.dead_letter(lease.held, "nacked");
+                }
                 Verdict::Release => self.unlease(lease),
             }
         }
+        self.free_places(left);
         self.serve_waiter();
         Settled { stale }
     }
@@ -291,6 +318,7 @@ impl Handler<Publish> for MemoryBroker {
             message,
             attempts: 0,
             published_at,
+            placed: true,
         }));
         guard(self, ctx, "Publish", |act, _| {
             act.injector.maybe_fail();
@@ -417,9 +445,43 @@ mod tests {
             max_in_flight,
             max_deliveries,
             ack_deadline: Duration::from_secs(10),
+            backlog: None,
         };
         let broker = actix::Supervisor::start(move |_| MemoryBroker::new(link, cfg, injector));
         (broker, metrics)
+    }
+
+    #[actix_rt::test]
+    async fn a_place_in_the_backlog_is_given_back_only_when_its_message_leaves() {
+        let backlog = Arc::new(Backlog::new(4));
+        let (link, _, _) = crate::testkit::link();
+        let cfg = MemoryBrokerConfig {
+            max_in_flight: 10,
+            max_deliveries: 5,
+            ack_deadline: Duration::from_secs(10),
+            backlog: Some(backlog.clone()),
+        };
+        let injector = Injector::none(ChildName::Broker);
+        let sub = actix::Supervisor::start(move |_| MemoryBroker::new(link, cfg, injector));
+        assert_eq!(backlog.try_take(4), 4);
+        sub.send(Publish(msgs(4))).await.unwrap();
+        let d = sub.send(pull(4)).await.unwrap().unwrap();
+        let nack = Verdict::Nack {
+            delay: Duration::ZERO,
+        };
+        // Delivered, nacked or released, a message still holds its place.
+        sub.send(settle(&d[..1], nack)).await.unwrap();
+        sub.send(settle(&d[1..2], Verdict::Release)).await.unwrap();
+        assert_eq!(backlog.try_take(1), 0);
+        // Acked or dead-lettered, it gives the place back.
+        sub.send(settle(&d[2..3], Verdict::Ack)).await.unwrap();
+        sub.send(settle(&d[3..4], Verdict::DeadLetter))
+            .await
+            .unwrap();
+        assert_eq!(backlog.try_take(4), 2);
+        let again = sub.send(pull(4)).await.unwrap().unwrap();
+        sub.send(settle(&again, Verdict::Ack)).await.unwrap();
+        assert_eq!(backlog.try_take(4), 2);
     }
 
     fn start(max_in_flight: usize, max_deliveries: u32) -> (Addr<MemoryBroker>, Arc<Metrics>) {

@@ -117,6 +117,82 @@ pub struct Extend {
 #[rtype(result = "()")]
 pub struct Publish(pub Vec<PubSubMessage>);
 
+/// Places for the messages a broker holds, `--max-backlog` of them: a publisher takes a
+/// place for each message before it publishes, and waits while there is none; the broker
+/// gives the place back when the message leaves it, acked or dead-lettered. So a
+/// publisher faster than the pipeline waits, where it would otherwise fill memory, and
+/// everything the broker holds (waiting, leased, or waiting for redelivery) stays within
+/// the bound.
+///
+/// The simulated publisher waits on the event loop without blocking it (`take`), and the
+/// stdin reader on its own thread (`take_blocking`).
+#[derive(Debug)]
+pub struct Backlog {
+    free: std::sync::Mutex<u64>,
+    /// Wakes a thread waiting in `take_blocking`.
+    freed: std::sync::Condvar,
+    /// Wakes a task waiting in `take`.
+    notify: tokio::sync::Notify,
+}
+
+impl Backlog {
+    pub fn new(places: u64) -> Self {
+        Self {
+            free: std::sync::Mutex::new(places),
+            freed: std::sync::Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes up to `want` places, as many as are free, and gives how many it took.
+    pub(crate) fn try_take(&self, want: u64) -> u64 {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let n = want.min(*free);
+        *free -= n;
+        n
+    }
+
+    /// Waits until a place is free, then takes up to `want` places; gives how many it
+    /// took, at least one unless `want` is zero.
+    pub async fn take(&self, want: u64) -> u64 {
+        if want == 0 {
+            return 0;
+        }
+        loop {
+            // Registered before the look, so a place freed between the look and the
+            // wait still wakes it.
+            let freed = self.notify.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.try_take(want) {
+                0 => freed.await,
+                n => return n,
+            }
+        }
+    }
+
+    /// `take` for a thread outside the event loop: blocks it until a place is free.
+    pub fn take_blocking(&self, want: u64) -> u64 {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while want > 0 && *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        let n = want.min(*free);
+        *free -= n;
+        n
+    }
+
+    /// Gives back `n` places, of messages delivered for the first time.
+    pub fn give(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += n;
+        self.freed.notify_all();
+        self.notify.notify_waiters();
+    }
+}
+
 /// How many messages are neither acked nor dead-lettered: not yet delivered, waiting
 /// for redelivery, or leased. A finite run ends when it reaches zero, and the report's
 /// `pending_at_exit` is its last answer.
@@ -180,6 +256,9 @@ pub struct Broker {
     pub publish: Recipient<Publish>,
     pub pending: Recipient<Pending>,
     pub probe: Recipient<Probe>,
+    /// The places publishers take before they publish, where the adapter bounds its
+    /// backlog.
+    pub backlog: Option<std::sync::Arc<Backlog>>,
 }
 
 impl Broker {
@@ -207,6 +286,40 @@ impl Broker {
             publish: adapter.clone().recipient(),
             pending: adapter.clone().recipient(),
             probe: adapter.clone().recipient(),
+            backlog: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::Backlog;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn takes_what_is_free_and_a_thread_waits_for_a_place() {
+        let backlog = Arc::new(Backlog::new(3));
+        assert_eq!(backlog.take_blocking(2), 2);
+        assert_eq!(backlog.try_take(5), 1);
+        let b = backlog.clone();
+        let waiter = std::thread::spawn(move || b.take_blocking(4));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "took a place that was not free");
+        backlog.give(2);
+        assert_eq!(waiter.join().unwrap(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_task_waits_for_a_place_without_blocking_the_loop() {
+        let backlog = Arc::new(Backlog::new(1));
+        assert_eq!(backlog.take(1).await, 1);
+        let b = backlog.clone();
+        let waiter = actix_rt::spawn(async move { b.take(10).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        backlog.give(3);
+        let took = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(took.expect("woken").unwrap(), 3);
     }
 }

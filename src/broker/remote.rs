@@ -116,6 +116,11 @@ pub fn count(broker: &str, m: &Metrics, unfit: &[Unfit]) {
             Unfit::Expired(message, attempt) => {
                 warn!(
                     target: crate::FLOW,
+                    instance_name = %message.instance_name,
+                    message_id = %message.message_id,
+                    attempt = attempt - 1,
+                    actor = "broker",
+                    outcome = "dead_lettered",
                     "Dead-lettered {message} after {} deliveries (lease expired)",
                     attempt - 1
                 );

@@ -147,6 +147,13 @@ fn why(e: &postgres::Error) -> String {
     }
 }
 
+/// Where the database is, never with a password.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
 /// Where a config points, for messages: the hosts and the database, never a password.
 fn describe(config: &postgres::Config) -> String {
     let hosts: Vec<String> = config

@@ -138,6 +138,22 @@ pub struct Mandrill {
     pub dir: tempfile::TempDir,
 }
 
+/// Keeps a test's run of the binary to its own settings: no log filter, colour,
+/// `MANDRILL_` setting or config file from the user running the tests. The config
+/// search path looks in `dir`, which holds none.
+pub fn isolate(command: &mut Command, dir: &std::path::Path) {
+    command
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", dir);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("MANDRILL_") && !key.starts_with("MANDRILL_TEST_") {
+            command.env_remove(&*key);
+        }
+    }
+}
+
 impl Mandrill {
     /// Starts the binary with a database in a fresh temporary directory.
     pub fn spawn(args: &[&str]) -> Self {
@@ -171,12 +187,12 @@ impl Mandrill {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = db.map_or_else(|| dir.path().join("mandrill.db"), |d| d.to_path_buf());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mandrill"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mandrill"));
+        isolate(&mut child, dir.path());
+        let mut child = child
             .args(args)
             .arg("--db")
             .arg(&db)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .stdin(if piped_stdin {
                 Stdio::piped()
