@@ -570,6 +570,14 @@ impl Cli {
                 Some(heading) => arg.help_heading(heading),
                 None => arg,
             };
+            // `-h` gives each flag's first sentence; `--help` the whole text.
+            let arg = match (arg.get_help().map(|h| h.to_string()), arg.get_long_help()) {
+                (Some(help), None) => match first_sentence(&help) {
+                    Some(short) => arg.long_help(help.clone()).help(short),
+                    None => arg,
+                },
+                _ => arg,
+            };
             // Values stay out of `--help`: a variable may hold a secret.
             arg.env(env_name(&long)).hide_env_values(true)
         })
@@ -629,6 +637,12 @@ stopped it, 2 for a usage error.
 "#,
     );
     man.render_version_section(out)
+}
+
+/// The first sentence of a help text, when there is more after it.
+fn first_sentence(help: &str) -> Option<String> {
+    let end = help.find(". ")?;
+    Some(help[..end].to_string())
 }
 
 /// Where a config file is looked for when none is named, in order.
