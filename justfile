@@ -8,6 +8,12 @@ run *FLAGS:
 test:
     cargo test
 
+# Install what the dashboard's browser test drives: Debian's Chromium, and
+# playwright-core in tests/browser. Without them that one test skips, loudly.
+browser-deps:
+    command -v chromium >/dev/null || sudo apt-get install -y chromium
+    cd tests/browser && npm ci --no-audit --no-fund
+
 # Check formatting and lints, as CI does.
 lint:
     cargo fmt --check

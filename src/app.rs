@@ -378,6 +378,7 @@ impl Wiring<'_> {
             timeout: self.config.shutdown_timeouts.of(name),
             failures: link.failures.clone(),
             in_strategy: name != ChildName::Broker,
+            restart_type: link.policy.restart,
         });
     }
 }

@@ -401,8 +401,13 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Keep serving /metrics this long after the final flush at shutdown, so that a last
-    /// scrape sees the final counts.
+    /// Serve the live supervision dashboard at http://ADDR/: a port alone is on
+    /// loopback (8080 is 127.0.0.1:8080). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = parse_local_addr)]
+    pub dashboard: Option<std::net::SocketAddr>,
+
+    /// Keep serving /metrics and the dashboard this long after the final flush at
+    /// shutdown, so that a last scrape or a last look sees the final counts.
     #[arg(long, value_name = "S", default_value = "0", value_parser = parse_duration)]
     pub metrics_linger: Duration,
 
@@ -776,6 +781,7 @@ const HEADINGS: &[(&str, &[&str])] = &[
             "lag-warn-ms",
             "metrics-addr",
             "metrics-linger",
+            "dashboard",
             "status",
             "status-every",
         ],
@@ -1072,6 +1078,15 @@ fn flatten(
             v => out.push((key, v.clone())),
         }
     }
+}
+
+/// An address to listen on; a port alone is on loopback.
+fn parse_local_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not HOST:PORT or a port, such as 127.0.0.1:8080"))
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

@@ -11,6 +11,7 @@ mod action;
 mod broker;
 pub mod store;
 // Runtime utilities.
+pub mod dashboard;
 mod faults;
 mod iowait;
 pub mod logging;

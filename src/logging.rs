@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use clap::ValueEnum;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{reload, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,29 +172,31 @@ pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("mandrill-log")
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
+    // By default a failed write is reported with `eprintln!`, which panics when stderr is
+    // a closed pipe: every log line would then panic, and a log reader that goes away
+    // would stop the service. Losing log lines is the lesser harm.
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(colour())
-        .with_env_filter(filter)
         .with_target(false)
-        // By default a failed write is reported with `eprintln!`, which panics when stderr
-        // is a closed pipe: every log line would then panic, and a log reader that goes
-        // away would stop the service. Losing log lines is the lesser harm.
         .log_internal_errors(false);
-    let set: SetLevel = match format {
-        LogFormat::Text => {
-            let builder = builder.fmt_fields(TalkFields).with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            level_setter(handle)
-        }
-        LogFormat::Json => {
-            let builder = builder.json().flatten_event(true).with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            level_setter(handle)
-        }
+    // The level filters the log lines only: the dashboard sees its events whatever the
+    // level, and nothing else.
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => lines.fmt_fields(TalkFields).with_filter(filter).boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
     };
+    let feed = crate::dashboard::feed().map(|feed| {
+        crate::dashboard::FeedLayer::new(feed.clone())
+            .with_filter(crate::dashboard::FeedLayer::targets())
+    });
+    // Installed once a process; a second call keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(lines)
+        .with(feed)
+        .try_init();
+    let set = level_setter(handle);
     if let Ok(mut slot) = SET_LEVEL.lock() {
         *slot = Some(set);
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use mandrill::cli::{ArgsError, Cli, Command};
 use mandrill::config::{ConfigSource, OnSighup};
-use mandrill::{app, history, logging, metrics, publish};
+use mandrill::{app, dashboard, history, logging, metrics, publish};
 
 fn main() -> ExitCode {
     // An error that ends the run is one line, with its causes, whatever
@@ -94,6 +94,8 @@ fn run() -> anyhow::Result<ExitCode> {
             }
         };
     }
+    // The dashboard's feed hears the log's events, so it is on before logging starts.
+    let feed = cli.dashboard.map(|_| dashboard::enable());
     // Dropped at the end of `main`, which flushes every buffered log line.
     let _log = logging::init(cli.log, cli.log_format);
     for warning in &cli.warnings {
@@ -110,6 +112,14 @@ fn run() -> anyhow::Result<ExitCode> {
             format!("http://{bound}/metrics")
         }
         None => "off".to_string(),
+    };
+    let shown = match (cli.dashboard, feed) {
+        (Some(addr), Some(feed)) => {
+            let bound = dashboard::serve(addr, feed)
+                .with_context(|| format!("cannot serve the dashboard on {addr}"))?;
+            Some(format!("http://{bound}/"))
+        }
+        _ => None,
     };
     let config_read = cli
         .config_read
@@ -132,6 +142,9 @@ fn run() -> anyhow::Result<ExitCode> {
     );
     if cli_metrics {
         tracing::info!("Serving Prometheus metrics at {served}, probes at /healthz and /readyz");
+    }
+    if let Some(page) = shown {
+        tracing::info!("Serving the supervision dashboard at {page}");
     }
     if config.on_sighup == OnSighup::Reload {
         // A reload reads the same command line, and so the config file it names, again.

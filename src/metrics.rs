@@ -298,6 +298,11 @@ impl Health {
         }
     }
 
+    /// Whether the shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
     /// Connected and not shutting down.
     pub fn ready(&self) -> bool {
         self.connected.load(Relaxed) && !self.stopping.load(Relaxed)

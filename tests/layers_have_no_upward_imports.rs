@@ -14,7 +14,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("contracts", &["action", "broker", "store"]),
     (
         "runtime utilities",
-        &["faults", "iowait", "logging", "metrics", "rails"],
+        &[
+            "dashboard",
+            "faults",
+            "iowait",
+            "logging",
+            "metrics",
+            "rails",
+        ],
     ),
     (
         "supervision policy",

@@ -16,7 +16,7 @@ use crate::actors::acker::InFlight;
 use crate::actors::Pipeline;
 use crate::metrics::Metrics;
 use crate::protocol::{Probe, Probed};
-use crate::supervision::supervisor::SupervisionStats;
+use crate::supervision::supervisor::{SupervisionStats, TreeView};
 
 /// How often the lag timer is due. Short enough to see a stall of a tenth of a second,
 /// long enough to cost nothing.
@@ -98,6 +98,9 @@ impl Monitor {
                 crate::report::export_supervision(&stats);
             }
         }));
+        if let Some(feed) = crate::dashboard::feed() {
+            self.feed_dashboard(feed.clone(), ctx);
+        }
         let broker = probe("subscription", self.tree.broker.probe.clone());
         let store = probe("saver", self.tree.saver.clone().recipient());
         let health = self.metrics.health.clone();
@@ -116,6 +119,28 @@ impl Monitor {
                 act.in_flight = n;
                 metrics::gauge!("mandrill_in_flight").set(n as f64);
             }
+        }));
+    }
+
+    /// Gives the dashboard what the page draws between events: the counters, what is in
+    /// flight, the rails' refusals, and the tree as the Supervisor sees it.
+    fn feed_dashboard(&self, feed: Arc<crate::dashboard::Feed>, ctx: &mut Context<Self>) {
+        let view = self.tree.supervisor.send(TreeView);
+        ctx.spawn(view.into_actor(self).map(move |tree, act, _| {
+            let Ok(tree) = tree else { return };
+            let m = &act.metrics;
+            feed.snapshot(serde_json::json!({
+                "type": "snapshot",
+                "t_ms": crate::dashboard::now_ms(),
+                "elapsed_s": m.started.elapsed().as_secs_f64(),
+                "counts": m.snapshot(),
+                "in_flight": act.in_flight,
+                "lag_ms": act.last_lag.as_secs_f64() * 1000.0,
+                "refused": m.refusals(),
+                "stopping": m.health.stopping(),
+                "dropped": feed.dropped(),
+                "tree": tree,
+            }));
         }));
     }
 

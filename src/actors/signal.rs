@@ -592,6 +592,14 @@ async fn shutdown(
         loop_lag_ms: metrics.loop_lag.percentiles(),
     };
     report.export();
+    if let Some(feed) = crate::dashboard::feed() {
+        // The page's last word: the report itself, so its figures are the report's.
+        feed.snapshot(serde_json::json!({
+            "type": "final",
+            "t_ms": crate::dashboard::now_ms(),
+            "report": report,
+        }));
+    }
 
     // 6. Done.
     info!("Shutdown complete.");
@@ -639,6 +647,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             failures: Default::default(),
             in_strategy: true,
+            restart_type: crate::supervision::RestartType::Permanent,
         }
     }
 

@@ -22,6 +22,15 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// Its name in flags and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::OneForOne => "one-for-one",
+            Strategy::OneForAll => "one-for-all",
+            Strategy::RestForOne => "rest-for-one",
+        }
+    }
+
     /// The positions, in `0..len`, of the siblings to restart along with the child at
     /// `failed`; the failed child itself is never among them.
     pub(crate) fn siblings(self, failed: usize, len: usize) -> impl Iterator<Item = usize> {
@@ -72,6 +81,14 @@ impl IntensityWindow {
 
     pub(crate) fn limit(&self) -> Intensity {
         self.limit
+    }
+
+    /// How many restarts fall within the window ending `now`.
+    pub(crate) fn in_window(&self, now: Instant) -> usize {
+        self.recent
+            .iter()
+            .filter(|t| now.duration_since(**t) <= self.limit.window)
+            .count()
     }
 }
 

@@ -148,12 +148,17 @@ impl Supervisor {
             self.owed.insert(child, delay);
         }
         let siblings = self.siblings_to_restart(child);
+        let names: Vec<&str> = siblings.iter().map(|s| s.name.as_str()).collect();
         info!(
             child = child.as_str(),
-            directive = if with_backoff { "restart-with-backoff" } else { "restart" },
-            strategy = ?self.strategy,
+            directive = if with_backoff {
+                "restart-with-backoff"
+            } else {
+                "restart"
+            },
+            strategy = self.strategy.as_str(),
             backoff_ms = delay.as_millis() as u64,
-            siblings = siblings.len(),
+            siblings = names.join(","),
             "Supervision: restarting {child}"
         );
         if also_self {
@@ -219,6 +224,61 @@ impl Handler<ChildExited> for Supervisor {
             }
             _ => self.stop(msg.child),
         }
+    }
+}
+
+/// Describes the tree as it stands, for the dashboard: each child in start order, and the
+/// restart intensity's window.
+#[derive(Debug, Message)]
+#[rtype(result = "TreeState")]
+pub(crate) struct TreeView;
+
+/// The tree as it stands.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct TreeState {
+    pub strategy: &'static str,
+    /// Restarts within the intensity window now, and how many it allows.
+    pub in_window: usize,
+    pub max_restarts: u32,
+    pub window_s: f64,
+    pub escalated: bool,
+    pub children: Vec<ChildView>,
+}
+
+/// One child, as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ChildView {
+    pub name: &'static str,
+    pub restart_type: &'static str,
+    #[serde(flatten)]
+    pub stats: ChildStats,
+}
+
+impl Handler<TreeView> for Supervisor {
+    type Result = MessageResult<TreeView>;
+    fn handle(&mut self, _: TreeView, _: &mut Context<Self>) -> Self::Result {
+        let limit = self.window.limit();
+        let children = self
+            .children
+            .iter()
+            .map(|c| {
+                let mut stats = self.stats.get(&c.name).cloned().unwrap_or_default();
+                stats.failures = c.failures.snapshot();
+                ChildView {
+                    name: c.name.as_str(),
+                    restart_type: c.restart_type.as_str(),
+                    stats,
+                }
+            })
+            .collect();
+        MessageResult(TreeState {
+            strategy: self.strategy.as_str(),
+            in_window: self.window.in_window(Instant::now()),
+            max_restarts: limit.max_restarts,
+            window_s: limit.window.as_secs_f64(),
+            escalated: self.escalated,
+            children,
+        })
     }
 }
 
@@ -298,6 +358,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 failures: Default::default(),
                 in_strategy,
+                restart_type: crate::supervision::RestartType::Permanent,
             });
         }
         let s = Supervisor::new(settings, &tree, escalate).start();
@@ -344,6 +405,59 @@ mod tests {
         assert_eq!(stats["a"].restarts, 1);
         assert_eq!(stats["c"].restarts, 1);
         assert!(stats["a"].failures.is_empty());
+    }
+
+    /// The dashboard's events of what the supervisor did, in order, as JSON.
+    fn dashboard_events(feed: &crate::dashboard::Feed) -> Vec<serde_json::Value> {
+        feed.events()
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn the_dashboard_hears_restarts_backoff_and_escalation_as_they_happen() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::Layer as _;
+        let feed = std::sync::Arc::new(crate::dashboard::Feed::default());
+        let layer = crate::dashboard::FeedLayer::new(feed.clone())
+            .with_filter(crate::dashboard::FeedLayer::targets());
+        let _heard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let (s, _, _) = with_children(1, Duration::from_secs(60), Strategy::OneForAll);
+
+        s.send(failed_with(B, Directive::RestartWithBackoff))
+            .await
+            .unwrap();
+        let events = dashboard_events(&feed);
+        let restart = events.last().expect("a restart event");
+        assert_eq!(restart["child"], "b");
+        assert_eq!(restart["directive"], "restart-with-backoff");
+        assert_eq!(restart["strategy"], "one-for-all");
+        assert_eq!(
+            restart["siblings"], "a,c",
+            "the siblings it restarts, by name"
+        );
+        assert!(restart["backoff_ms"].as_u64().unwrap() > 0, "{restart}");
+        let tree = s.send(TreeView).await.unwrap();
+        assert_eq!((tree.in_window, tree.max_restarts), (1, 1));
+        let names: Vec<&str> = tree.children.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["a", "b", "c"], "in start order");
+        assert!(tree.children[1].stats.backoff_s > 0.0);
+
+        // A second restart within the window is more than it allows: an escalation.
+        s.send(failed(B)).await.unwrap();
+        let events = dashboard_events(&feed);
+        let messages: Vec<&str> = events
+            .iter()
+            .map(|e| e["message"].as_str().unwrap())
+            .collect();
+        assert!(
+            messages[1].starts_with("Restart intensity exceeded"),
+            "{messages:?}"
+        );
+        assert_eq!(events[2]["directive"], "escalate");
+        assert_eq!(events[2]["level"], "ERROR");
+        assert!(s.send(TreeView).await.unwrap().escalated);
     }
 
     #[actix_rt::test]

@@ -28,6 +28,8 @@ pub(crate) struct Member {
     /// outside, as a connection sits under a supervisor of its own in OTP: a worker's
     /// failure does not reconnect it, and its own failure restarts only itself.
     pub in_strategy: bool,
+    /// What its policy does when it exits normally.
+    pub restart_type: super::RestartType,
 }
 
 /// The children of one supervisor, in start order.
