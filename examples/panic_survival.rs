@@ -4,25 +4,22 @@
 //! every actor, and prints what the supervisor did and how every message ended.
 //!
 //!     cargo run --example panic_survival
+//!     cargo run --example panic_survival -- --dashboard 8080 --slow   # watch it live
 
 mod common;
 
-use mandrill::app;
+use clap::Parser;
 use mandrill::config::Config;
 
 fn main() -> anyhow::Result<()> {
-    // Lifecycle lines only: the caught panics and restarts, without per-message noise.
-    let _log = mandrill::logging::init(
-        mandrill::logging::LogLevel::None,
-        mandrill::logging::LogFormat::Text,
-    );
+    let options = common::Options::parse();
     let config = Config {
         failure_rate: 0.1,
         faults: "panic:consumer=0.02,panic:saver=0.05,panic:restarter=0.05,panic:acker=0.02"
             .parse()?,
         ..common::config()
     };
-    let r = app::run(config)?;
+    let r = common::run_with(&options, config)?;
     let c = r.counts;
     println!(
         "{} panics were caught and logged as `Caught exception`.",
@@ -44,6 +41,5 @@ fn main() -> anyhow::Result<()> {
         "Conservation (published == acked + dead_lettered + pending): {}",
         if r.conserved() { "holds" } else { "BROKEN" }
     );
-    anyhow::ensure!(r.conserved(), "a message was lost");
     Ok(())
 }

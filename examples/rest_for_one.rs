@@ -1,18 +1,16 @@
 //! Rest-for-one: when an actor fails, it and every actor started after it restart.
 //!
 //!     cargo run --example rest_for_one
+//!     cargo run --example rest_for_one -- --dashboard 8080 --slow   # watch it live
 
 mod common;
 
+use clap::Parser;
 use mandrill::config::Strategy;
 
 fn main() -> anyhow::Result<()> {
-    let r = common::run(Strategy::RestForOne)?;
-    common::narrate(
-        "Under rest-for-one, each saver panic restarted the saver and the actors started \
-         after it (restarter, consumer, publisher); the acker, started before it, kept \
-         its state.",
-        &r,
-    );
+    let options = common::Options::parse();
+    let r = common::run(&options, Strategy::RestForOne)?;
+    common::narrate(Strategy::RestForOne, &r);
     Ok(())
 }
