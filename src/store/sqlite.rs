@@ -174,6 +174,9 @@ enum OpenFailure {
 /// A SQLite file, opened with the schema in place.
 pub struct SqliteStore {
     conn: Option<Connection>,
+    /// The file the connection opened. SQLite writes on into a file deleted under it, and
+    /// every save would then be acked into a file that is gone.
+    file: OpenedFile,
     flusher: Option<WalFlusher>,
     /// The claim log as this connection last read it; `None` until first needed, and
     /// after a failed claim, whose changes to it may not have been committed.
@@ -279,6 +282,57 @@ impl WalFlusher {
     }
 }
 
+/// The database file as it was opened: its path, and which file that was.
+struct OpenedFile {
+    path: std::path::PathBuf,
+    /// Its device and inode; none where the platform does not say.
+    id: Option<(u64, u64)>,
+}
+
+impl OpenedFile {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            id: file_id(&std::fs::metadata(path)?),
+        })
+    }
+
+    /// Fails when the path no longer leads to the file that was opened: it was deleted,
+    /// or replaced by another. No restart mends that, so it is a corrupt store, which
+    /// escalates by default.
+    fn check(&self) -> Result<(), StoreError> {
+        let now = match std::fs::metadata(&self.path) {
+            Ok(meta) => file_id(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Corrupt(format!(
+                    "the database file {} was deleted while the service ran",
+                    self.path.display()
+                )))
+            }
+            // A path that cannot be looked at just now says nothing of the file.
+            Err(_) => return Ok(()),
+        };
+        if now != self.id {
+            return Err(StoreError::Corrupt(format!(
+                "the database file {} was replaced by another while the service ran",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
 /// Opens connections to one SQLite file. SQLite has a single writer, so it takes one.
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteOpener {
@@ -352,14 +406,21 @@ impl SqliteStore {
         migrate(&mut conn)?.map_err(OpenFailure::Other)?;
         let flusher = WalFlusher::start(path)
             .map_err(|e| OpenFailure::Other(format!("cannot start the wal flusher: {e}")))?;
+        let file = OpenedFile::of(path).map_err(|e| OpenFailure::Other(e.to_string()))?;
         Ok(Self {
             conn: Some(conn),
+            file,
             flusher: Some(flusher),
             claim_index: None,
         })
     }
 
+    /// The connection, once the file is known to be still there: one `stat` a call, and
+    /// a call is a whole batch.
     fn conn(&mut self) -> Result<&mut Connection, StoreError> {
+        if self.conn.is_some() {
+            self.file.check()?;
+        }
         self.conn.as_mut().ok_or(StoreError::Closed)
     }
 }
@@ -765,6 +826,31 @@ mod tests {
             message: m,
             attempt,
         }
+    }
+
+    #[test]
+    fn a_file_deleted_or_replaced_under_the_store_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let m = || Message::new(InstanceName::parse("cattle-a").unwrap());
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.save(&[row(m(), 1)]).unwrap(), 1);
+        std::fs::remove_file(&path).unwrap();
+        let e = s.save(&[row(m(), 1)]).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt(why) if why.contains("deleted")),
+            "{e}"
+        );
+
+        let mut s = SqliteStore::open(&path).unwrap();
+        let other = dir.path().join("other.db");
+        drop(SqliteStore::open(&other).unwrap());
+        std::fs::rename(&other, &path).unwrap();
+        let e = s.save(&[row(m(), 1)]).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt(why) if why.contains("replaced")),
+            "{e}"
+        );
     }
 
     #[test]
