@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+use tracing_subscriber::{reload, EnvFilter, Layer};
 
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +138,29 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TalkFields {
     }
 }
 
+/// The log lines' layer, text or JSON, written by the non-blocking writer.
+///
+/// By default a failed write is reported with `eprintln!`, which panics when stderr is a
+/// closed pipe: every log line would then panic, and a log reader that goes away would
+/// stop the service. Losing log lines is the lesser harm.
+fn lines<S>(
+    writer: tracing_appender::non_blocking::NonBlocking,
+    format: LogFormat,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(colour())
+        .with_target(false)
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => lines.fmt_fields(TalkFields).boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+    }
+}
+
 /// Whether log lines are coloured: only on a terminal, and never when `NO_COLOR` is set
 /// to anything but the empty string (no-color.org).
 fn colour() -> bool {
@@ -172,30 +195,27 @@ pub fn init(level: LogLevel, format: LogFormat) -> LogGuard {
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("mandrill-log")
         .finish(std::io::stderr());
-    // By default a failed write is reported with `eprintln!`, which panics when stderr is
-    // a closed pipe: every log line would then panic, and a log reader that goes away
-    // would stop the service. Losing log lines is the lesser harm.
-    let lines = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(colour())
-        .with_target(false)
-        .log_internal_errors(false);
-    // The level filters the log lines only: the dashboard sees its events whatever the
-    // level, and nothing else.
     let (filter, handle) = reload::Layer::new(filter);
-    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Text => lines.fmt_fields(TalkFields).with_filter(filter).boxed(),
-        LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
-    };
-    let feed = crate::dashboard::feed().map(|feed| {
-        crate::dashboard::FeedLayer::new(feed.clone())
-            .with_filter(crate::dashboard::FeedLayer::targets())
-    });
-    // Installed once a process; a second call keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(lines)
-        .with(feed)
-        .try_init();
+    match crate::dashboard::feed() {
+        // The level filters every event, so that one logged by nobody costs a check of
+        // its callsite's cached interest and no more.
+        None => {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(lines(writer, format))
+                .try_init();
+        }
+        // The level filters the log lines only: the dashboard sees its events whatever
+        // the level, and nothing else.
+        Some(feed) => {
+            let feed = crate::dashboard::FeedLayer::new(feed.clone())
+                .with_filter(crate::dashboard::FeedLayer::targets());
+            let _ = tracing_subscriber::registry()
+                .with(lines(writer, format).with_filter(filter))
+                .with(feed)
+                .try_init();
+        }
+    }
     let set = level_setter(handle);
     if let Ok(mut slot) = SET_LEVEL.lock() {
         *slot = Some(set);

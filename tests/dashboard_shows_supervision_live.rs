@@ -106,10 +106,21 @@ fn the_page_shows_the_tree_its_restarts_and_the_report() {
     }
     let restarts = seen["restarts"].as_array().unwrap();
     assert!(!restarts.is_empty(), "no restart was shown");
-    for r in restarts {
-        let late = r["receivedMs"].as_i64().unwrap() - r["tMs"].as_i64().unwrap();
-        assert!(late < 1000, "shown {late} ms after it was logged: {r}");
-    }
+    let mut lateness: Vec<i64> = restarts
+        .iter()
+        .map(|r| r["receivedMs"].as_i64().unwrap() - r["tMs"].as_i64().unwrap())
+        .collect();
+    lateness.sort_unstable();
+    eprintln!(
+        "{} restarts shown; from log line to page: median {} ms, max {} ms",
+        lateness.len(),
+        lateness[lateness.len() / 2],
+        lateness[lateness.len() - 1]
+    );
+    assert!(
+        lateness.iter().all(|late| *late < 1000),
+        "a restart shown a second or more after it was logged: {lateness:?}"
+    );
     for field in [
         "published",
         "acked",
