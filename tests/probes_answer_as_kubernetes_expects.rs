@@ -52,6 +52,7 @@ fn probes_pass_while_running_and_readiness_fails_during_the_shutdown() {
         "0.01",
         "--io-delay",
         "2",
+        "--io-fixed",
         "--failure-rate",
         "0",
         "--metrics-addr",
