@@ -32,6 +32,13 @@ bench:
     MANDRILL_BENCH_PYTHON=target/bench/venv/bin/python cargo run --release --example bench_brokers -- target/bench
     cargo run --release --example bench_fleet -- target/bench
 
+# The torture suite on the release binary: signals at random moments, panics in every
+# actor; prints a table and writes target/torture/torture.json (RELIABILITY.md).
+# `just torture --quick` runs the slice CI runs; `--seed N` replays a run.
+torture *FLAGS:
+    cargo build --release --bin mandrill --example torture
+    cargo run --release --example torture -- {{FLAGS}}
+
 # Build the API docs, including private items, and open nothing.
 doc:
     cargo doc --no-deps --document-private-items
