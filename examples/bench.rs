@@ -457,36 +457,42 @@ fn paced(offered: f64, panics: bool) -> (Vec<(f64, f64)>, mandrill::report::Repo
     (samples, report)
 }
 
+/// P5's flags at `rate` msgs/s for `messages`, then `store`'s.
+fn p5_args(rate: f64, messages: u64, store: &[&str]) -> Vec<String> {
+    let fixed = [
+        "--io-fixed",
+        "--max-in-flight",
+        "10000",
+        "--failure-rate",
+        "0.25",
+        "--max-deliveries",
+        "1",
+        "--flush-interval",
+        "0",
+        "--log",
+        "none",
+    ];
+    let io = format!("{}", P5_IO.as_secs_f64());
+    let paced = [
+        "--publish-rate".to_string(),
+        format!("{rate}"),
+        "--messages".to_string(),
+        messages.to_string(),
+        "--io-delay".to_string(),
+        io,
+    ];
+    paced
+        .into_iter()
+        .chain(fixed.iter().chain(store).map(|a| a.to_string()))
+        .collect()
+}
+
 /// p50 and p99 of the ack latency, ms, and the rate served, msgs/s, with `offered`
 /// msgs/s published: P5's flags on the memory store, for `LOAD_SECS`.
 fn at_load(offered: f64) -> (f64, f64, f64) {
-    let rate = format!("{offered}");
-    let messages = format!("{}", (offered * LOAD_SECS) as u64);
-    let io = format!("{}", P5_IO.as_secs_f64());
-    let run = run(
-        &[
-            "--publish-rate",
-            &rate,
-            "--messages",
-            &messages,
-            "--io-delay",
-            &io,
-            "--io-fixed",
-            "--max-in-flight",
-            "10000",
-            "--failure-rate",
-            "0.25",
-            "--max-deliveries",
-            "1",
-            "--flush-interval",
-            "0",
-            "--store",
-            "memory",
-            "--log",
-            "none",
-        ],
-        None,
-    );
+    let messages = (offered * LOAD_SECS) as u64;
+    let args = p5_args(offered, messages, &["--store", "memory"]);
+    let run = run(&strs(&args), None);
     let l = &run.report["ack_latency_ms"];
     let q = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
     (
@@ -771,38 +777,12 @@ fn main() {
     }
 
     eprintln!("P5: 100k msgs/s offered, 10 ms of IO, SQLite and memory stores");
-    let io = format!("{}", P5_IO.as_secs_f64());
     let p5 = |store: &[&str]| {
         // Earlier runs leave hundreds of megabytes of deleted database files for the
         // kernel to write back, and a checkpoint's fsync waits behind them: flush them
         // first, so that each run measures itself.
         nix::unistd::sync();
-        let run = run(
-            &[
-                &[
-                    "--publish-rate",
-                    "100000",
-                    "--messages",
-                    "500000",
-                    "--io-delay",
-                    &io,
-                    "--io-fixed",
-                    "--max-in-flight",
-                    "10000",
-                    "--failure-rate",
-                    "0.25",
-                    "--max-deliveries",
-                    "1",
-                    "--flush-interval",
-                    "0",
-                    "--log",
-                    "none",
-                ],
-                store,
-            ]
-            .concat(),
-            None,
-        );
+        let run = run(&strs(&p5_args(100_000.0, 500_000, store)), None);
         let l = &run.report["ack_latency_ms"];
         let io_ms = P5_IO.as_secs_f64() * 1000.0;
         let q = |k: &str| l[k].as_f64().unwrap_or(f64::NAN) - io_ms;

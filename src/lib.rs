@@ -1,6 +1,23 @@
 //! Mayhem Mandrill: a chaos-monkey service on actix, after Lynn Root's "Advanced asyncio:
 //! Solving Real-World Production Problems" (PyCon 2019). See ARCHITECTURE.md for the map.
 
+/// A per-message log line, under the `FLOW` target, with the fields a log pipeline
+/// filters on: the host, the message id, the delivery attempt, the actor and the
+/// outcome. JSON lines show them; text lines leave them out (`logging::TalkFields`).
+macro_rules! flow {
+    ($level:ident, $actor:literal, $outcome:literal, $host:expr, $id:expr, $attempt:expr, $($text:tt)+) => {
+        tracing::$level!(
+            target: $crate::FLOW,
+            instance_name = %$host,
+            message_id = %$id,
+            attempt = $attempt,
+            actor = $actor,
+            outcome = $outcome,
+            $($text)+
+        )
+    };
+}
+
 // Values: plain data, depending on nothing else in the crate.
 pub mod message;
 pub mod names;

@@ -68,16 +68,11 @@ fn the_page_shows_the_tree_its_restarts_and_the_report() {
         "--metrics-linger",
         "30",
     ]);
-    let line = m.wait_for(
+    let addr = m.wait_for_address(
         "Serving the supervision dashboard at",
         Duration::from_secs(10),
     );
-    let url = line
-        .split(" at ")
-        .last()
-        .expect("an address")
-        .trim()
-        .to_string();
+    let url = format!("http://{addr}/");
     let run = Command::new("node")
         .current_dir(&dir)
         .arg("dashboard.mjs")

@@ -58,18 +58,12 @@ fn probes_pass_while_running_and_readiness_fails_during_the_shutdown() {
         "--metrics-addr",
         "127.0.0.1:0",
     ]);
-    let line = m.wait_for(
+    // The log names the port bound, not the 0 asked for.
+    let addr = m.wait_for_address(
         "Serving Prometheus metrics at http://",
         Duration::from_secs(10),
     );
-    // The log names the port bound, not the 0 asked for.
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address in the log line")
-        .to_string();
-    assert!(!addr.ends_with(":0"), "{line}");
+    assert!(!addr.ends_with(":0"), "{addr}");
 
     until(&addr, "/readyz", 200, Duration::from_secs(10));
     assert_eq!(status(&addr, "GET", "/healthz"), 200);

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use tokio::{sync::oneshot, time::Instant};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::actors::protocol::{Batch, Outcome, Step, StepResult};
 use crate::broker::{Extend, Settle, Settled, Settlement, Verdict};
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{guard, note_restart, report_error, Child, Link};
-use crate::{FastMap, FLOW};
+use crate::FastMap;
 
 /// How often deadlines are checked.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -151,13 +151,13 @@ impl Acker {
         let (id, attempt) = (msg.message_id, p.delivery.attempt);
         let verdict = match (saved, restarted) {
             (Ok(()), Ok(())) => {
-                info!(
-                    target: FLOW,
-                    instance_name = %msg.instance_name,
-                    message_id = %id,
+                flow!(
+                    info,
+                    "acker",
+                    "acked",
+                    msg.instance_name,
+                    id,
                     attempt,
-                    actor = "acker",
-                    outcome = "acked",
                     "Done. Acked {msg}"
                 );
                 let took = now
@@ -167,25 +167,25 @@ impl Acker {
                 Verdict::Ack
             }
             (Err(e), _) | (_, Err(e)) if e.is_final() => {
-                warn!(
-                    target: FLOW,
-                    instance_name = %msg.instance_name,
-                    message_id = %id,
+                flow!(
+                    warn,
+                    "acker",
+                    "dead_lettered",
+                    msg.instance_name,
+                    id,
                     attempt,
-                    actor = "acker",
-                    outcome = "dead_lettered",
                     "Dead-lettered {msg} at once: {e}"
                 );
                 Verdict::DeadLetter
             }
             (Err(e), _) | (_, Err(e)) => {
-                warn!(
-                    target: FLOW,
-                    instance_name = %msg.instance_name,
-                    message_id = %id,
+                flow!(
+                    warn,
+                    "acker",
+                    "nacked",
+                    msg.instance_name,
+                    id,
                     attempt,
-                    actor = "acker",
-                    outcome = "nacked",
                     "Nacked {msg}: {e}"
                 );
                 self.failed(&p.delivery)
@@ -352,13 +352,13 @@ impl Handler<Track> for Acker {
                 .0
                 .iter()
                 .map(|d| {
-                    warn!(
-                        target: FLOW,
-                        instance_name = %d.message.instance_name,
-                        message_id = %d.message.message_id,
-                        attempt = d.attempt,
-                        actor = "acker",
-                        outcome = "nacked",
+                    flow!(
+                        warn,
+                        "acker",
+                        "nacked",
+                        d.message.instance_name,
+                        d.message.message_id,
+                        d.attempt,
                         "Nacked {}: acker is stopped",
                         d.message
                     );

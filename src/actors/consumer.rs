@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::actors::acker::{Abandon, Track};
 use crate::actors::protocol::Batch;
@@ -21,7 +21,6 @@ use crate::metrics::Metrics;
 use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::supervision::{guard, note_restart, report_error, Child, Link};
-use crate::FLOW;
 
 /// How long one pull waits for the first delivery before it is asked again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
@@ -133,13 +132,13 @@ impl Consumer {
             batch.iter().filter(|d| d.attempt > 1).count() as u64,
         );
         for d in &batch {
-            info!(
-                target: FLOW,
-                instance_name = %d.message.instance_name,
-                message_id = %d.message.message_id,
-                attempt = d.attempt,
-                actor = "consumer",
-                outcome = "pulled",
+            flow!(
+                info,
+                "consumer",
+                "pulled",
+                d.message.instance_name,
+                d.message.message_id,
+                d.attempt,
                 "Pulled {}",
                 d.message
             );

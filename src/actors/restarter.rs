@@ -553,13 +553,13 @@ impl Restarter {
 
     /// Logs and counts a refusal for one delivery, which `refuse` records once.
     fn refuse_joiner(&mut self, job: &RestartJob, rail: Rail) {
-        info!(
-            target: FLOW,
-            instance_name = %job.host,
-            message_id = %job.message_id,
-            attempt = job.attempt,
-            actor = "restarter",
-            outcome = "refused",
+        flow!(
+            info,
+            "restarter",
+            "refused",
+            job.host,
+            job.message_id,
+            job.attempt,
             "Refused restarting {}: the {} rail",
             job.host.hostname(&self.config.domain),
             rail.as_str()
@@ -685,13 +685,13 @@ impl Restarter {
                 out.rows.push(row);
                 Metrics::inc(&self.link.metrics.restarted);
                 let hostname = host.hostname(&self.config.domain);
-                info!(
-                    target: FLOW,
-                    instance_name = %host,
-                    message_id = %job.message_id,
-                    attempt = job.attempt,
-                    actor = "restarter",
-                    outcome = "restarted",
+                flow!(
+                    info,
+                    "restarter",
+                    "restarted",
+                    host,
+                    job.message_id,
+                    job.attempt,
                     "Restarted {hostname}"
                 );
                 self.notice(host, || RestartOutcome::Restarted);
@@ -891,13 +891,13 @@ impl Handler<Restart> for Restarter {
                 };
                 match act.plan(host, out.now_ms) {
                     Plan::Skip(why) => {
-                        info!(
-                            target: FLOW,
-                            instance_name = %host,
-                            message_id = %job.message_id,
-                            attempt = job.attempt,
-                            actor = "restarter",
-                            outcome = "skipped",
+                        flow!(
+                            info,
+                            "restarter",
+                            "skipped",
+                            host,
+                            job.message_id,
+                            job.attempt,
                             "Skipped restarting {}: {why}",
                             host.hostname(&act.config.domain)
                         );
@@ -930,13 +930,13 @@ impl Handler<Restart> for Restarter {
                     }
                     Plan::Restart if act.config.leashed => {
                         let would = act.action.describe(&job);
-                        info!(
-                            target: FLOW,
-                            instance_name = %host,
-                            message_id = %job.message_id,
-                            attempt = job.attempt,
-                            actor = "restarter",
-                            outcome = "leashed",
+                        flow!(
+                            info,
+                            "restarter",
+                            "leashed",
+                            host,
+                            job.message_id,
+                            job.attempt,
                             "Would restart {} (leashed): {would}",
                             host.hostname(&act.config.domain)
                         );

@@ -24,7 +24,6 @@ use crate::names::ChildName;
 use crate::protocol::{Probe, Probed, Shutdown};
 use crate::store::{CloseStore, SaveBatch, SaveRow, StoreError};
 use crate::supervision::{fail, guard, note_restart, report_error, Child, Directive, Link};
-use crate::FLOW;
 
 /// How the Saver batches and how long its simulated IO takes.
 #[derive(Debug, Clone)]
@@ -201,13 +200,13 @@ impl Saver {
                 let outcomes = batch
                     .into_iter()
                     .map(|d| {
-                        info!(
-                            target: FLOW,
-                            instance_name = %d.message.instance_name,
-                            message_id = %d.message.message_id,
-                            attempt = d.attempt,
-                            actor = "saver",
-                            outcome = "saved",
+                        flow!(
+                            info,
+                            "saver",
+                            "saved",
+                            d.message.instance_name,
+                            d.message.message_id,
+                            d.attempt,
                             "Saved {} {where_to}",
                             d.message
                         );

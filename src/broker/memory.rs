@@ -12,7 +12,7 @@ use std::{cmp::Reverse, collections::BinaryHeap, collections::VecDeque};
 
 use actix::prelude::*;
 use tokio::{sync::oneshot, time::Instant};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     Backlog, BrokerError, Extend, Pending, Publish, Pull, Settle, Settled, Settlement, Verdict,
@@ -197,13 +197,13 @@ impl MemoryBroker {
     /// Dead letters are logged, not kept: a topic nobody reads would grow by a quarter of
     /// the traffic at the benchmark's failure rate.
     fn dead_letter(&self, held: Held, why: &str) {
-        warn!(
-            target: crate::FLOW,
-            instance_name = %held.message.instance_name,
-            message_id = %held.message.message_id,
-            attempt = held.attempts,
-            actor = "broker",
-            outcome = "dead_lettered",
+        flow!(
+            warn,
+            "broker",
+            "dead_lettered",
+            held.message.instance_name,
+            held.message.message_id,
+            held.attempts,
             "Dead-lettered {} after {} deliveries ({why})",
             held.message,
             held.attempts

@@ -114,13 +114,13 @@ pub fn count(broker: &str, m: &Metrics, unfit: &[Unfit]) {
                 m.mark_outcome();
             }
             Unfit::Expired(message, attempt) => {
-                warn!(
-                    target: crate::FLOW,
-                    instance_name = %message.instance_name,
-                    message_id = %message.message_id,
-                    attempt = attempt - 1,
-                    actor = "broker",
-                    outcome = "dead_lettered",
+                flow!(
+                    warn,
+                    "broker",
+                    "dead_lettered",
+                    message.instance_name,
+                    message.message_id,
+                    attempt - 1,
                     "Dead-lettered {message} after {} deliveries (lease expired)",
                     attempt - 1
                 );

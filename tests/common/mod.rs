@@ -276,6 +276,17 @@ impl Mandrill {
     }
 
     /// Waits until `n` stderr lines in all contain `needle`.
+    /// Waits for a log line with `needle` that names an `http://` address, and gives the
+    /// address, `host:port`, as bound.
+    pub fn wait_for_address(&mut self, needle: &str, limit: Duration) -> String {
+        let line = self.wait_for(needle, limit);
+        line.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', ' ', ',']).next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string()
+    }
+
     pub fn wait_for_count(&mut self, needle: &str, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
         // Counted as lines arrive: recounting the whole log per line is quadratic, and
