@@ -212,38 +212,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Why the dashboard could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DashboardError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot start the dashboard: {0}")]
-    Server(String),
-}
-
 /// Serves the page and its stream at `addr` on a thread of its own; gives the address
 /// bound. Call `enable` first.
-pub fn serve(addr: SocketAddr, feed: Arc<Feed>) -> Result<SocketAddr, DashboardError> {
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|source| DashboardError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| DashboardError::Bind { addr, source })?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| DashboardError::Server(e.to_string()))?;
+pub fn serve(addr: SocketAddr, feed: Arc<Feed>) -> Result<SocketAddr, crate::metrics::ServeError> {
     let pages = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("mandrill-dashboard".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                answer(request, &feed, &pages);
-            }
-        })
-        .map_err(|e| DashboardError::Server(e.to_string()))?;
-    Ok(bound)
+    crate::metrics::http_thread(addr, "mandrill-dashboard", move |server| {
+        for request in server.incoming_requests() {
+            answer(request, &feed, &pages);
+        }
+    })
 }
 
 fn answer(request: tiny_http::Request, feed: &Arc<Feed>, pages: &Arc<AtomicUsize>) {

@@ -317,7 +317,7 @@ fn tell_systemd(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Why the metrics endpoint could not start.
+/// Why an HTTP thread of the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
@@ -327,8 +327,30 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Exporter(#[from] metrics_exporter_prometheus::BuildError),
-    #[error("cannot start the metrics server: {0}")]
+    #[error("cannot start the http server: {0}")]
     Server(String),
+}
+
+/// Listens on `addr`, and runs `serve` with the server on a thread named `name`; gives
+/// the address bound, which names the real port when `addr` asks for port 0. The
+/// metrics endpoint and the dashboard each have one.
+pub(crate) fn http_thread(
+    addr: SocketAddr,
+    name: &str,
+    serve: impl FnOnce(tiny_http::Server) + Send + 'static,
+) -> Result<SocketAddr, ServeError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || serve(server))
+        .map_err(|e| ServeError::Server(e.to_string()))?;
+    Ok(bound)
 }
 
 /// How often the exporter's histograms are brought up to date when nothing scrapes.
@@ -348,38 +370,32 @@ pub fn serve(addr: SocketAddr, health: Arc<Health>) -> Result<SocketAddr, ServeE
     let latency = [
         1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
     ];
-    // Bind first: a port in use must not leave a recorder installed with nothing serving.
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("mandrill_handler_seconds".into()), &handler)?
         .set_buckets_for_metric(Matcher::Suffix("latency_seconds".into()), &latency)?
         .set_buckets_for_metric(Matcher::Full("mandrill_loop_lag_seconds".into()), &handler)?
-        .install_recorder()?;
-    describe();
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| ServeError::Server(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("mandrill-metrics".into())
-        .spawn(move || {
-            let mut upkept = Instant::now();
-            loop {
-                match server.recv_timeout(UPKEEP_EVERY) {
-                    Ok(Some(request)) => answer(request, &handle, &health),
-                    Ok(None) => {}
-                    // The listener is gone: nothing more can be served.
-                    Err(_) => return,
-                }
-                if upkept.elapsed() >= UPKEEP_EVERY {
-                    handle.run_upkeep();
-                    upkept = Instant::now();
-                }
+        .build_recorder();
+    let render = recorder.handle();
+    // Listen first: a port in use must not leave a recorder installed with nothing
+    // serving.
+    let bound = http_thread(addr, "mandrill-metrics", move |server| {
+        let mut upkept = Instant::now();
+        loop {
+            match server.recv_timeout(UPKEEP_EVERY) {
+                Ok(Some(request)) => answer(request, &render, &health),
+                Ok(None) => {}
+                // The listener is gone: nothing more can be served.
+                Err(_) => return,
             }
-        })
-        .map_err(|e| ServeError::Server(e.to_string()))?;
+            if upkept.elapsed() >= UPKEEP_EVERY {
+                render.run_upkeep();
+                upkept = Instant::now();
+            }
+        }
+    })?;
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| ServeError::Server(format!("cannot install the metrics recorder: {e}")))?;
+    describe();
     Ok(bound)
 }
 

@@ -172,6 +172,15 @@ impl Supervisor {
         }
     }
 
+    /// What `child` went through: the supervisor's counts, and the failures its `Link`
+    /// counted, resumed ones too.
+    fn stats_of(&self, child: &Member) -> ChildStats {
+        ChildStats {
+            failures: child.failures.snapshot(),
+            ..self.stats.get(&child.name).cloned().unwrap_or_default()
+        }
+    }
+
     fn stop(&mut self, child: ChildName) {
         self.stopped.insert(child);
         self.stats.entry(child).or_default().stopped = true;
@@ -261,14 +270,10 @@ impl Handler<TreeView> for Supervisor {
         let children = self
             .children
             .iter()
-            .map(|c| {
-                let mut stats = self.stats.get(&c.name).cloned().unwrap_or_default();
-                stats.failures = c.failures.snapshot();
-                ChildView {
-                    name: c.name.as_str(),
-                    restart_type: c.restart_type.as_str(),
-                    stats,
-                }
+            .map(|c| ChildView {
+                name: c.name.as_str(),
+                restart_type: c.restart_type.as_str(),
+                stats: self.stats_of(c),
             })
             .collect();
         MessageResult(TreeState {
@@ -290,14 +295,10 @@ pub(crate) struct SupervisionStats;
 impl Handler<SupervisionStats> for Supervisor {
     type Result = MessageResult<SupervisionStats>;
     fn handle(&mut self, _: SupervisionStats, _: &mut Context<Self>) -> Self::Result {
-        let mut stats = self.stats.clone();
-        for c in &self.children {
-            stats.entry(c.name).or_default().failures = c.failures.snapshot();
-        }
         MessageResult(
-            stats
-                .into_iter()
-                .map(|(name, s)| (name.as_str(), s))
+            self.children
+                .iter()
+                .map(|c| (c.name.as_str(), self.stats_of(c)))
                 .collect(),
         )
     }
