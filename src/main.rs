@@ -95,7 +95,7 @@ fn run() -> anyhow::Result<ExitCode> {
         };
     }
     // The dashboard's feed hears the log's events, so it is on before logging starts.
-    let feed = cli.dashboard.map(|_| dashboard::enable());
+    let page = cli.dashboard.map(|addr| (addr, dashboard::enable()));
     // Dropped at the end of `main`, which flushes every buffered log line.
     let _log = logging::init(cli.log, cli.log_format);
     for warning in &cli.warnings {
@@ -109,24 +109,23 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(addr) => {
             let bound = metrics::serve(addr, health.clone())
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            format!("http://{bound}/metrics")
+            Some(format!("http://{bound}/metrics"))
         }
-        None => "off".to_string(),
+        None => None,
     };
-    let shown = match (cli.dashboard, feed) {
-        (Some(addr), Some(feed)) => {
+    let page = match page {
+        Some((addr, feed)) => {
             let bound = dashboard::serve(addr, feed)
                 .with_context(|| format!("cannot serve the dashboard on {addr}"))?;
             Some(format!("http://{bound}/"))
         }
-        _ => None,
+        None => None,
     };
     let config_read = cli
         .config_read
         .as_ref()
         .map_or("none".to_string(), |p| p.display().to_string());
     let linger = cli.metrics_linger;
-    let cli_metrics = cli.metrics_addr.is_some();
     let mut config = match cli.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -136,15 +135,16 @@ fn run() -> anyhow::Result<ExitCode> {
     };
     config.health = health;
     tracing::info!(
-        "mandrill {} starting: {}; metrics {served}; config file {config_read}",
+        "mandrill {} starting: {}; metrics {}; config file {config_read}",
         env!("CARGO_PKG_VERSION"),
-        config.describe()
+        config.describe(),
+        served.as_deref().unwrap_or("off")
     );
-    if cli_metrics {
-        tracing::info!("Serving Prometheus metrics at {served}, probes at /healthz and /readyz");
+    if let Some(url) = served {
+        tracing::info!("Serving Prometheus metrics at {url}, probes at /healthz and /readyz");
     }
-    if let Some(page) = shown {
-        tracing::info!("Serving the supervision dashboard at {page}");
+    if let Some(url) = page {
+        tracing::info!("Serving the supervision dashboard at {url}");
     }
     if config.on_sighup == OnSighup::Reload {
         // A reload reads the same command line, and so the config file it names, again.
