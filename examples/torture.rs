@@ -12,6 +12,7 @@
 //!    of stores, IO delays and drain timeouts; and runs where a second signal follows the
 //!    first by 10 to 100 ms.
 //! 2. Panics: panics injected into every actor at 1% and at 10% of handler calls.
+//! 4. Store faults, so far one: a SIGKILL mid-run, then a restart on the same file.
 
 mod support;
 
@@ -98,12 +99,30 @@ struct PanicRun {
     seconds: f64,
 }
 
+/// One SIGKILL mid-run, and the run after it on the same file.
+#[derive(Debug, Serialize)]
+struct KillRun {
+    seed: u64,
+    killed_at_ms: u64,
+    /// `integrity_check` of the file the killed process left.
+    integrity_ok: bool,
+    rows_left: i64,
+    /// The next run on the file: its exit, whether its report balanced, and whether what
+    /// it saved is what the file gained.
+    restart_exit: Option<i32>,
+    restart_conserved: bool,
+    restart_saved_equals_new_rows: bool,
+    /// From starting the next run to its exit, with 1,000 messages to handle.
+    recovery_ms: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Results {
     seed: u64,
     quick: bool,
     signals: Vec<SignalRun>,
     panics: Vec<PanicRun>,
+    kills: Vec<KillRun>,
 }
 
 const SIGNALS: [(Signal, &str); 3] = [
@@ -295,6 +314,71 @@ fn panic_run(rate: f64, messages: u64, dir: &Path) -> PanicRun {
     }
 }
 
+fn kill_run(seed: u64, dir: &Path) -> KillRun {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let killed_at_ms = rng.random_range(200..2000);
+    let db = dir.join(format!("kill-{seed}.db"));
+    let mut child = Command::new(binary())
+        .args([
+            "--publish-delay",
+            "0.001",
+            "--io-delay",
+            "0.01",
+            "--log",
+            "none",
+        ])
+        .args(["--seed", &seed.to_string()])
+        .arg("--db")
+        .arg(&db)
+        .env("XDG_CONFIG_HOME", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run mandrill");
+    started(child.id(), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(killed_at_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    let (integrity_ok, rows_left) = inspect(&db);
+    let start = Instant::now();
+    let out = Command::new(binary())
+        .args([
+            "--messages",
+            "1000",
+            "--publish-delay",
+            "0",
+            "--io-delay",
+            "0.001",
+        ])
+        .args(["--log", "none", "--seed", &(seed + 1).to_string()])
+        .arg("--db")
+        .arg(&db)
+        .env("XDG_CONFIG_HOME", dir)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run mandrill again");
+    let recovery_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Option<Value> = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    let (_, rows) = inspect(&db);
+    KillRun {
+        seed,
+        killed_at_ms,
+        integrity_ok,
+        rows_left,
+        restart_exit: out.status.code(),
+        restart_conserved: report.as_ref().is_some_and(conserved),
+        restart_saved_equals_new_rows: report
+            .as_ref()
+            .and_then(|r| r["saved"].as_i64())
+            .is_some_and(|saved| saved == rows - rows_left),
+        recovery_ms,
+    }
+}
+
 fn main() {
     let o = options();
     std::fs::create_dir_all(&o.out).expect("the output directory");
@@ -310,11 +394,17 @@ fn main() {
         .into_iter()
         .map(|rate| panic_run(rate, messages, scratch.path()))
         .collect();
+    let kills = if o.quick { 2 } else { 20 };
+    eprintln!("4. store faults: {kills} SIGKILLs mid-run, each followed by a run on the file");
+    let kills: Vec<KillRun> = (0..kills)
+        .map(|i| kill_run(o.seed + 10_000 + i as u64, scratch.path()))
+        .collect();
     let r = Results {
         seed: o.seed,
         quick: o.quick,
         signals,
         panics,
+        kills,
     };
     table(&r);
     let json = serde_json::to_string_pretty(&r).expect("json");
@@ -340,6 +430,15 @@ fn failures(r: &Results) -> Vec<String> {
             || (s.second.is_none() && !s.report);
         if broke {
             out.push(format!("signal run, seed {}: {s:?}", s.seed));
+        }
+    }
+    for k in &r.kills {
+        if !k.integrity_ok
+            || k.restart_exit != Some(0)
+            || !k.restart_conserved
+            || !k.restart_saved_equals_new_rows
+        {
+            out.push(format!("kill run, seed {}: {k:?}", k.seed));
         }
     }
     for p in &r.panics {
@@ -426,4 +525,18 @@ fn table(r: &Results) {
             p.saved
         );
     }
+    let k = &r.kills;
+    let recovery: Vec<f64> = k.iter().map(|x| x.recovery_ms).collect();
+    println!(
+        "| 4. SIGKILL, then a restart | runs; integrity_check ok; restarts exiting 0 and balanced; saved equal to the new rows | {}; {}; {}; {} |",
+        k.len(),
+        k.iter().filter(|x| x.integrity_ok).count(),
+        k.iter().filter(|x| x.restart_exit == Some(0) && x.restart_conserved).count(),
+        k.iter().filter(|x| x.restart_saved_equals_new_rows).count()
+    );
+    println!(
+        "| 4. SIGKILL, then a restart | recovery, restart to exit with 1,000 messages, ms: p50, max | {:.0}, {:.0} |",
+        median(&recovery),
+        recovery.iter().copied().fold(0.0, f64::max)
+    );
 }

@@ -37,4 +37,5 @@ fn every_quick_torture_run_keeps_every_message() {
             .expect("torture.json");
     assert_eq!(json["signals"].as_array().unwrap().len(), 8);
     assert_eq!(json["panics"].as_array().unwrap().len(), 2);
+    assert_eq!(json["kills"].as_array().unwrap().len(), 2);
 }
