@@ -1,4 +1,4 @@
-//! CI's slice of the torture suite: a few runs of each scenario of `examples/torture.rs`
+//! CI's slice of the torture suite: a few runs of each scenario of `examples/torture/`
 //! on the debug binary. The runner exits 1, naming the run, when any run broke the
 //! promise: a hang, a broken invariant, a failed integrity check, saved rows that do not
 //! match the report, or a lost message.
