@@ -623,7 +623,7 @@ fn deleted_database(o: &Options, out: &mut Section) {
     let noticed: Vec<f64> = runs.iter().filter_map(|x| x.noticed_ms).collect();
     out.row(
         name,
-        "deletion to the line that says so, ms: p50, max; saved and acked meanwhile",
+        "deletion to the line that says so, ms: p50, max; messages logged saved, and acked, meanwhile (committed before the deletion, or their batch would have failed)",
         format!(
             "{}; {}; {}",
             p50_max(&noticed),
@@ -857,7 +857,7 @@ impl SharedSchema {
     fn new(base: &str) -> Result<Self, String> {
         let mut admin = Client::connect(base, NoTls)
             .map_err(|e| format!("cannot reach postgres at {base}: {e}"))?;
-        let name = format!("torture_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("torture_store_{}", uuid::Uuid::new_v4().simple());
         admin
             .batch_execute(&format!(
                 "CREATE SCHEMA {name}; CREATE ROLE {name} LOGIN; \
