@@ -181,6 +181,10 @@ pub struct SqliteStore {
     /// The claim log as this connection last read it; `None` until first needed, and
     /// after a failed claim, whose changes to it may not have been committed.
     claim_index: Option<ClaimIndex>,
+    /// Run by the next save between its writes and its commit, where a test deletes the
+    /// file that the check before the batch found still there.
+    #[cfg(test)]
+    before_commit: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Each host's latest claim in `claim_log`, as of the log's row `seen`.
@@ -412,6 +416,8 @@ impl SqliteStore {
             file,
             flusher: Some(flusher),
             claim_index: None,
+            #[cfg(test)]
+            before_commit: None,
         })
     }
 
@@ -427,6 +433,8 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn save(&mut self, rows: &[SaveRow]) -> Result<u64, StoreError> {
+        #[cfg(test)]
+        let before_commit = self.before_commit.take();
         let tx = self.conn()?.transaction().map_err(classify)?;
         let mut new = 0;
         {
@@ -456,7 +464,15 @@ impl Store for SqliteStore {
                 }
             }
         }
+        #[cfg(test)]
+        if let Some(hook) = before_commit {
+            hook();
+        }
         tx.commit().map_err(classify)?;
+        // The file may have been deleted after the check before the batch: the commit then
+        // went into a file that is gone, and its messages must not be acked as saved. A
+        // file deleted after this check held the batch when the batch was acked.
+        self.file.check()?;
         Ok(new)
     }
 
@@ -849,6 +865,28 @@ mod tests {
         let e = s.save(&[row(m(), 1)]).unwrap_err();
         assert!(
             matches!(&e, StoreError::Corrupt(why) if why.contains("replaced")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_deleted_while_a_batch_is_written_fails_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let m = || Message::new(InstanceName::parse("cattle-a").unwrap());
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.save(&[row(m(), 1)]).unwrap(), 1);
+        let gone = path.clone();
+        s.before_commit = Some(Box::new(move || {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = gone.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }));
+        let e = s.save(&[row(m(), 1)]).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt(why) if why.contains("deleted")),
             "{e}"
         );
     }
