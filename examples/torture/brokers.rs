@@ -4,6 +4,13 @@
 //! through again. Each run publishes messages with ids of its own, and afterwards the
 //! broker is asked what it still holds and what it dead-lettered: every id must be
 //! there, or in the store, which a message reaches before it is acked.
+//!
+//! A run breaks the promise when an id is lost, when it hangs, or when it does not exit
+//! 0 with a report. Whether the report balances is a figure, not a failure: a delivery
+//! whose ack went out as the link broke comes back and is acked again, and one the
+//! broker sent as the link broke is first seen as a redelivery, so across a fault the
+//! report's `acked` may exceed the messages and its `published` fall short of them. The
+//! rows say by how much.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
