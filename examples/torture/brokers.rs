@@ -137,12 +137,13 @@ fn rows(out: &mut Section, name: &str, runs: &[Run]) {
     );
     out.row(
         name,
-        "after the runs: acked at the broker; dead-lettered; still pending",
+        "after the runs: acked at the broker; dead-lettered; still pending (of them, saved)",
         format!(
-            "{}; {}; {}",
+            "{}; {}; {} ({})",
             sum(&|x| x.acked_at_broker),
             sum(&|x| x.dead_lettered),
-            sum(&|x| x.pending)
+            sum(&|x| x.pending),
+            sum(&|x| x.pending_saved)
         ),
     );
     let n = |x: &Run, f: &str| x.counts.as_ref().and_then(|c| c[f].as_u64()).unwrap_or(0);
@@ -201,6 +202,9 @@ struct Run {
     acked_at_broker: u64,
     dead_lettered: u64,
     pending: u64,
+    /// Of those, the ones already saved: their work was done and acked, and the broker
+    /// holds them again.
+    pending_saved: u64,
     exit_code: Option<i32>,
     hung: bool,
     report: bool,
@@ -375,6 +379,10 @@ impl Run {
             acked_at_broker: ids.len() as u64 - pending - dead_lettered,
             dead_lettered,
             pending,
+            pending_saved: ids
+                .iter()
+                .filter(|id| tally.remaining.contains(id) && saved.contains(id))
+                .count() as u64,
             exit_code: f.exit_code,
             hung: f.hung,
             report: f.report.is_some(),
