@@ -250,6 +250,23 @@ fn publish_error(subject: &str, e: &dyn std::fmt::Display) -> JetStreamError {
 /// How long a fetch of what is there now may stay open on the server.
 const FETCH_EXPIRY: Duration = Duration::from_millis(100);
 
+/// How long past a request's expiry its deliveries are still read. The server ends a
+/// request with an answer at its expiry; when the connection broke meanwhile, that
+/// answer never comes, and the client's own timer would keep the request open five
+/// seconds longer, with no pull made after the server is back. A delivery the server
+/// sent into a request given up on is leased to no one, and comes back when its lease
+/// runs out.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// The items of `stream` until it ends or `limit` has passed, whichever comes first.
+fn until<S: futures_util::Stream + Unpin>(
+    stream: S,
+    limit: Duration,
+) -> impl futures_util::Stream<Item = S::Item> {
+    use futures_util::StreamExt as _;
+    stream.take_until(tokio::time::sleep(limit))
+}
+
 /// A durable pull consumer's settings; every instance that names it shares its work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSpec {
@@ -329,7 +346,7 @@ impl Consumer {
         // deliveries it later sends into it would wait there too, with their leases
         // running. The expiry bounds that.
         let fetch = self.inner.fetch().max_messages(max).expires(FETCH_EXPIRY);
-        let now = self.take(fetch.messages().await, max);
+        let now = self.take(fetch.messages().await, max, FETCH_EXPIRY);
         let now = now.await?;
         if !now.is_empty() || wait.is_zero() {
             return Ok(now);
@@ -337,20 +354,24 @@ impl Consumer {
         // A request for more would stay open until it filled or expired. One for a single
         // message ends as soon as it arrives.
         let one = self.inner.batch().max_messages(1).expires(wait).messages();
-        self.take(one.await, 1).await
+        self.take(one.await, 1, wait).await
     }
 
+    /// Reads a request's deliveries until it ends, or until `ANSWER_GRACE` past its
+    /// `expiry`: the server's answer at the expiry was then lost with the connection.
     async fn take(
         &self,
         batch: Result<jetstream::consumer::pull::Batch, jetstream::consumer::pull::BatchError>,
         max: usize,
+        expiry: Duration,
     ) -> Result<Vec<Fetched>, JetStreamError> {
-        use futures_util::StreamExt as _;
         let fail = |e: &dyn std::fmt::Display| JetStreamError::Fetch {
             consumer: self.name.clone(),
             reason: e.to_string(),
         };
-        let mut batch = batch.map_err(|e| fail(&e))?;
+        use futures_util::StreamExt as _;
+        let batch = batch.map_err(|e| fail(&e))?;
+        let mut batch = std::pin::pin!(until(batch, expiry + ANSWER_GRACE));
         let mut out = Vec::with_capacity(max);
         while let Some(next) = batch.next().await {
             let handle = next.map_err(|e| fail(&e))?;
@@ -766,5 +787,22 @@ impl Handler<Probe> for JetStreamBroker {
             None => "connecting",
         };
         MessageResult(Probed::new(state, &[("leased", self.leases.len())]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+
+    /// A request whose server answer never comes, as when it was lost with the
+    /// connection, still ends soon after its expiry, with what was delivered before.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_answer_was_lost_ends_with_what_it_delivered() {
+        let delivered = futures_util::stream::iter([1, 2]).chain(futures_util::stream::pending());
+        let read = until(delivered, FETCH_EXPIRY + ANSWER_GRACE).collect::<Vec<i32>>();
+        // Time is paused: the hour passes at once if the request is never given up on.
+        let got = tokio::time::timeout(Duration::from_secs(3600), read).await;
+        assert_eq!(got.ok(), Some(vec![1, 2]));
     }
 }
