@@ -52,10 +52,12 @@ const INTERVAL_MS: i64 = 1000;
 /// The instances of a run; the first is the one killed.
 const INSTANCES: usize = 3;
 
-/// The shape of a run: how many messages, naming how many hosts.
+/// The shape of a run: how many messages, naming how many hosts, and how many each
+/// instance holds at once.
 struct Shape {
     messages: usize,
     hosts: u64,
+    in_flight: u32,
 }
 
 /// The share of the messages the fleet has saved when the kill comes, drawn per run:
@@ -71,6 +73,7 @@ pub fn run(o: &Options) -> Section {
             Shape {
                 messages: 400,
                 hosts: 20,
+                in_flight: 10,
             },
         )
     } else {
@@ -79,6 +82,7 @@ pub fn run(o: &Options) -> Section {
             Shape {
                 messages: 3000,
                 hosts: 60,
+                in_flight: 20,
             },
         )
     };
@@ -373,7 +377,7 @@ fn fleet_run(seed: u64, shape: &Shape, nats: &str, pg: &str, dir: &Path) -> Flee
         }
     };
     let stream = format!("TORTURE_FLEET_{}", Uuid::new_v4().simple());
-    let result = drive(&mut x, &published, &schema, nats, &stream, dir);
+    let result = drive(&mut x, shape, &published, &schema, nats, &stream, dir);
     delete_stream(nats, &stream);
     if let Err(e) = result {
         x.error = Some(e);
@@ -384,6 +388,7 @@ fn fleet_run(seed: u64, shape: &Shape, nats: &str, pg: &str, dir: &Path) -> Flee
 /// Publishes, runs the fleet, kills one, waits for the others, and checks.
 fn drive(
     x: &mut FleetRun,
+    shape: &Shape,
     published: &[(Uuid, String)],
     schema: &Schema,
     nats: &str,
@@ -423,7 +428,8 @@ fn drive(
     let start = Instant::now();
     let mut fleet: Vec<Child> = Vec::with_capacity(INSTANCES);
     for i in 0..INSTANCES {
-        match spawn(&instance(i), schema, nats, stream, dir, x.seed + i as u64) {
+        let seed = x.seed + i as u64;
+        match spawn(&instance(i), shape, schema, nats, stream, dir, seed) {
             Ok(child) => fleet.push(child),
             Err(e) => {
                 for mut child in fleet {
@@ -489,6 +495,7 @@ fn balanced(r: &serde_json::Value) -> bool {
 /// Starts one instance of the fleet.
 fn spawn(
     name: &str,
+    shape: &Shape,
     schema: &Schema,
     nats: &str,
     stream: &str,
@@ -500,6 +507,7 @@ fn spawn(
         .args(["--stream", stream, "--consumer", "fleet"])
         .args(["--store", "postgres", "--db-url", &schema.url(name)])
         .args(["--instance-id", name, "--seed", &seed.to_string()])
+        .args(["--max-in-flight", &shape.in_flight.to_string()])
         .args([
             "--min-restart-interval",
             &(INTERVAL_MS as f64 / 1000.0).to_string(),
@@ -509,8 +517,6 @@ fn spawn(
             "1",
             "--idle-exit",
             "4",
-            "--max-in-flight",
-            "10",
             "--io-delay",
             "0.1",
             "--failure-rate",
