@@ -155,12 +155,13 @@ pub fn run(o: &Options) -> Section {
     out.row(
         name,
         &format!(
-            "hosts restarted twice within the interval ({INTERVAL_MS} ms, claims kept across the fleet); restarts in all; hosts restarted again past it; closest two restarts of a host, ms"
+            "hosts restarted twice within the interval ({INTERVAL_MS} ms, claims kept across the fleet); restarts in all (claims given back besides); hosts restarted again past it; closest two restarts of a host, ms"
         ),
         format!(
-            "{}; {}; {}; {}",
+            "{}; {} ({}); {}; {}",
             sum(&|x| x.twice_within),
             sum(&|x| x.claims_kept),
+            sum(&|x| x.claims_given_back),
             sum(&|x| x.restarted_again),
             f.iter()
                 .filter_map(|x| x.closest_ms)
@@ -230,6 +231,8 @@ struct FleetRun {
     restarted_again: u64,
     /// Claims kept across the fleet: the restarts that happened, or may have.
     claims_kept: u64,
+    /// Claims given back, their restarts failed or never started.
+    claims_given_back: u64,
     /// The closest two kept claims on one host came, in ms.
     closest_ms: Option<i64>,
     /// Deliveries beyond the first that the survivors took: the killed one's leases
@@ -520,7 +523,7 @@ fn spawn(
             "--io-delay",
             "0.1",
             "--failure-rate",
-            "0.1",
+            "0.3",
             "--max-deliveries",
             "3",
             "--log",
@@ -620,6 +623,7 @@ fn check_store(
             times.push(at);
         } else if let Some(i) = times.iter().position(|t| *t == at) {
             times.swap_remove(i);
+            x.claims_given_back += 1;
         }
     }
     for times in kept.values_mut() {
