@@ -615,8 +615,13 @@ fn check_store(
         .zip(&x.survivor_saved)
         .map(|(i, saved)| saved.unwrap_or(0).abs_diff(by(i)))
         .sum();
+    // Every claim won, then every one given back: the claims kept are the difference,
+    // whatever order the log's rows lie in.
     let mut kept: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for r in q(&mut c, "SELECT host, at, won FROM torture_claims")? {
+    for r in q(
+        &mut c,
+        "SELECT host, at, won FROM torture_claims ORDER BY won DESC",
+    )? {
         let (host, at, won): (String, i64, bool) = (r.get(0), r.get(1), r.get(2));
         let times = kept.entry(host).or_default();
         if won {
