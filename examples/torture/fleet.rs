@@ -20,7 +20,10 @@
 //! - No host restarted twice within the interval: the guard keeps a host's claim, taken
 //!   before its action starts, as its last restart, unless the restart failed or never
 //!   started and the claim was given back. The claims kept, across every instance,
-//!   must lie at least the interval apart for each host.
+//!   must lie at least the interval apart for each host, by the one clock of the
+//!   machine the instances share.
+//! - Each claim kept is one restart in the history: an attempt restarted, timed out or
+//!   `unknown` (the killed instance's, replaced after its ttl), or a claim still open.
 //! - The survivors exit 0 with balanced reports: each delivery a survivor took was
 //!   acked, nacked or given back at shutdown, and nothing was left at the consumer at
 //!   its exit. (The report's own law, published = acked + dead-lettered + pending at
@@ -171,6 +174,11 @@ pub fn run(o: &Options) -> Section {
     );
     out.row(
         name,
+        "restarts in the history off from the claims kept (restarted, timed out, unknown, or still open)",
+        sum(&|x| x.history_off),
+    );
+    out.row(
+        name,
         "survivors exiting 0 with balanced reports; rows the killed one saved; deliveries redelivered to the survivors",
         format!(
             "{}/{}; {}; {}",
@@ -231,6 +239,8 @@ struct FleetRun {
     restarted_again: u64,
     /// Claims kept across the fleet: the restarts that happened, or may have.
     claims_kept: u64,
+    /// How far the restarts in the history are from the claims kept.
+    history_off: u64,
     /// Claims given back, their restarts failed or never started.
     claims_given_back: u64,
     /// The closest two kept claims on one host came, in ms.
@@ -258,7 +268,11 @@ impl FleetRun {
     }
 
     fn held(&self) -> bool {
-        self.saved_once() && self.lost == Some(0) && self.twice_within == 0 && self.survivors_ok()
+        self.saved_once()
+            && self.lost == Some(0)
+            && self.twice_within == 0
+            && self.history_off == 0
+            && self.survivors_ok()
     }
 }
 
@@ -644,6 +658,19 @@ fn check_store(
             x.closest_ms = Some(x.closest_ms.map_or(gap, |c| c.min(gap)));
         }
     }
+    // Each claim kept is one restart in the history: restarted, timed out, or left
+    // without an outcome by the killed instance, still open or written as `unknown`
+    // when a later claim took its place.
+    let history: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM attempts
+                     WHERE outcome IN ('restarted', 'timed_out', 'unknown'))
+                  + (SELECT count(*) FROM open_claims)",
+            &[],
+        )
+        .map_err(|e| format!("the history: {e}"))?
+        .get(0);
+    x.history_off = x.claims_kept.abs_diff(history as u64);
     Ok(())
 }
 
