@@ -191,7 +191,11 @@ pub fn run(o: &Options) -> Section {
     let killed: Vec<u64> = f.iter().map(|x| x.killed_at_ms).collect();
     out.row(
         name,
-        "killed at, ms after start: min, max (the fleet had saved 5% to 80% of the messages, drawn per run)",
+        &format!(
+            "killed at, ms after start: min, max (once the fleet had saved a share of the messages drawn from {:.0}% to {:.0}%)",
+            KILL_AT.start * 100.0,
+            KILL_AT.end * 100.0
+        ),
         format!(
             "{}, {}",
             killed.iter().min().unwrap_or(&0),
