@@ -18,6 +18,7 @@
 mod support;
 
 mod brokers;
+mod fleet;
 mod panics;
 mod signals;
 mod store;
@@ -37,6 +38,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("panics", panics::run),
     ("store", store::run),
     ("brokers", brokers::run),
+    ("fleet", fleet::run),
 ];
 
 fn options(scratch: PathBuf) -> (Options, Option<Vec<String>>) {

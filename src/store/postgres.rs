@@ -402,6 +402,13 @@ impl Store for PostgresStore {
         // the order of their hosts: two instances that claimed overlapping hosts in
         // their own orders would each wait for a row the other holds, until the
         // server's deadlock check (a second) failed one of them.
+        //
+        // The open claim a won claim replaces is written to the history as `unknown`
+        // only when it is the claim the host's row held, `previous_at`. The statement
+        // reads `open_claims` as it stood when it began, while a claim that waited for
+        // a host's row sees what committed since: an open claim given back meanwhile
+        // (its restart failed) is still in the first and gone from the second, and was
+        // written as a restart that may have happened beside its `failed` attempt.
         let mut tx = self.client()?.transaction().map_err(classify)?;
         // With the fleet's rails, what each claim would meet is decided first, under
         // a lock every instance with the rails takes: those the guard would let through
@@ -444,7 +451,8 @@ impl Store for PostgresStore {
                                            started_at, finished_at, outcome, reason, service)
                      SELECT o.message_id, o.host, o.hostname, o.action, false, o.claimed_at,
                             o.expires_at, 'unknown', $9, o.claimed_by
-                     FROM open_claims AS o JOIN won ON won.host = o.host)
+                     FROM open_claims AS o
+                     JOIN won ON won.host = o.host AND o.claimed_at = won.previous_at)
                  INSERT INTO open_claims AS o (host, claimed_at, claimed_by, message_id,
                                                hostname, action, expires_at, previous_at)
                  SELECT won.host, $4::bigint, $5, t.id, t.hn, $6, $4::bigint + $7::bigint,
@@ -872,6 +880,89 @@ mod tests {
         assert_eq!(outcomes(&q), ["running", "unknown"]);
         q.host = Some("db-*".into());
         assert!(outcomes(&q).is_empty());
+    }
+
+    #[test]
+    fn a_claim_given_back_while_the_next_waits_is_not_written_as_unknown() {
+        let Some(schema) = Schema::new() else { return };
+        let mut first = schema.open();
+        let context = AttemptContext::test();
+        let host = InstanceName::parse("web-01").unwrap();
+        let held = Claim {
+            host,
+            message_id: Uuid::new_v4(),
+        };
+        let terms = ClaimTerms {
+            context: &context,
+            now_ms: 1_000,
+            interval_ms: 1_000,
+            ttl_ms: 60_000,
+            fleet: FleetRails::default(),
+        };
+        assert_eq!(
+            first.claim_restarts(&[held], &terms).unwrap(),
+            [Claimed::Won]
+        );
+        // Its restart failed: the claim is given back in a transaction left open, so
+        // that the next claim begins before it commits and waits for the host's row.
+        let mut giver = schema.config.connect(NoTls).unwrap();
+        let mut tx = giver.transaction().unwrap();
+        let ids = [held.message_id.hyphenated().to_string()];
+        release(
+            &mut tx,
+            &context.service,
+            &[host.as_str().to_string()],
+            &ids,
+        )
+        .unwrap();
+        let mut config = schema.config.clone();
+        config.application_name(&schema.name);
+        let mut second = PostgresStore::open(&config).unwrap();
+        let claimer = std::thread::spawn(move || {
+            let context = AttemptContext::test();
+            let terms = ClaimTerms {
+                context: &context,
+                now_ms: 1_500,
+                interval_ms: 1_000,
+                ttl_ms: 60_000,
+                fleet: FleetRails::default(),
+            };
+            let next = Claim {
+                host,
+                message_id: Uuid::new_v4(),
+            };
+            second.claim_restarts(&[next], &terms)
+        });
+        let mut watcher = schema.config.connect(NoTls).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&schema.name],
+                )
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the next claim never waited for the host's row"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        tx.commit().unwrap();
+        assert_eq!(claimer.join().unwrap().unwrap(), [Claimed::Won]);
+        let unknown: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM attempts WHERE outcome = 'unknown'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(unknown, 0, "the claim given back was written as a restart");
     }
 
     #[test]
