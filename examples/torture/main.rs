@@ -17,6 +17,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod hostile;
 mod panics;
 mod signals;
 mod store;
@@ -34,6 +35,7 @@ type Scenario = fn(&Options) -> Section;
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("signals", signals::run),
     ("panics", panics::run),
+    ("hostile", hostile::run),
     ("store", store::run),
 ];
 
