@@ -268,7 +268,10 @@ fn duplicate(rng: &mut SmallRng, lines: &[Line], accepted: &[usize]) -> Line {
 fn malformed(rng: &mut SmallRng) -> Line {
     let id = uuid(rng);
     let good = String::from_utf8(message(&id, "host-ok")).expect("json is text");
-    let bytes: Vec<u8> = match rng.random_range(0..16) {
+    let bytes: Vec<u8> = match rng.random_range(0..18) {
+        // Ids that try to break or bend the log line a rejection is reported in.
+        15 => br#"{"message_id":"\n2026-01-01T00:00:00Z  INFO Restarted forged-id.example.net","instance_name":"a"}"#.to_vec(),
+        16 => br#"{"message_id":"\u202eten.elpmaxe","instance_name":"a"}"#.to_vec(),
         0 => b"{not json".to_vec(),
         1 => b"{\"message_id\":}".to_vec(),
         2 => b"null".to_vec(),
@@ -453,6 +456,9 @@ struct Found {
     store: usize,
     restarted_lines: usize,
     restarted: usize,
+    /// Log lines that do not start with a timestamp, or hold a character outside
+    /// printable ASCII: lines a producer's input broke or bent.
+    bent_log_lines: usize,
 }
 
 fn found(
@@ -498,6 +504,13 @@ fn found(
         f.store_rows = rows.len();
         f.store = rows.iter().filter(|n| !names.contains(*n)).count();
     }
+    f.bent_log_lines = log
+        .iter()
+        .filter(|l| {
+            !l.starts_with(|c: char| c.is_ascii_digit())
+                || !l.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+        })
+        .count();
     for l in log {
         if let Some(at) = l.find("Restarted ") {
             f.restarted_lines += 1;
@@ -516,7 +529,7 @@ fn found(
 
 impl Found {
     fn total(&self) -> usize {
-        self.argv + self.store + self.restarted
+        self.argv + self.store + self.restarted + self.bent_log_lines
     }
 }
 
@@ -552,6 +565,11 @@ fn wait_measuring(child: &mut Child, limit: Duration) -> (Option<i32>, bool, f64
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Keeps a run's log beside torture.json, to read when a figure is off.
+fn keep_log(o: &Options, tag: &str, log: &[String]) {
+    let _ = std::fs::write(o.out.join(format!("hostile-{tag}.log")), log.join("\n"));
 }
 
 /// Reads the child's stderr to its end on a thread of its own.
@@ -662,6 +680,7 @@ fn stdin_run(o: &Options, seed: u64, lines: &[Line], huge: u64) -> StdinRun {
     let (exit, crashed, peak_rss_mb, timed_out) = wait_measuring(&mut child, limit);
     let _ = writer.join();
     let log = log.join().unwrap_or_default();
+    keep_log(o, "stdin", &log);
     let report = last_report(&reader.join().unwrap_or_default());
 
     // Line numbers as the service counts them: from 1, blanks included, the huge line
@@ -876,8 +895,10 @@ fn serve(o: &Options, tag: &str, source: &[String], env: &[(&str, &str)], settle
     });
     let limit = Duration::from_secs(if o.quick { 60 } else { 120 });
     let (exit, crashed, peak_rss_mb, timed_out) = wait_measuring(&mut child, limit);
+    let log = log.join().unwrap_or_default();
+    keep_log(o, tag, &log);
     Served {
-        log: log.join().unwrap_or_default(),
+        log,
         report: last_report(&reader.join().unwrap_or_default()),
         exit,
         crashed,
@@ -1393,15 +1414,16 @@ pub fn run(o: &Options) -> Section {
     );
     out.row(
         name,
-        "names not sent as valid in argv / store / `Restarted` lines (of records, rows, lines)",
+        "names not sent as valid in argv / store / `Restarted` lines (of records, rows, lines); log lines broken or bent by input",
         format!(
-            "{} / {} / {} (of {}, {}, {})",
+            "{} / {} / {} (of {}, {}, {}); {}",
             s.found.argv,
             s.found.store,
             s.found.restarted,
             s.found.argv_records,
             s.found.store_rows,
-            s.found.restarted_lines
+            s.found.restarted_lines,
+            s.found.bent_log_lines
         ),
     );
     for b in [&js, &ps] {
