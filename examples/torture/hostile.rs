@@ -1485,10 +1485,10 @@ pub fn run(o: &Options) -> Section {
         );
         out.row(
             &name,
-            "names not sent as valid in argv / store / `Restarted` lines",
+            "names not sent as valid in argv / store / `Restarted` lines; log lines broken or bent by input",
             format!(
-                "{} / {} / {}",
-                b.found.argv, b.found.store, b.found.restarted
+                "{} / {} / {}; {}",
+                b.found.argv, b.found.store, b.found.restarted, b.found.bent_log_lines
             ),
         );
     }
