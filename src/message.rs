@@ -312,6 +312,9 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 ///
 /// serde_json's own errors already name a missing field, a bad uuid or a bad instance name;
 /// they are kept, minus the position suffix, which means nothing to someone fixing one line.
+/// Some of them quote a character of the input as it is (the uuid parser's "found `x`"),
+/// so every character outside printable ASCII is escaped: the reason goes into a log line,
+/// and a producer's newline or bidi override must not break or bend it.
 pub(crate) fn parse_line(line: &[u8]) -> Result<Message, WireError> {
     if line.len() > MAX_LINE {
         return Err(WireError::TooLong(line.len()));
@@ -320,11 +323,25 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Message, WireError> {
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
         let msg = match msg.find(" at line ") {
-            Some(i) => msg[..i].to_string(),
-            None => msg,
+            Some(i) => &msg[..i],
+            None => &msg,
         };
-        WireError::Json(msg)
+        WireError::Json(printable(msg))
     })
+}
+
+/// `s` with every character but printable ASCII and the space escaped, as Rust escapes
+/// them: `\n`, `\u{202e}`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c.to_string()
+            } else {
+                c.escape_default().to_string()
+            }
+        })
+        .collect()
 }
 
 /// A broker's handle on one delivery of a message, used to ack or nack exactly that
@@ -452,6 +469,25 @@ mod tests {
         );
         assert_eq!(parse_line(json.as_bytes()).unwrap(), m);
         assert_eq!(m.to_string(), "Message(instance_name='cattle-zpsk')");
+    }
+
+    #[test]
+    fn a_reason_quotes_no_control_or_bidi_character_of_the_input() {
+        // The uuid parser quotes the character it stopped at; a newline there would
+        // split the log line, a right-to-left override would reorder it on a terminal.
+        for (bad, shown) in [
+            ("\\n", "\\n"),
+            ("\\u202e", "\\u{202e}"),
+            ("\\u0000", "\\u{0}"),
+        ] {
+            let line = format!(r#"{{"message_id":"{bad}x","instance_name":"a"}}"#);
+            let err = parse_line(line.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(shown), "{err:?} lacks {shown:?}");
+            assert!(
+                err.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

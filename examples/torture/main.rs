@@ -19,6 +19,7 @@ mod support;
 
 mod brokers;
 mod fleet;
+mod hostile;
 mod panics;
 mod signals;
 mod store;
@@ -36,6 +37,7 @@ type Scenario = fn(&Options) -> Section;
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("signals", signals::run),
     ("panics", panics::run),
+    ("hostile", hostile::run),
     ("store", store::run),
     ("brokers", brokers::run),
     ("fleet", fleet::run),
