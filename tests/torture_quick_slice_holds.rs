@@ -55,7 +55,35 @@ fn panics_in_every_actor_lose_nothing() {
 }
 
 #[test]
+fn hostile_input_is_refused_and_reaches_nothing() {
+    let json = quick("hostile");
+    assert_eq!(runs(&json, "hostile_stdin"), 1);
+    assert_eq!(runs(&json, "hostile_brokers"), 2);
+}
+
+#[test]
 fn store_faults_lose_nothing() {
     let json = quick("store");
     assert_eq!(runs(&json, "kills"), 2);
+    for fault in [
+        "full_disk",
+        "deleted_database",
+        "postgres_terminated",
+        "postgres_restarted",
+    ] {
+        assert_eq!(runs(&json, fault), 1, "{fault}");
+    }
+}
+
+#[test]
+fn broker_faults_lose_nothing() {
+    let json = quick("brokers");
+    assert_eq!(runs(&json, "brokers_nats"), 1);
+    assert_eq!(runs(&json, "brokers_pubsub"), 1);
+}
+
+#[test]
+fn a_fleet_with_an_instance_killed_loses_nothing() {
+    let json = quick("fleet");
+    assert_eq!(runs(&json, "fleet"), 2);
 }
