@@ -6,13 +6,24 @@
 //!     cargo run --release --example torture -- [--quick] [--seed N] [--only A,B] [OUT_DIR]
 //!
 //! `--quick` is the slice CI runs: a few runs of each scenario. `--only` runs the named
-//! scenarios alone (signals, panics, store).
+//! scenarios alone: signals, panics, hostile, store, brokers, fleet, fuzz.
 //!
 //! Each scenario has its own module, which runs it and returns its rows of the table,
 //! its runs for torture.json and what broke the promise:
 //! 1. `signals`: SIGTERM, SIGINT or SIGHUP at a random moment in the first 3 s.
 //! 2. `panics`: panics injected into every actor at 1% and at 10% of handler calls.
-//! 4. `store`: store faults, so far a SIGKILL mid-run, then a restart on the same file.
+//! 3. `hostile`: hostile input on stdin, and the same payloads on JetStream and on the
+//!    Pub/Sub emulator.
+//! 4. `store`: a SIGKILL then a restart on the same file, a full disk, the database
+//!    deleted, PostgreSQL backends terminated, and PostgreSQL restarted.
+//! 5. `brokers`: the run's own nats-server stopped and restarted mid-run, and the Pub/Sub
+//!    emulator's connections cut.
+//! 6. `fleet`: three instances on one JetStream consumer and one PostgreSQL schema, one
+//!    SIGKILLed mid-run.
+//! 7. `fuzz`: cargo-fuzz targets for the message line, the config file and durations.
+//!
+//! The scenarios that need a server (NATS, PostgreSQL, the Pub/Sub emulator) fail under
+//! `CI=true` when they cannot reach it, and elsewhere skip it with a loud row.
 
 #[path = "../support/mod.rs"]
 mod support;
