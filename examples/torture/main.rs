@@ -17,6 +17,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod fuzz;
 mod panics;
 mod signals;
 mod store;
@@ -35,6 +36,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("signals", signals::run),
     ("panics", panics::run),
     ("store", store::run),
+    ("fuzz", fuzz::run),
 ];
 
 fn options(scratch: PathBuf) -> (Options, Option<Vec<String>>) {
