@@ -372,7 +372,11 @@ fn parse_libfuzzer(target: &'static str, log: &str, seconds: f64) -> FuzzRun {
         target,
         engine: "libFuzzer",
         seconds,
-        executions: stat("number_of_executed_units").unwrap_or(0),
+        // The final stats are missing when the run stopped on a crash: then the last
+        // status line's count is the nearest figure.
+        executions: stat("number_of_executed_units")
+            .or_else(|| last.and_then(|l| l[1..].split_whitespace().next()?.parse().ok()))
+            .unwrap_or(0),
         crashes: written.len() as u64,
         coverage: field("cov:"),
         corpus: field("corp:"),
