@@ -502,6 +502,17 @@ pub enum ConfigFileError {
         key: String,
         reason: String,
     },
+    /// Two spellings of one key, such as `max_in_flight` and `max-in-flight`, or a
+    /// table's key and the joined name: TOML lets both through, and one would silently
+    /// win.
+    #[error("config file {path}{at}: key `{key}` sets --{flag}, which key `{other}` sets already")]
+    SetTwice {
+        path: String,
+        at: String,
+        key: String,
+        flag: String,
+        other: String,
+    },
 }
 
 /// Why the command line, with its config file, cannot be used.
@@ -940,14 +951,20 @@ fn read_config(path: &std::path::Path) -> Result<String, String> {
 
 /// Reads a TOML config file into the flags it stands for, checking every key and value.
 pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFileError> {
-    use clap::CommandFactory;
     let shown = path.display().to_string();
     let text = read_config(path).map_err(|reason| ConfigFileError::Read {
         path: shown.clone(),
         reason,
     })?;
+    text_args(shown, &text)
+}
+
+/// The flags a config file's text stands for, checking every key and value; `shown` is
+/// the file's name in errors.
+pub(crate) fn text_args(shown: String, text: &str) -> Result<Vec<String>, ConfigFileError> {
+    use clap::CommandFactory;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let (line, column) = line_and_column(&text, e.span().map_or(0, |s| s.start));
+        let (line, column) = line_and_column(text, e.span().map_or(0, |s| s.start));
         ConfigFileError::Syntax {
             path: shown.clone(),
             line,
@@ -965,6 +982,8 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
     let mut pairs = Vec::new();
     flatten("", &table, &is_flag, &mut pairs);
     let mut args = Vec::new();
+    // The key each flag came from, so that no flag is set by two keys.
+    let mut set_by: std::collections::BTreeMap<String, String> = Default::default();
     for (key, value) in pairs {
         let flag = key.replace('_', "-");
         let known = command
@@ -980,14 +999,14 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
                 closest(&flag, flags).map_or(String::new(), |f| format!("; did you mean `{f}`?"));
             return Err(ConfigFileError::UnknownKey {
                 path: shown,
-                at: key_line(&text, &key),
+                at: key_line(text, &key),
                 key,
                 hint,
             });
         }
         let bad = |reason: String| ConfigFileError::BadValue {
             path: shown.clone(),
-            at: key_line(&text, &key),
+            at: key_line(text, &key),
             key: key.clone(),
             reason,
         };
@@ -1038,6 +1057,24 @@ pub(crate) fn file_args(path: &std::path::Path) -> Result<Vec<String>, ConfigFil
                 )))
             }
         };
+        let flags: std::collections::BTreeSet<&str> = std::iter::once(flag.as_str())
+            .chain(these.iter().map(|a| flag_of(a)))
+            .collect();
+        if let Some((flag, other)) = flags
+            .iter()
+            .find_map(|f| set_by.get(*f).map(|other| (f, other)))
+        {
+            return Err(ConfigFileError::SetTwice {
+                path: shown,
+                at: key_line(text, &key),
+                flag: flag.to_string(),
+                other: other.clone(),
+                key,
+            });
+        }
+        for f in flags {
+            set_by.insert(f.to_string(), key.clone());
+        }
         // Check the value on its own, so that the error names the key it came from.
         let mut alone = vec!["mandrill".to_string()];
         alone.extend(these.iter().cloned());
@@ -1569,6 +1606,24 @@ mod tests {
         assert!(e.contains(", line 3: key `backoff-min`"), "{e}");
         let e = err("wholly_unlike_anything = 1");
         assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn a_key_set_under_two_spellings_is_refused() {
+        // Found by fuzzing: TOML takes both keys, and the later in key order silently
+        // won.
+        let err = |toml: &str| with_file(toml, &[]).unwrap_err().to_string();
+        let e = err("max_in_flight = 10\nmax-in-flight = 20\n");
+        assert!(
+            e.contains(
+                "key `max_in_flight` sets --max-in-flight, which key `max-in-flight` sets already"
+            ),
+            "{e}"
+        );
+        let e = err("max-in-flight = 20\n[max]\nin-flight = 10\n");
+        assert!(e.contains("sets --max-in-flight"), "{e}");
+        let e = err("command = [\"true\", \"a\"]\ncommand-arg = [\"b\"]\n");
+        assert!(e.contains("sets --command-arg"), "{e}");
     }
 
     #[test]

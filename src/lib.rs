@@ -46,6 +46,10 @@ pub mod cli;
 pub mod config;
 pub mod history;
 pub mod publish;
+// The fuzz targets' bodies, public only so that `fuzz/` and the torture suite reach
+// them; nothing else uses them.
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod testkit;
 

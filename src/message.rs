@@ -312,9 +312,11 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 ///
 /// serde_json's own errors already name a missing field, a bad uuid or a bad instance name;
 /// they are kept, minus the position suffix, which means nothing to someone fixing one line.
-/// Some of them quote a character of the input as it is (the uuid parser's "found `x`"),
-/// so every character outside printable ASCII is escaped: the reason goes into a log line,
-/// and a producer's newline or bidi override must not break or bend it.
+/// Only that suffix is cut: the error may quote the line, and the line may hold the words
+/// " at line " itself. Some of them quote a character of the input as it is (the uuid
+/// parser's "found `x`"), so every character outside printable ASCII is escaped: the
+/// reason goes into a log line, and a producer's newline or bidi override must not break
+/// or bend it.
 pub(crate) fn parse_line(line: &[u8]) -> Result<Message, WireError> {
     if line.len() > MAX_LINE {
         return Err(WireError::TooLong(line.len()));
@@ -322,17 +324,14 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Message, WireError> {
     let text = std::str::from_utf8(line).map_err(|_| WireError::NotUtf8)?;
     serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
-        let msg = match msg.find(" at line ") {
-            Some(i) => &msg[..i],
-            None => &msg,
-        };
-        WireError::Json(printable(msg))
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        WireError::Json(printable(msg.strip_suffix(&position).unwrap_or(&msg)))
     })
 }
 
 /// `s` with every character but printable ASCII and the space escaped, as Rust escapes
 /// them: `\n`, `\u{202e}`.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c == ' ' || c.is_ascii_graphic() {
@@ -514,5 +513,18 @@ mod tests {
             assert!(err.contains(want), "{err:?} lacks {want:?}");
             assert!(!err.contains(" at line "), "{err:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_line_quoting_a_position_is_kept_whole() {
+        // Found by fuzzing: the reason was cut at the first " at line ", which here is
+        // inside the quoted line, not serde_json's position.
+        let err = parse_line(br#""sent at line 9 column 9""#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"invalid type: string "sent at line 9 column 9", expected struct Message"#
+        );
     }
 }

@@ -67,7 +67,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "source",
         ],
     ),
-    ("wiring", &["app", "config", "cli", "history", "publish"]),
+    (
+        "wiring",
+        &["app", "config", "cli", "history", "publish", "fuzzing"],
+    ),
 ];
 
 /// Modules that only tests compile.

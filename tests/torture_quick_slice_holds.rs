@@ -87,3 +87,9 @@ fn a_fleet_with_an_instance_killed_loses_nothing() {
     let json = quick("fleet");
     assert_eq!(runs(&json, "fleet"), 2);
 }
+
+#[test]
+fn fuzzed_parsers_neither_crash_nor_break_their_invariants() {
+    let json = quick("fuzz");
+    assert_eq!(runs(&json, "fuzz"), 3);
+}

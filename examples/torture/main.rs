@@ -30,6 +30,7 @@ mod support;
 
 mod brokers;
 mod fleet;
+mod fuzz;
 mod hostile;
 mod panics;
 mod signals;
@@ -52,6 +53,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("store", store::run),
     ("brokers", brokers::run),
     ("fleet", fleet::run),
+    ("fuzz", fuzz::run),
 ];
 
 fn options(scratch: PathBuf) -> (Options, Option<Vec<String>>) {

@@ -1,0 +1,6 @@
+//! The `config_file` target: its body, with the invariants it checks, is
+//! `mandrill::fuzzing::config_file`, which the torture suite's quick slice also runs.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mandrill::fuzzing::config_file(data));
