@@ -33,9 +33,13 @@ bench:
     cargo run --release --example bench_fleet -- target/bench
 
 # The torture suite on the release binary: signals at random moments, panics in every
-# actor; prints a table and writes target/torture/torture.json (RELIABILITY.md).
-# `just torture --quick` runs the slice CI runs; `--seed N` replays a run.
+# actor, hostile input, store and broker faults, a fleet with an instance killed, and
+# fuzzing; prints a table and writes target/torture/torture.json (RELIABILITY.md).
+# `just torture --quick` runs the slice CI runs; `--seed N` replays a run; `--only fuzz`
+# runs one scenario. Fuzzing needs the nightly toolchain and cargo-fuzz; their first
+# build of the targets takes a while.
 torture *FLAGS:
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cargo build --release --bin mandrill --example torture
     cargo run --release --example torture -- {{FLAGS}}
 
