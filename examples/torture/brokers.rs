@@ -15,7 +15,6 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::emulator::{Emulator, PROJECT};
 use crate::util::{binary, conserved, exit_within, last_report, median, Options, Section};
 
 /// How long a run may take, from the fault's end to its exit, before it counts as hung
@@ -50,9 +50,6 @@ const NATS_FAULTS: [(bool, bool); 5] = [
     (true, true),
 ];
 
-/// The project every Pub/Sub name lives in; the emulator takes any.
-const PROJECT: &str = "mandrill-torture";
-
 /// Runs the scenario: 5 NATS runs and 3 Pub/Sub runs, or one of each in the slice.
 pub fn run(o: &Options) -> Section {
     let (nats_runs, pubsub_runs) = if o.quick { (1, 1) } else { (5, 3) };
@@ -72,18 +69,15 @@ pub fn run(o: &Options) -> Section {
         }
         None => missing(&mut out, ci, "nats-server is not installed"),
     }
-    match which::which("gcloud") {
-        Ok(gcloud) => match Emulator::start(&gcloud) {
-            Ok(emulator) => {
-                let runs: Vec<Run> = (0..pubsub_runs)
-                    .map(|i| pubsub_run(&emulator, o.seed + 51_000 + i as u64, o))
-                    .collect();
-                rows(&mut out, "5. broker faults: Pub/Sub connection cut", &runs);
-                out.runs("brokers_pubsub", &runs);
-            }
-            Err(e) => missing(&mut out, ci, &e),
-        },
-        Err(_) => missing(&mut out, ci, "gcloud is not installed"),
+    match Emulator::start() {
+        Ok(emulator) => {
+            let runs: Vec<Run> = (0..pubsub_runs)
+                .map(|i| pubsub_run(&emulator, o.seed + 51_000 + i as u64, o))
+                .collect();
+            rows(&mut out, "5. broker faults: Pub/Sub connection cut", &runs);
+            out.runs("brokers_pubsub", &runs);
+        }
+        Err(e) => missing(&mut out, ci, &e),
     }
     out
 }
@@ -682,105 +676,6 @@ fn nats_run(program: &Path, seed: u64, (kill, confirm_acks): (bool, bool), o: &O
 
 // ---- Pub/Sub ----
 
-/// Google's emulator, of the scenario's own, stopped with its process group when
-/// dropped.
-struct Emulator {
-    host: String,
-    child: Child,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        // gcloud starts the emulator's JVM as a child of its own: stop the group.
-        let group = Pid::from_raw(-(self.child.id() as i32));
-        let _ = kill(group, Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Emulator {
-    fn start(gcloud: &Path) -> Result<Self, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let child = Command::new(gcloud)
-            .args(["beta", "emulators", "pubsub", "start"])
-            .arg(format!("--host-port=127.0.0.1:{port}"))
-            .arg(format!("--project={PROJECT}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start the pub/sub emulator: {e}"))?;
-        let emulator = Self {
-            host: format!("127.0.0.1:{port}"),
-            child,
-        };
-        // It is a JVM: allow it a while.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("the pub/sub emulator did not listen within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(emulator)
-    }
-
-    async fn client(&self) -> gcloud_pubsub::client::Client {
-        gcloud_pubsub::client::Client::new(gcloud_pubsub::client::ClientConfig {
-            project_id: Some(PROJECT.into()),
-            environment: gcloud_gax::conn::Environment::Emulator(self.host.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect("connect to the emulator")
-    }
-
-    /// Pulls and acks everything `subscription` holds now, and returns the payloads.
-    async fn drain(&self, subscription: &str) -> Vec<Vec<u8>> {
-        use gcloud_googleapis::pubsub::v1::{AcknowledgeRequest, PullRequest};
-        let client = self.client().await;
-        let sub = client.subscription(subscription).get_client();
-        let mut out = Vec::new();
-        loop {
-            #[allow(deprecated)]
-            let request = PullRequest {
-                subscription: subscription.to_string(),
-                return_immediately: true,
-                max_messages: 1000,
-            };
-            let Ok(got) = sub.pull(request, None).await else {
-                return out;
-            };
-            let got = got.into_inner().received_messages;
-            if got.is_empty() {
-                return out;
-            }
-            let ack_ids = got.iter().map(|r| r.ack_id.clone()).collect();
-            let ack = AcknowledgeRequest {
-                subscription: subscription.to_string(),
-                ack_ids,
-            };
-            let _ = sub.acknowledge(ack, None).await;
-            out.extend(got.into_iter().filter_map(|r| r.message.map(|m| m.data)));
-        }
-    }
-
-    /// Removes a run's subscriptions and topics.
-    async fn delete(&self, topic: &str, subscription: &str) {
-        let client = self.client().await;
-        for s in [subscription.to_string(), format!("{topic}-dead-letters")] {
-            let s = s.replace("/topics/", "/subscriptions/");
-            let _ = client.subscription(&s).delete(None).await;
-        }
-        for t in [topic.to_string(), format!("{topic}-dead-letters")] {
-            let _ = client.topic(&t).delete(None).await;
-        }
-    }
-}
-
 /// A TCP proxy between the service and the emulator, on threads of its own: it can cut
 /// every connection it carries and refuse new ones, by closing its listener, then listen
 /// on the same port again.
@@ -990,8 +885,10 @@ fn pubsub_run(emulator: &Emulator, seed: u64, o: &Options) -> Run {
             if round > 0 {
                 tokio::time::sleep(Duration::from_secs(11)).await;
             }
-            remaining.extend(ids_of(&emulator.drain(&subscription).await));
-            dead_letters.extend(ids_of(&emulator.drain(&dead_letter_sub).await));
+            remaining.extend(ids_of(&emulator.drain(&subscription, 1000).await.payloads));
+            dead_letters.extend(ids_of(
+                &emulator.drain(&dead_letter_sub, 1000).await.payloads,
+            ));
             let seen = |id: &Uuid| {
                 saved.contains(id) || remaining.contains(id) || dead_letters.contains(id)
             };

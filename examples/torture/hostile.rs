@@ -10,8 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::emulator::{Drained, Emulator, PROJECT};
 use crate::util::{binary, conserved, last_report, Options, Section};
 
 /// The service's own limit on a line or a payload.
@@ -29,7 +28,6 @@ const MAX_LINE: usize = 64 * 1024;
 /// the full run's line, far above what the service needs for anything else.
 const RSS_LIMIT_MB: f64 = 256.0;
 /// The project the scenario's Pub/Sub names live in; the emulator takes any.
-const PROJECT: &str = "mandrill-torture";
 /// The domain the service appends to instance names, by default.
 const DOMAIN: &str = ".example.net";
 
@@ -1092,99 +1090,9 @@ fn control_name(db: &Path, names: &mut HashSet<String>, ids: &mut HashSet<String
     }
 }
 
-/// Google's emulator: the one `PUBSUB_EMULATOR_HOST` names, or an own one, stopped with
-/// its process group when dropped.
-struct Emulator {
-    host: String,
-    child: Option<Child>,
-}
-
-impl Emulator {
-    fn get() -> Result<Self, String> {
-        if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
-            return Ok(Self { host, child: None });
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let child = Command::new("gcloud")
-            .args(["beta", "emulators", "pubsub", "start"])
-            .arg(format!("--host-port=127.0.0.1:{port}"))
-            .arg(format!("--project={PROJECT}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("gcloud: {e}"))?;
-        let emulator = Self {
-            host: format!("127.0.0.1:{port}"),
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("the emulator did not listen within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(emulator)
-    }
-
-    async fn client(&self) -> gcloud_pubsub::client::Client {
-        gcloud_pubsub::client::Client::new(gcloud_pubsub::client::ClientConfig {
-            project_id: Some(PROJECT.into()),
-            environment: gcloud_gax::conn::Environment::Emulator(self.host.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect("connect to the emulator")
-    }
-
-    /// Pulls and acks what `subscription` still holds, and returns how many; `None`
-    /// when a pull fails. It pulls one message at a time: two of the near-limit payloads
-    /// in one answer are more than the client decodes, and the emulator keeps what a
-    /// failed pull leased out of sight until the lease ends.
-    async fn drain(&self, subscription: &str) -> Option<u64> {
-        use gcloud_googleapis::pubsub::v1::{AcknowledgeRequest, PullRequest};
-        let client = self.client().await;
-        let sub = client.subscription(subscription).get_client();
-        let mut n = 0;
-        loop {
-            #[allow(deprecated)]
-            let request = PullRequest {
-                subscription: subscription.to_string(),
-                return_immediately: true,
-                max_messages: 1,
-            };
-            let got = sub
-                .pull(request, None)
-                .await
-                .ok()?
-                .into_inner()
-                .received_messages;
-            if got.is_empty() {
-                return Some(n);
-            }
-            n += got.len() as u64;
-            let ack_ids = got.iter().map(|r| r.ack_id.clone()).collect();
-            let ack = AcknowledgeRequest {
-                subscription: subscription.to_string(),
-                ack_ids,
-            };
-            sub.acknowledge(ack, None).await.ok()?;
-        }
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
-        }
-    }
+/// How many messages a drain read, or `None` when it could not read them all.
+fn count(d: Drained) -> Option<u64> {
+    (!d.failed).then_some(d.payloads.len() as u64)
 }
 
 fn pubsub_run(o: &Options, payloads: &[&Line], emulator: Result<Emulator, String>) -> BrokerRun {
@@ -1276,11 +1184,11 @@ fn pubsub_run(o: &Options, payloads: &[&Line], emulator: Result<Emulator, String
     control_name(&served.db, &mut names, &mut ids);
     settle_figures(&mut r, served, &names, &ids);
     let (left, letters) = runtime.block_on(async {
-        let left = emulator.drain(&subscription).await;
+        let left = emulator.drain(&subscription, 1).await;
         let letters = emulator
-            .drain(&format!("{subscription}-dead-letters"))
+            .drain(&format!("{subscription}-dead-letters"), 1)
             .await;
-        (left, letters)
+        (count(left), count(letters))
     });
     r.left = left;
     r.dead_letters_held = letters;
@@ -1293,19 +1201,11 @@ fn pubsub_run(o: &Options, payloads: &[&Line], emulator: Result<Emulator, String
         - r.left.unwrap_or(0) as i64;
     if unseen > 0 {
         std::thread::sleep(Duration::from_secs(12));
-        let later = runtime.block_on(emulator.drain(&subscription));
+        let later = count(runtime.block_on(emulator.drain(&subscription, 1)));
         r.left_after_lease = later;
         r.left = r.left.zip(later).map(|(a, b)| a + b);
     }
-    runtime.block_on(async {
-        let client = emulator.client().await;
-        for s in [subscription.clone(), format!("{subscription}-dead-letters")] {
-            let _ = client.subscription(&s).delete(None).await;
-        }
-        for t in [topic.clone(), format!("{topic}-dead-letters")] {
-            let _ = client.topic(&t).delete(None).await;
-        }
-    });
+    runtime.block_on(emulator.delete(&topic, &subscription));
     r.lost = r.published as i64
         - r.acked as i64
         - r.dead_letters_held.unwrap_or(0) as i64

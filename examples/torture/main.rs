@@ -29,6 +29,7 @@
 mod support;
 
 mod brokers;
+mod emulator;
 mod fleet;
 mod fuzz;
 mod hostile;
