@@ -14,24 +14,20 @@
 //! `MANDRILL_BENCH_PYTHON` (`just bench` makes a virtualenv with the client). Every
 //! figure is the median of three runs, each on a stream or subscription of its own.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use futures_util::StreamExt;
-use gcloud_gax::conn::Environment;
-use gcloud_pubsub::client::{Client, ClientConfig};
 use serde::Serialize;
 use serde_json::Value;
 
 mod support;
+use support::emulator::{Emulator, PROJECT};
 use support::{delete_stream, instances, mandrill, median, total_rate};
 
 const RUNS: usize = 3;
 const MESSAGES: usize = 20_000;
-const PROJECT: &str = "mandrill-bench";
 /// The pipeline's flags for a pure broker figure: no simulated IO, no failures.
 const QUICK: &[&str] = &[
     "--io-delay",
@@ -56,52 +52,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Google's emulator: the one `PUBSUB_EMULATOR_HOST` names, or an own one.
-struct Emulator {
-    host: String,
-    child: Option<Child>,
-}
-
-impl Emulator {
-    fn get() -> Self {
-        if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
-            return Self { host, child: None };
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("gcloud")
-            .args(["beta", "emulators", "pubsub", "start"])
-            .arg(format!("--host-port=127.0.0.1:{port}"))
-            .arg(format!("--project={PROJECT}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the pub/sub emulator (is gcloud installed?)");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the emulator did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            host: format!("127.0.0.1:{port}"),
-            child: Some(child),
-        }
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Publishes the simulated messages into a fresh stream.
@@ -210,30 +160,8 @@ fn fill_subscription(emulator: &Emulator) -> (String, String) {
     (topic, sub)
 }
 
-async fn pubsub_client(emulator: &Emulator) -> Client {
-    Client::new(ClientConfig {
-        project_id: Some(PROJECT.into()),
-        environment: Environment::Emulator(emulator.host.clone()),
-        ..ClientConfig::default()
-    })
-    .await
-    .expect("emulator client")
-}
-
 fn delete_subscription(emulator: &Emulator, topic: &str, sub: &str) {
-    rt().block_on(async {
-        let client = pubsub_client(emulator).await;
-        let _ = client.subscription(sub).delete(None).await;
-        let _ = client
-            .subscription(&format!("{sub}-dead-letters"))
-            .delete(None)
-            .await;
-        let _ = client.topic(topic).delete(None).await;
-        let _ = client
-            .topic(&format!("{topic}-dead-letters"))
-            .delete(None)
-            .await;
-    });
+    rt().block_on(emulator.delete(topic, sub));
 }
 
 fn pubsub_pipeline(emulator: &Emulator) -> f64 {
@@ -257,7 +185,7 @@ fn pubsub_pipeline(emulator: &Emulator) -> f64 {
 fn pubsub_bare(emulator: &Emulator) -> f64 {
     let (topic, sub) = fill_subscription(emulator);
     let rate = rt().block_on(async {
-        let client = pubsub_client(emulator).await;
+        let client = emulator.client().await;
         let subscription = client.subscription(&sub);
         let started = Instant::now();
         let mut got = 0;
@@ -311,7 +239,7 @@ fn main() {
     let python = std::env::var("MANDRILL_BENCH_PYTHON")
         .map(PathBuf::from)
         .ok();
-    let emulator = Emulator::get();
+    let emulator = Emulator::get().expect("the pub/sub emulator");
 
     eprintln!("JetStream: pipeline and raw loop, {RUNS} runs each");
     let (mut pipe, mut raw) = (Vec::new(), Vec::new());

@@ -1,8 +1,11 @@
-//! What the benchmark harnesses share: finding the release binary beside them, running
-//! it, or several instances of it, to their reports, the median of a workload's runs,
-//! and removing a JetStream stream with its dead letters.
+//! What the benchmark harnesses and the torture suite share: finding the release binary
+//! beside them, running it, or several instances of it, to their reports, the median of
+//! a workload's runs, removing a JetStream stream with its dead letters, and the Pub/Sub
+//! emulator (`emulator`).
 
 #![allow(dead_code)]
+
+pub mod emulator;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

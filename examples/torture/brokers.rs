@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::emulator::{Emulator, PROJECT};
+use crate::support::emulator::{Emulator, PROJECT};
 use crate::util::{binary, conserved, exit_within, last_report, median, Options, Section};
 
 /// How long a run may take, from the fault's end to its exit, before it counts as hung

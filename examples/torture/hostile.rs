@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::emulator::{Drained, Emulator, PROJECT};
+use crate::support::emulator::{Drained, Emulator, PROJECT};
 use crate::util::{binary, conserved, last_report, Options, Section};
 
 /// The service's own limit on a line or a payload.

@@ -29,7 +29,6 @@
 mod support;
 
 mod brokers;
-mod emulator;
 mod fleet;
 mod fuzz;
 mod hostile;

@@ -1,6 +1,6 @@
-//! Google's Pub/Sub emulator, for the scenarios that publish onto Pub/Sub: one of the
-//! run's own, or the one `PUBSUB_EMULATOR_HOST` names; a client on it; and reading back
-//! what a subscription still holds.
+//! Google's Pub/Sub emulator, for the harnesses that publish onto Pub/Sub: one of the
+//! run's own, or the one `PUBSUB_EMULATOR_HOST` names; a client on it; reading back what
+//! a subscription still holds; and removing a run's topic and subscription.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The project every scenario's topics and subscriptions live in.
-pub const PROJECT: &str = "mandrill-torture";
+/// The project every harness's topics and subscriptions live in.
+pub const PROJECT: &str = "mandrill-examples";
 
 /// An emulator, stopped with its process group when dropped if the run started it.
 pub struct Emulator {
@@ -36,7 +36,7 @@ impl Emulator {
         }
     }
 
-    /// One of the run's own, on a free port: a scenario that cuts the connections to it
+    /// One of the run's own, on a free port: a harness that cuts the connections to it
     /// must not cut another's.
     pub fn start() -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
